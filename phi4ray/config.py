@@ -85,7 +85,8 @@ class ModelConfig:
         score/value matmuls, 12 * layers * dim * seq_len (counted over the full square, the usual
         convention, so MFU figures compare with other systems').
         """
-        matmul_params = self.num_params(include_embedding=False)
+        norm_params = (2 * self.n_layers + 1) * self.dim  # elementwise, not matmuls
+        matmul_params = self.num_params(include_embedding=False) - norm_params
         if self.tie_embeddings:  # the tied matrix is still used as the output projection
             matmul_params += self.vocab_size * self.dim
         return 6 * matmul_params + 12 * self.n_layers * self.dim * seq_len

@@ -29,6 +29,9 @@ CL100K_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
+# The HF tokenizers regex engine (Oniguruma, Ruby syntax) reads `{1,3}+` as "one or more runs of
+# 1-3 digits", not as a possessive {1,3}; it ends its alternative, so dropping the `+` is exact.
+HF_PATTERN = CL100K_PATTERN.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}")
 N_RANKS = 100_256
 
 ENDOFTEXT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = 100257, 100258, 100259, 100260
@@ -179,7 +182,7 @@ def _hf_tokenizer_json() -> str:
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     get_tokenizer()  # hash-checks the ranks file before we derive anything from it
-    tk = TikTokenConverter(vocab_file=cl100k_file(), pattern=CL100K_PATTERN).converted()
+    tk = TikTokenConverter(vocab_file=cl100k_file(), pattern=HF_PATTERN).converted()
     for text, i in sorted(SPECIAL_TOKENS.items(), key=lambda kv: kv[1]):
         tk.add_special_tokens([AddedToken(text, normalized=False, special=True)])
         if tk.token_to_id(text) != i:

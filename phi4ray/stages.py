@@ -1,0 +1,46 @@
+"""The pipeline's stages in recipe order (DESIGN.md), and which of them are built.
+
+A stage that is not built yet has `run=None` and names the issue that builds it: the CLI says so
+and exits non-zero instead of pretending.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from phi4ray.presets import RunConfig
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    issue: int | None = None
+    run: Callable[[Path, RunConfig], dict] | None = None
+
+    @property
+    def built(self) -> bool:
+        return self.run is not None
+
+
+def _init(run_dir: Path, cfg: RunConfig) -> dict:
+    from phi4ray.init_model import run_init
+
+    return run_init(run_dir, cfg)
+
+
+STAGES: list[Stage] = [
+    Stage("init", "tokenizer + freshly initialised model of the preset, exported in HF layout", run=_init),
+    Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", 4),
+    Stage("synthesize", "synthetic data: rewrites, self-revision, instruction reversal, sandboxed code, plurality filter", 5),
+    Stage("tokenize", "tokenize and pack the weighted source mixture into token shards", 6),
+    Stage("pretrain", "FSDP2 pretraining on Ray Train at 4K context", 6),
+    Stage("midtrain", "long-context midtraining: 4K -> 16K, RoPE base 250K", 6),
+    Stage("sft", "supervised fine-tuning in the Phi-4 chat format", 7),
+    Stage("pts", "Pivotal Token Search against the Serve samplers -> token-level DPO pairs", 8),
+    Stage("dpo", "DPO on PTS pairs and judge-guided full pairs", 7),
+    Stage("eval", "verifiable benchmarks against the served model", 10),
+    Stage("serve", "Ray Serve + vLLM, OpenAI-compatible endpoint with autoscaling", 3),
+]
+BY_NAME = {s.name: s for s in STAGES}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: installs into .venv if needed, then runs the whole suite (real Ray, real vLLM).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+exec .venv/bin/python -m pytest "$@"

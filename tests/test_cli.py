@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from phi4ray.cli import main
+from phi4ray.overrides import OverrideError, apply_overrides
+from phi4ray.presets import run_preset
+from phi4ray.stages import STAGES
+
+DESIGN_STAGES = ["curate", "synthesize", "tokenize", "pretrain", "midtrain", "sft", "pts", "dpo", "eval", "serve"]
+
+
+def test_help_lists_every_stage():
+    out = subprocess.run([sys.executable, "-m", "phi4ray.cli", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for name in DESIGN_STAGES + ["run", "init"]:
+        assert f"\n    {name}" in out
+    assert [s.name for s in STAGES if s.name != "init"] == DESIGN_STAGES
+
+
+@pytest.mark.parametrize("stage", [s.name for s in STAGES if not s.built])
+def test_unbuilt_stage_says_so_and_fails(stage, tmp_path, capsys):
+    assert main([stage, "--run-dir", str(tmp_path)]) == 2
+    assert "not built yet" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_run_tiny_then_rerun_is_a_no_op(tmp_path, capsys):
+    assert main(["run", "--preset", "tiny", "--run-dir", str(tmp_path), "model.n_layers=2"]) == 0
+    first = json.loads((tmp_path / "manifests" / "init.json").read_text())
+    assert first["complete"] and first["config"]["model"]["n_layers"] == 2
+    assert (tmp_path / "models" / "init" / "model.safetensors").is_file()
+    assert main(["run", "--preset", "tiny", "--run-dir", str(tmp_path), "model.n_layers=2"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete" in out and "not built yet" in out
+    assert json.loads((tmp_path / "manifests" / "init.json").read_text())["finished_at"] == first["finished_at"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["init", "--preset", "huge"], "unknown preset 'huge'"),
+    (["init", "model.n_heads=3"], "model.n_heads=3"),
+    (["init", "model.nope=1"], "unknown config key 'model.nope'"),
+    (["init", "seed=abc"], "seed='abc': not a valid int"),
+    (["init", "export_dtype=int8"], "export_dtype='int8'"),
+    (["init", "model"], "key=value"),
+])
+def test_bad_config_fails_before_work(argv, needle, tmp_path, capsys):
+    assert main([*argv, "--run-dir", str(tmp_path / "r")]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_overrides_convert_types():
+    cfg = apply_overrides(run_preset("tiny"), ["model.rope_theta=250000", "model.tie_embeddings=false", "seed=7"])
+    assert cfg.model.rope_theta == 250_000.0 and cfg.model.tie_embeddings is False and cfg.seed == 7
+    with pytest.raises(OverrideError):
+        apply_overrides(cfg, ["model.tie_embeddings=maybe"])
