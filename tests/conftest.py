@@ -46,4 +46,5 @@ def vllm_engine(tiny_export):
     llm = LLM(str(tiny_export), dtype="float32", enforce_eager=True, max_model_len=1024,
               enable_prefix_caching=True, seed=0)
     yield llm
-    del llm
+    # stop the engine process now, so its shutdown logs come before pytest's summary line
+    llm.llm_engine.engine_core.shutdown()
