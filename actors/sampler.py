@@ -1,0 +1,130 @@
+"""The sampler fleet: vLLM (or SGLang) engines as Ray Serve replicas, built on `ray.serve.llm`.
+
+`PhiSampler` is Ray's own `LLMServer` (the OpenAI-compatible vLLM server behind `LLMConfig`)
+with two additions the recipe needs:
+
+- `sample(request)`: the in-cluster token-level call. Prompt token ids in, `n` samples out with
+  their token ids and per-token log-probs, straight from the engine with prefix caching on. PTS
+  asks for many completions of one prefix, so the shared prefix is computed once per replica.
+- in-place weight refresh: each replica watches the weights registry (actors/weights.py) and
+  reloads a new checkpoint without restarting: the engine pauses (in-flight requests finish, new
+  ones queue), vLLM reloads the weights, the prefix cache is dropped, generation resumes.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+from ray import serve
+from ray.serve.llm.deployment import LLMServer
+
+from actors.weights import registry
+from phi4ray.sampling import SampleRequest
+
+logger = logging.getLogger("phi4ray.sampler")
+
+
+def _read_shape(model_dir: str) -> dict:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size")
+    return {k: cfg.get(k) for k in keys}
+
+
+class PhiSampler(LLMServer):
+    async def __init__(self, llm_config, **kwargs):
+        await super().__init__(llm_config, **kwargs)
+        self._model_source = llm_config.model_loading_config.model_source
+        self._weights = self._model_source
+        self._shape = _read_shape(self._model_source)
+        self._max_model_len = int(llm_config.engine_kwargs.get("max_model_len") or 0) or None
+        self._reloads = 0
+        self._served = 0
+        self._version = 0
+        self._poll_s = 1.0
+        ctx = serve.get_replica_context()
+        self._app, self._replica = ctx.app_name, ctx.replica_id.unique_id
+        self._registry = registry()
+        # before the first request: a replica that autoscaling adds must serve the current weights
+        await self._sync_weights()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_weights())
+
+    # --- token-level sampling ----------------------------------------------------------------
+    async def sample(self, request: dict) -> list[dict]:
+        """SampleRequest (as a dict) -> [{"token_ids", "logprobs", "finish_reason"}] * n."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        req = SampleRequest.from_dict(request).validate(self._shape["vocab_size"], self._max_model_len)
+        params = SamplingParams(
+            n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,
+            seed=req.seed, stop_token_ids=req.stop_ids or None, logprobs=0, detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        # LLMServer keeps vLLM's AsyncLLM on its engine wrapper; the OpenAI path would detokenize
+        # and we would have to re-tokenize, which PTS must never do.
+        client = self.engine._engine_client
+        final = None
+        async for out in client.generate(TokensPrompt(prompt_token_ids=req.prompt_ids), params,
+                                         request_id=f"phi4ray-{uuid.uuid4().hex}"):
+            final = out
+        self._served += 1
+        return [
+            {"token_ids": list(c.token_ids),
+             "logprobs": [float(lp[t].logprob) for t, lp in zip(c.token_ids, c.logprobs)],
+             "finish_reason": c.finish_reason or "length"}
+            for c in final.outputs
+        ]
+
+    # --- weight refresh (see actors/weights.py) ---------------------------------------------
+    async def _sync_weights(self) -> None:
+        """Load the registry's target weights for this app if they are newer than ours."""
+        target = await self._registry.get.remote(self._app)
+        if not target or target[0] <= self._version:
+            return
+        version, path = target
+        error = None
+        try:
+            await self._reload(path)
+        except Exception as e:  # a bad checkpoint must not take the replica down: keep the old one
+            logger.error("weight refresh to %s failed: %s", path, e)
+            error = f"{type(e).__name__}: {e}"
+        self._version = version
+        await self._registry.ack.remote(self._app, self._replica, version, error)
+
+    async def _watch_weights(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                await self._sync_weights()
+            except Exception as e:  # registry briefly unreachable: keep serving, retry
+                logger.warning("weights registry unreachable: %s", e)
+
+    async def _reload(self, weights: str) -> None:
+        if weights == self._weights:
+            return
+        shape = _read_shape(weights)
+        if shape != self._shape:
+            raise ValueError(f"{weights}: model shape {shape} differs from the served {self._shape}; "
+                             "a new shape needs a new app, not a weight refresh")
+        t0 = time.time()
+        await self.engine.pause(mode="wait", clear_cache=True)
+        try:
+            await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": weights})
+            await self.engine.reset_prefix_cache()  # cached KV was computed by the old weights
+        finally:
+            await self.engine.resume()
+        self._weights = weights
+        self._reloads += 1
+        logger.info("reloaded weights from %s in %.1fs", weights, time.time() - t0)
+
+    async def info(self) -> dict:
+        return {"weights": self._weights, "version": self._version, "reloads": self._reloads,
+                "served": self._served, "pid": os.getpid(),
+                "max_model_len": self._max_model_len, **self._shape}

