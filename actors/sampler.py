@@ -13,27 +13,18 @@ with two additions the recipe needs:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 import uuid
-from pathlib import Path
 
 from ray import serve
 from ray.serve.llm.deployment import LLMServer
 
-from actors.weights import registry
+from actors.weights import model_shape, registry
 from phi4ray.sampling import SampleRequest
 
 logger = logging.getLogger("phi4ray.sampler")
-
-
-def _read_shape(model_dir: str) -> dict:
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "vocab_size")
-    return {k: cfg.get(k) for k in keys}
 
 
 class PhiSampler(LLMServer):
@@ -41,7 +32,7 @@ class PhiSampler(LLMServer):
         await super().__init__(llm_config, **kwargs)
         self._model_source = llm_config.model_loading_config.model_source
         self._weights = self._model_source
-        self._shape = _read_shape(self._model_source)
+        self._shape = model_shape(self._model_source)
         self._max_model_len = int(llm_config.engine_kwargs.get("max_model_len") or 0) or None
         self._reloads = 0
         self._served = 0
@@ -109,7 +100,7 @@ class PhiSampler(LLMServer):
     async def _reload(self, weights: str) -> None:
         if weights == self._weights:
             return
-        shape = _read_shape(weights)
+        shape = model_shape(weights)
         if shape != self._shape:
             raise ValueError(f"{weights}: model shape {shape} differs from the served {self._shape}; "
                              "a new shape needs a new app, not a weight refresh")

@@ -118,3 +118,14 @@ def build_sampler_app(llm_config: LLMConfig, api_key_env: str | None = None):
 
 def sampler_deployment_name(llm_config: LLMConfig) -> str:
     return "PhiSampler:" + llm_config.model_id.replace("/", "--").replace(".", "_")
+
+
+def app_builder(args: dict):
+    """Serve config-file entrypoint (`import_path: actors.serve_app:app_builder`), used by
+    `serve deploy` and KubeRay's RayService. args: model_dir (required) plus any keyword of
+    `sampler_llm_config`, and api_key_env."""
+    args = dict(args)
+    if "model_dir" not in args:
+        raise ValueError("app_builder: args.model_dir is required (an HF model folder on every node)")
+    api_key_env = args.pop("api_key_env", None) or None
+    return build_sampler_app(sampler_llm_config(args.pop("model_dir"), **args), api_key_env=api_key_env)

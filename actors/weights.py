@@ -39,6 +39,14 @@ class WeightsRegistry:
         return dict(self._acks.get(app, {}))
 
 
+def model_shape(model_dir: str) -> dict:
+    """The config fields that must match for new weights to load into a running engine."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size")
+    return {k: cfg.get(k) for k in keys}
+
+
 def registry():
     return WeightsRegistry.options(name=REGISTRY_NAME, namespace=REGISTRY_NAMESPACE, lifetime="detached",
                                    get_if_exists=True).remote()
@@ -56,11 +64,17 @@ def refresh_weights(app: str, deployment: str, weights: str, timeout_s: float = 
 
     Returns when all running replicas acknowledged the new version; raises if one refused it.
     """
+    from ray import serve
+
     weights = str(Path(weights).resolve())
     try:
-        json.loads((Path(weights) / "config.json").read_text())
+        shape = model_shape(weights)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"{weights}: not a loadable model folder ({e})") from None
+    served = serve.get_deployment_handle(deployment, app).info.remote().result()
+    if any(served[k] != v for k, v in shape.items()):
+        raise ValueError(f"{weights}: model shape {shape} differs from the served one; "
+                         "a new shape needs a new app, not a weight refresh")
     reg = registry()
     version = ray.get(reg.set.remote(app, weights))
     t0 = time.time()
@@ -68,6 +82,8 @@ def refresh_weights(app: str, deployment: str, weights: str, timeout_s: float = 
         acks = ray.get(reg.acks.remote(app))
         errors = {r: err for r, (v, err) in acks.items() if v == version and err}
         if errors:
+            # put the last good weights back as the target, so replicas that start later load them
+            ray.get(reg.set.remote(app, served["weights"]))
             raise RuntimeError(f"weight refresh to {weights} refused: {errors}")
         done = [r for r, (v, _) in acks.items() if v >= version]
         if len(done) >= _running_replicas(app, deployment):

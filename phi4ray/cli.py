@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from phi4ray.config import ConfigError, PRESETS
-from phi4ray.manifest import is_complete
+from phi4ray.manifest import read_manifest
 from phi4ray.overrides import OverrideError, apply_overrides
 from phi4ray.presets import run_preset
 from phi4ray.stages import BY_NAME, STAGES
@@ -29,7 +29,12 @@ def _parser() -> argparse.ArgumentParser:
 
     for s in STAGES:
         note = "" if s.built else f"  [not built yet: issue #{s.issue}]"
-        common(sub.add_parser(s.name, help=s.summary + note, description=s.summary + note))
+        sp = sub.add_parser(s.name, help=s.summary + note, description=s.summary + note)
+        common(sp)
+        if s.name == "serve":
+            sp.add_argument("--model", help="HF model folder to serve (default: the run's newest model)")
+            sp.add_argument("--smoke", action="store_true",
+                            help="answer one chat request, then stop (default: serve until Ctrl-C)")
     common(sub.add_parser("run", help="the whole pipeline, every built stage in order (resumes completed stages)"))
     return p
 
@@ -60,8 +65,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{stage.name:>10}] not built yet (issue #{stage.issue}): skipped")
             continue
         t0 = time.time()
-        resumed = is_complete(run_dir, stage.name, cfg)
-        result = stage.run(run_dir, cfg)
+        before = read_manifest(run_dir, stage.name)
+        if args.stage == "serve":  # the one stage a user runs by hand with its own flags
+            from actors.serve_stage import run_serve
+
+            result = run_serve(run_dir, cfg, model=args.model, block=not args.smoke)
+        else:
+            result = stage.run(run_dir, cfg)
+        # a stage that found its work done returns the manifest it had
+        resumed = bool(before) and before.get("finished_at") == result.get("finished_at")
         status = "already complete" if resumed else f"done in {time.time() - t0:.1f}s"
         print(f"[{stage.name:>10}] {status}  outputs={json.dumps(result.get('outputs', {}))}"
               f"  counts={json.dumps(result.get('counts', {}))}")

@@ -30,6 +30,12 @@ def _init(run_dir: Path, cfg: RunConfig) -> dict:
     return run_init(run_dir, cfg)
 
 
+def _serve(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.serve_stage import run_serve  # Ray and vLLM load only when serving
+
+    return run_serve(run_dir, cfg)
+
+
 STAGES: list[Stage] = [
     Stage("init", "tokenizer + freshly initialised model of the preset, exported in HF layout", run=_init),
     Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", 4),
@@ -41,6 +47,6 @@ STAGES: list[Stage] = [
     Stage("pts", "Pivotal Token Search against the Serve samplers -> token-level DPO pairs", 8),
     Stage("dpo", "DPO on PTS pairs and judge-guided full pairs", 7),
     Stage("eval", "verifiable benchmarks against the served model", 10),
-    Stage("serve", "Ray Serve + vLLM, OpenAI-compatible endpoint with autoscaling", 3),
+    Stage("serve", "Ray Serve + vLLM sampler fleet, OpenAI-compatible endpoint with autoscaling", run=_serve),
 ]
 BY_NAME = {s.name: s for s in STAGES}

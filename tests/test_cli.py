@@ -27,15 +27,26 @@ def test_unbuilt_stage_says_so_and_fails(stage, tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_run_tiny_then_rerun_is_a_no_op(tmp_path, capsys):
-    assert main(["run", "--preset", "tiny", "--run-dir", str(tmp_path), "model.n_layers=2"]) == 0
-    first = json.loads((tmp_path / "manifests" / "init.json").read_text())
-    assert first["complete"] and first["config"]["model"]["n_layers"] == 2
+def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
+    """`phi4ray run --preset tiny` as a user runs it: every built stage, ending with the model
+    served on Ray Serve + vLLM and a chat answered; the rerun skips what is complete."""
+    from tests.conftest import free_port
+
+    argv = [sys.executable, "-m", "phi4ray.cli", "run", "--preset", "tiny", "--run-dir", str(tmp_path),
+            "model.n_layers=2", f"serve.port={free_port()}"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    init = json.loads((tmp_path / "manifests" / "init.json").read_text())
+    assert init["complete"] and init["config"]["model"]["n_layers"] == 2
     assert (tmp_path / "models" / "init" / "model.safetensors").is_file()
-    assert main(["run", "--preset", "tiny", "--run-dir", str(tmp_path), "model.n_layers=2"]) == 0
-    out = capsys.readouterr().out
-    assert "already complete" in out and "not built yet" in out
-    assert json.loads((tmp_path / "manifests" / "init.json").read_text())["finished_at"] == first["finished_at"]
+    served = json.loads((tmp_path / "manifests" / "serve.json").read_text())
+    assert served["inputs"]["model"] == str((tmp_path / "models" / "init").resolve())
+    assert served["outputs"]["smoke_answer"].strip()
+    assert "smoke chat" in first.stdout and "not built yet" in first.stdout
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already complete") == 2
+    assert json.loads((tmp_path / "manifests" / "init.json").read_text())["finished_at"] == init["finished_at"]
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -45,6 +56,8 @@ def test_run_tiny_then_rerun_is_a_no_op(tmp_path, capsys):
     (["init", "seed=abc"], "seed='abc': not a valid int"),
     (["init", "export_dtype=int8"], "export_dtype='int8'"),
     (["init", "model"], "key=value"),
+    (["serve", "serve.device=tpu"], "serve.device='tpu'"),
+    (["serve", "serve.min_replicas=3"], "min_replicas"),
 ])
 def test_bad_config_fails_before_work(argv, needle, tmp_path, capsys):
     assert main([*argv, "--run-dir", str(tmp_path / "r")]) == 2

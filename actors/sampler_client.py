@@ -1,0 +1,57 @@
+"""`FleetSampler`: the token-level `Sampler` over the Serve fleet, for PTS, synthesis and judges.
+
+Calls go through a Serve deployment handle (no HTTP, no tokenisation). A replica that dies
+mid-call costs a retry on another replica, never a lost or duplicated answer: a sampling call has
+no side effects, so retrying it is safe. A request the sampler rejects (SamplingError) is not
+retried.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from actors.serve_app import APP_NAME
+from phi4ray.sampling import Sample, SampleRequest
+
+logger = logging.getLogger("phi4ray.sampler_client")
+RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError)
+
+
+class FleetSampler:
+    def __init__(self, deployment: str, app: str = APP_NAME, max_retries: int = 8,
+                 backoff_s: float = 1.0, backoff_max_s: float = 30.0):
+        self.deployment, self.app = deployment, app
+        self.max_retries, self.backoff_s, self.backoff_max_s = max_retries, backoff_s, backoff_max_s
+        self.retries = 0
+        self._handle = None
+
+    def _get_handle(self):
+        if self._handle is None:  # created lazily: the client may be pickled into other actors
+            self._handle = serve.get_deployment_handle(self.deployment, self.app)
+        return self._handle
+
+    def __getstate__(self):
+        return {**self.__dict__, "_handle": None}
+
+    async def sample(self, request: SampleRequest) -> list[Sample]:
+        payload = request.to_dict()
+        for attempt in range(self.max_retries + 1):
+            try:
+                out = await self._get_handle().sample.remote(payload)
+                return [Sample(**s) for s in out]
+            except RETRYABLE as e:
+                if attempt == self.max_retries:
+                    raise
+                self.retries += 1
+                delay = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** attempt))
+                logger.warning("sampler call failed (%s); retry %d in %.1fs", type(e).__name__, attempt + 1, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def sample_sync(self, request: SampleRequest) -> list[Sample]:
+        return asyncio.run(self.sample(request))
