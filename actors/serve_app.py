@@ -26,6 +26,7 @@ def sampler_llm_config(
     *,
     model_id: str = "phi4ray",
     device: str = "cpu",
+    engine: str = "vllm",
     min_replicas: int = 1,
     max_replicas: int = 1,
     target_ongoing_requests: int = 8,
@@ -46,6 +47,10 @@ def sampler_llm_config(
         raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json)")
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device={device!r} must be 'cpu' or 'gpu'")
+    if engine not in ("vllm", "sglang"):
+        raise ValueError(f"engine={engine!r} must be 'vllm' or 'sglang'")
+    if engine == "sglang" and device != "gpu":
+        raise ValueError("engine='sglang' runs on GPU only (device='gpu')")
     if not 0 <= min_replicas <= max_replicas:
         raise ValueError(f"replicas: need 0 <= min_replicas ({min_replicas}) <= max_replicas ({max_replicas})")
     engine_kwargs = {"enable_prefix_caching": True, "max_logprobs": 20}
@@ -59,12 +64,18 @@ def sampler_llm_config(
     else:
         engine_kwargs |= {"dtype": "bfloat16"}
         placement = {"bundles": [{"GPU": 1, "CPU": 1}]}
+    server_cls = PhiSampler
+    if engine == "sglang":
+        from actors.sampler_sglang import PhiSGLangSampler
+
+        server_cls = PhiSGLangSampler
+        engine_kwargs = {"model_path": model_dir, "dtype": "bfloat16", "context_length": max_model_len}
     return LLMConfig(
         model_loading_config={"model_id": model_id, "model_source": model_dir},
         engine_kwargs=engine_kwargs,
         placement_group_config=placement,
         runtime_env={"env_vars": env},
-        server_cls=PhiSampler,
+        server_cls=server_cls,
         deployment_config={
             "autoscaling_config": {
                 "min_replicas": min_replicas, "max_replicas": max_replicas,

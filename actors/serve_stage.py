@@ -37,7 +37,7 @@ def start(model_dir: str, cfg) -> dict:
             ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False)
     serve.start(http_options={"host": s.host, "port": s.port})
     llm_config = sampler_llm_config(
-        model_dir, model_id=s.model_id, device=s.device, min_replicas=s.min_replicas,
+        model_dir, model_id=s.model_id, device=s.device, engine=s.engine, min_replicas=s.min_replicas,
         max_replicas=s.max_replicas, target_ongoing_requests=s.target_ongoing_requests,
         max_model_len=s.max_model_len or None, kv_cache_gib=s.kv_cache_gib)
     serve.run(build_sampler_app(llm_config, api_key_env=s.api_key_env or None), name=APP_NAME, route_prefix="/")

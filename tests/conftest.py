@@ -65,6 +65,8 @@ def ray_cluster():
     import ray
     from ray import serve
 
+    if ray.is_initialized():  # building a Serve app object starts a default Ray on its own
+        ray.shutdown()
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
     port = free_port()

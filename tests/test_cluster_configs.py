@@ -19,7 +19,12 @@ def test_rayservice_serve_config_is_valid_and_builds(tiny_export):
     assert (module, attr) == ("actors.serve_app", "app_builder")
     # the builder accepts exactly these args (with a local model folder in place of the PVC path)
     args = {**app.args, "model_dir": str(tiny_export), "api_key_env": None}
+    import ray
+
+    started_here = not ray.is_initialized()
     built = app_builder(args)
+    if started_here:  # building the app object starts a default local Ray; leave none behind
+        ray.shutdown()
     assert built is not None
     head = doc["spec"]["rayClusterConfig"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
