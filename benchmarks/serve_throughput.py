@@ -32,19 +32,22 @@ def make_prompts(n: int, seed: int = 0) -> list[list[int]]:
                             add_generation_prompt=True).ids for _ in range(n)]
 
 
-def raw_vllm(model: str, prompts, max_tokens: int, device: str) -> float:
+def raw_vllm(model: str, prompts, max_tokens: int, device: str) -> tuple[float, float]:
+    """tokens/s of LLM.generate: plain (the HTTP path's baseline), and with the sampled token's
+    log-prob returned (the token-level path's baseline: PTS needs the log-probs)."""
     from vllm import LLM, SamplingParams
 
     kw = {"dtype": "float32", "enforce_eager": True} if device == "cpu" else {"dtype": "bfloat16"}
     llm = LLM(model, max_model_len=512, enable_prefix_caching=True, seed=0, **kw)
-    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=1.0, seed=0)
-    llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)  # warm-up
-    t0 = time.perf_counter()
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    dt = time.perf_counter() - t0
-    n_tok = sum(len(o.outputs[0].token_ids) for o in outs)
+    rates = []
+    for extra in ({}, {"logprobs": 0, "detokenize": False}):
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=1.0, seed=0, **extra)
+        llm.generate([{"prompt_token_ids": prompts[0]}], params, use_tqdm=False)  # warm-up
+        t0 = time.perf_counter()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t0))
     llm.llm_engine.engine_core.shutdown()
-    return n_tok / dt
+    return rates[0], rates[1]
 
 
 async def http_run(url: str, bodies: list[dict], concurrency: int) -> tuple[float, list[float], int, int]:
@@ -91,7 +94,7 @@ def main() -> None:
     model = str(model)
     prompts = make_prompts(args.prompts)
 
-    raw_tps = raw_vllm(model, prompts, args.max_tokens, args.device)
+    raw_tps, raw_lp_tps = raw_vllm(model, prompts, args.max_tokens, args.device)
 
     import ray
     from ray import serve
@@ -121,12 +124,14 @@ def main() -> None:
         outs = await asyncio.gather(*[fleet.sample(r) for r in reqs])
         return sum(len(o[0].token_ids) for o in outs) / (time.perf_counter() - t0)
 
+    asyncio.run(handle_run())  # warm-up: the first handle call sets up the router's replica view
     handle_tps = asyncio.run(handle_run())
 
     print(f"model {model}, {len(prompts)} prompts x {args.max_tokens} new tokens, device {args.device}")
     print(f"(a) raw vLLM LLM.generate : {raw_tps:8.1f} tok/s")
     print(f"    Serve HTTP endpoint   : {http_tps:8.1f} tok/s   ratio {http_tps / raw_tps:.2f} (goal >= 0.9), errors {errors}")
-    print(f"    Serve token-level call: {handle_tps:8.1f} tok/s   ratio {handle_tps / raw_tps:.2f} (stops at EOS, so <= max tokens)")
+    print(f"    raw vLLM + logprobs   : {raw_lp_tps:8.1f} tok/s")
+    print(f"    Serve token-level call: {handle_tps:8.1f} tok/s   ratio {handle_tps / raw_lp_tps:.2f} vs raw + logprobs")
 
     n, c = args.load_requests, args.concurrency
     load = [{"model": "phi4ray", "prompt": prompts[i % len(prompts)], "max_tokens": 16, "temperature": 1.0}
