@@ -1,0 +1,221 @@
+"""Pretraining / midtraining on Ray Train: `TorchTrainer` workers run FSDP2 over phi4ray's model.
+
+The per-worker loop is phi4ray.train's step plus what a cluster needs:
+- checkpoints with torch.distributed.checkpoint (every rank writes its own shards; Ray Train merges
+  them into one directory per report) holding model, optimizer, data-loader position and RNG;
+- resume: `ray.train.get_checkpoint()` after a worker failure (FailureConfig) or a rerun of the
+  same stage, on however many workers the cluster now gives (ScalingConfig(num_workers=(lo, hi)));
+- metrics (loss, tokens/s, MFU) to RUN/checkpoints/<stage>/metrics.jsonl and TensorBoard;
+- the final model exported in HF layout to RUN/models/<stage>.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from phi4ray.config import ModelConfig
+from phi4ray.train import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    stage: str                      # "pretrain" | "midtrain" | "sft"
+    model: ModelConfig
+    train: TrainConfig
+    tokens_dir: str                 # packed Parquet rows (phi4ray.packing)
+    run_dir: str
+    init_from: str | None = None    # HF folder to start from (the previous stage's model)
+
+
+def _rank_world():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(t: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+
+
+def _state_dicts(model, optimizer):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)
+    return {"model": msd, "optim": osd}
+
+
+def _save(ckpt_dir: str, model, optimizer, trainer_state: dict) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_state_dicts(model, optimizer), checkpoint_id=ckpt_dir)
+    rank, _ = _rank_world()
+    if rank == 0:
+        Path(ckpt_dir, "trainer_state.json").write_text(json.dumps(trainer_state))
+
+
+def _load(ckpt_dir: str, model, optimizer) -> dict:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = _state_dicts(model, optimizer)
+    dcp.load(state, checkpoint_id=ckpt_dir)  # reshards to the current world size
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return json.loads(Path(ckpt_dir, "trainer_state.json").read_text())
+
+
+def _export_full(model, job: TrainJob, out: Path) -> None:
+    """Gather the full state on rank 0 and write the HF folder (all ranks must call this)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from phi4ray.hf import export_hf
+    from phi4ray.model import Phi4
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    rank, _ = _rank_world()
+    if rank == 0:
+        plain = Phi4(job.model)
+        plain.load_state_dict({k.replace("_checkpoint_wrapped_module.", ""): v for k, v in full.items()})
+        export_hf(plain, out, dtype=torch.bfloat16 if job.train.dtype == "bfloat16" else torch.float32)
+
+
+def build_for_training(job: TrainJob, device: torch.device, distributed: bool):
+    from phi4ray.hf import import_hf
+    from phi4ray.model import build_model
+    from phi4ray.parallelize import parallelize
+
+    torch.manual_seed(job.train.seed)  # same init on every rank before sharding
+    if job.init_from:
+        model = import_hf(job.init_from, device=device, dtype=torch.float32)
+        # the stage may change context and RoPE base (midtraining): same weights, new config
+        model.cfg = job.model
+    else:
+        model = build_model(job.model, device=device, seed=job.train.seed)
+    return parallelize(model, job.train, distributed)
+
+
+def load_rows(tokens_dir: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """All packed rows of a token dataset (Parquet: `tokens`, `doc_ids`, seq_len + 1 each)."""
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(tokens_dir, format="parquet").to_table(columns=["tokens", "doc_ids"])
+    if table.num_rows == 0:
+        raise ValueError(f"{tokens_dir}: no packed rows")
+    tokens = np.asarray(table.column("tokens").combine_chunks().flatten(), dtype=np.int32)
+    doc_ids = np.asarray(table.column("doc_ids").combine_chunks().flatten(), dtype=np.int32)
+    width = seq_len + 1
+    if tokens.size != table.num_rows * width:
+        raise ValueError(f"{tokens_dir}: rows are not {width} tokens long (train.seq_len={seq_len} + 1); "
+                         "re-run tokenize with this seq_len")
+    return tokens.reshape(-1, width), doc_ids.reshape(-1, width)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    from phi4ray.train import SequenceLoader, make_optimizer, peak_flops, train_step
+
+    job: TrainJob = config["job"]
+    tc = job.train
+    rank, world = _rank_world()
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    model = build_for_training(job, device, distributed=world > 1)
+    optimizer = make_optimizer(model, tc)
+    tokens, doc_ids = load_rows(job.tokens_dir, tc.seq_len)
+    loader = SequenceLoader(tokens, doc_ids, tc.batch_size, seed=tc.seed)
+    micro = tc.micro_batch_size
+    tc.grad_accum_steps(world)  # fails early, naming the sizes, if the batch does not split
+
+    step = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = _load(d, model, optimizer)
+        step = state["step"]
+        loader.load_state_dict(state["loader"])
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+
+    stage_dir = Path(job.run_dir) / "checkpoints" / job.stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = stage_dir / "metrics.jsonl"
+    writer = None
+    if rank == 0:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(stage_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional; metrics.jsonl always has everything
+            writer = None
+    flops_tok = job.model.flops_per_token(tc.seq_len)
+    peak = peak_flops(device)
+    t_last, tok_since = time.perf_counter(), 0
+    while step < tc.steps:
+        out = train_step(model, optimizer, loader.next_batch(rank, world, micro, device), step, tc, _all_reduce)
+        step += 1
+        tok_since += out["tokens"]
+        if step % tc.log_every and step % tc.checkpoint_every and step != tc.steps:
+            continue
+        dt = time.perf_counter() - t_last
+        tps = tok_since / dt
+        metrics = {"step": step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                   "tokens_per_s": tps, "world_size": world, "tflops_per_worker": flops_tok * tps / world / 1e12,
+                   "mfu": (flops_tok * tps / world / peak) if peak else None, "time": time.time()}
+        t_last, tok_since = time.perf_counter(), 0
+        if rank == 0:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if writer:
+                for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                    writer.add_scalar(f"{job.stage}/{k}", metrics[k], step)
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
+            state = {"step": step, "loader": loader.state_dict(), "torch_rng": torch.get_rng_state().tolist()}
+            with tempfile.TemporaryDirectory() as d:
+                _save(d, model, optimizer, state)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=f"step_{step:06d}")
+        else:
+            ray.train.report(metrics)
+    _export_full(model, job, Path(job.run_dir) / "models" / job.stage)
+    if writer:
+        writer.close()
+
+
+def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu: bool = False,
+                 max_failures: int = 3):
+    """Fit on Ray Train. Rerunning the same stage in the same run dir resumes from its last
+    checkpoint; a finished stage is a no-op at the pipeline level (its manifest)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": 1} if not use_gpu else {"CPU": 4, "GPU": 1}),
+        run_config=RunConfig(name=job.stage, storage_path=str(Path(job.run_dir).resolve() / "ray_train"),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    return trainer.fit()
+
+
+def read_metrics(run_dir: str | Path, stage: str) -> list[dict]:
+    p = Path(run_dir) / "checkpoints" / stage / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+__all__ = ["TrainJob", "run_training", "train_loop_per_worker", "read_metrics"]

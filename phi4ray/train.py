@@ -1,0 +1,166 @@
+"""The training step, plain torch: runs under Ray Train (actors/trainer.py) and without Ray
+(benchmarks, the lent GPU). Pretraining, midtraining and SFT share it.
+
+Packed rows hold seq_len + 1 tokens: inputs are row[:-1], targets row[1:]; `doc_ids` keep
+attention inside each document. The loss is mean cross-entropy over the target tokens whose
+`loss_mask` is 1 (all of them in pretraining; assistant tokens in SFT).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from phi4ray.config import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seq_len: int = 256               # tokens per packed row the model sees
+    batch_size: int = 16             # sequences per optimizer step, over all workers
+    micro_batch_size: int = 4        # sequences per forward/backward on one worker
+    steps: int = 100
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1        # cosine decay floor, as a fraction of lr
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    checkpoint_every: int = 25
+    log_every: int = 5
+    activation_checkpointing: bool = False
+    compile: bool = False
+    dtype: str = "float32"           # compute dtype: bf16 on GPU (params and optimizer stay fp32)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "micro_batch_size", "steps", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"train.batch_size={self.batch_size} is not a multiple of "
+                              f"train.micro_batch_size={self.micro_batch_size}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"train.dtype={self.dtype!r} must be float32 or bfloat16")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        per_worker, rest = divmod(self.batch_size, world_size)
+        if rest or per_worker % self.micro_batch_size:
+            raise ConfigError(f"train.batch_size={self.batch_size} does not split into micro-batches of "
+                              f"{self.micro_batch_size} over {world_size} workers")
+        return per_worker // self.micro_batch_size
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # no weight decay on norms (1-D); embeddings and matrices decay
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False)
+
+
+def loss_fn(model, tokens: torch.Tensor, doc_ids: torch.Tensor, loss_mask: torch.Tensor | None = None):
+    """Returns (sum of token losses, number of trained tokens)."""
+    logits = model(tokens[:, :-1], doc_ids=doc_ids[:, :-1])
+    targets = tokens[:, 1:]
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    if loss_mask is None:
+        return losses.sum(), targets.numel()
+    m = loss_mask[:, 1:].reshape(-1).to(losses.dtype)
+    return (losses * m).sum(), int(m.sum().item())
+
+
+class SequenceLoader:
+    """Deterministic, resumable order over packed rows, independent of the number of workers.
+
+    The position is a global row cursor: every optimizer step consumes `batch_size` rows of a
+    seeded per-epoch permutation, and rank r of w takes rows r, r + w, ... of them. After a
+    restart on a different number of workers the stream continues where it stopped.
+    """
+
+    def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, batch_size: int, seed: int = 0,
+                 loss_mask: np.ndarray | None = None):
+        if len(tokens) < batch_size:
+            raise ValueError(f"{len(tokens)} packed rows are fewer than one batch of {batch_size}")
+        self.tokens, self.doc_ids, self.loss_mask = tokens, doc_ids, loss_mask
+        self.batch_size, self.seed = batch_size, seed
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.tokens))
+
+    def next_rows(self) -> np.ndarray:
+        if self.cursor + self.batch_size > len(self.tokens):  # drop the ragged tail of an epoch
+            self.epoch, self.cursor = self.epoch + 1, 0
+        rows = self._order()[self.cursor:self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return rows
+
+    def next_batch(self, rank: int, world: int, micro: int, device) -> list[tuple]:
+        mine = self.next_rows()[rank::world]
+        out = []
+        for i in range(0, len(mine), micro):
+            idx = mine[i:i + micro]
+            mask = None if self.loss_mask is None else torch.from_numpy(self.loss_mask[idx]).to(device)
+            out.append((torch.from_numpy(self.tokens[idx]).long().to(device),
+                        torch.from_numpy(self.doc_ids[idx]).long().to(device), mask))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self.seed = state["epoch"], state["cursor"], state["seed"]
+
+
+def train_step(model, optimizer, micro_batches, step: int, cfg: TrainConfig, all_reduce=None) -> dict:
+    """One optimizer step over this worker's micro-batches. Loss is normalised by the number of
+    trained tokens over all workers (all_reduce sums across them), so any split gives the same
+    gradient as one big batch."""
+    n_local = sum(int(mb[2][:, 1:].sum()) if mb[2] is not None else mb[0][:, 1:].numel() for mb in micro_batches)
+    n_total = torch.tensor(float(n_local))
+    if all_reduce is not None:
+        all_reduce(n_total)
+    loss_sum = 0.0
+    for tokens, doc_ids, mask in micro_batches:
+        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
+            s, _ = loss_fn(model, tokens, doc_ids, mask)
+        (s / n_total.item()).backward()
+        loss_sum += s.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    lr = lr_at(step, cfg)
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.tensor(loss_sum)
+    if all_reduce is not None:
+        all_reduce(loss)
+    return {"loss": loss.item() / n_total.item(), "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+            "lr": lr, "tokens": int(n_total.item())}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of known GPUs, for MFU; None where unknown (CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12)):
+        if key in name:
+            return flops
+    return None
