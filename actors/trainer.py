@@ -32,6 +32,9 @@ class TrainJob:
     tokens_dir: str                 # packed Parquet rows (phi4ray.packing)
     run_dir: str
     init_from: str | None = None    # HF folder to start from (the previous stage's model)
+    # fault injection for resume tests: raise once when this step is reached (a marker file in
+    # the stage dir makes it one-shot across restarts)
+    fail_once_at_step: int | None = None
 
 
 def _rank_world():
@@ -163,6 +166,11 @@ def train_loop_per_worker(config: dict) -> None:
     peak = peak_flops(device)
     t_last, tok_since = time.perf_counter(), 0
     while step < tc.steps:
+        if job.fail_once_at_step == step and rank == 0:
+            marker = stage_dir / f"injected_failure_{step}"
+            if not marker.exists():
+                marker.touch()
+                raise RuntimeError(f"injected failure at step {step}")
         out = train_step(model, optimizer, loader.next_batch(rank, world, micro, device), step, tc, _all_reduce)
         step += 1
         tok_since += out["tokens"]
