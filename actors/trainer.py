@@ -202,9 +202,14 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu: bool = False,
-                 max_failures: int = 3):
+                 max_failures: int = 3, resources_per_worker: dict | None = None,
+                 resize_check_s: float = 60.0):
     """Fit on Ray Train. Rerunning the same stage in the same run dir resumes from its last
-    checkpoint; a finished stage is a no-op at the pipeline level (its manifest)."""
+    checkpoint; a finished stage is a no-op at the pipeline level (its manifest).
+
+    num_workers=(lo, hi) is elastic: training runs on as many workers as the cluster holds, resumes
+    on fewer from the last checkpoint when a node goes, and grows again (checked every
+    resize_check_s) when nodes come back."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -212,8 +217,9 @@ def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu:
         train_loop_per_worker,
         train_loop_config={"job": job},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": 1} if not use_gpu else {"CPU": 4, "GPU": 1}),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, elastic_resize_monitor_interval_s=resize_check_s,
+            resources_per_worker=resources_per_worker or ({"CPU": 4, "GPU": 1} if use_gpu else {"CPU": 1})),
         run_config=RunConfig(name=job.stage, storage_path=str(Path(job.run_dir).resolve() / "ray_train"),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
