@@ -34,7 +34,7 @@ def start(model_dir: str, cfg) -> dict:
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
         else:  # a laptop: logical CPUs so the ingress and each replica get one
-            ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False)
+            ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False)
     serve.start(http_options={"host": s.host, "port": s.port})
     llm_config = sampler_llm_config(
         model_dir, model_id=s.model_id, device=s.device, engine=s.engine, min_replicas=s.min_replicas,

@@ -103,7 +103,7 @@ def main() -> None:
     from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
     from phi4ray.sampling import SampleRequest
 
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8011})
     cfg = sampler_llm_config(model, device=args.device, max_model_len=512, max_ongoing_requests=256,
                              target_ongoing_requests=256)

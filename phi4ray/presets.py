@@ -4,9 +4,11 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from phi4ray.config import ConfigError, ModelConfig, model_preset
+from phi4ray.train import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -41,6 +43,39 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Tokenize-and-pack (actors/tokenize.py): the pretraining context and how much to pack."""
+    seq_len: int = 4096            # pretraining context (the report: 4K before midtraining)
+    shard_sequences: int = 256
+    total_tokens: int = 0          # 0 = the largest mixture meeting every weight within epoch caps
+    builtin_max_docs: int = 200    # per source, when RUN has no curated/synthetic data yet
+
+    def __post_init__(self) -> None:
+        if self.seq_len < 8:
+            raise ConfigError(f"data.seq_len={self.seq_len} must be >= 8")
+        for name in ("shard_sequences", "builtin_max_docs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
+        if self.total_tokens < 0:
+            raise ConfigError(f"data.total_tokens={self.total_tokens} must be >= 0")
+
+
+@dataclass(frozen=True)
+class MidtrainConfig:
+    """Long-context midtraining: context x multiplier, new RoPE base, 30% long / 70% recall."""
+    context_multiplier: int = 4    # the report: 4K -> 16K
+    rope_theta: float = 250_000.0
+    long_share: float = 0.3
+    train: TrainConfig = TrainConfig(steps=200, lr=3e-4, warmup_steps=20)
+
+    def __post_init__(self) -> None:
+        if self.context_multiplier < 1:
+            raise ConfigError(f"midtrain.context_multiplier={self.context_multiplier} must be >= 1")
+        if not 0 < self.long_share < 1:
+            raise ConfigError(f"midtrain.long_share={self.long_share} must be in (0, 1)")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     preset: str
     model: ModelConfig
@@ -48,16 +83,46 @@ class RunConfig:
     # dtype of exported HF folders: fp32 for CPU samplers (bf16 matmuls crawl on CPU), bf16 on GPU
     export_dtype: str = "float32"
     serve: ServeConfig = ServeConfig()
+    data: DataConfig = DataConfig()
+    pretrain: TrainConfig = TrainConfig()
+    midtrain: MidtrainConfig = MidtrainConfig()
+    train_workers: int = 2         # Ray Train workers (GPUs on GPU presets)
+    train_workers_min: int = 0     # > 0: elastic, (train_workers_min, train_workers)
 
     def __post_init__(self) -> None:
         if self.export_dtype not in DTYPES:
             raise ConfigError(f"export_dtype={self.export_dtype!r} is not one of {DTYPES}")
+        long_ctx = self.data.seq_len * self.midtrain.context_multiplier
+        if long_ctx > self.model.max_seq_len:
+            raise ConfigError(f"data.seq_len={self.data.seq_len} x midtrain.context_multiplier="
+                              f"{self.midtrain.context_multiplier} = {long_ctx} exceeds model.max_seq_len="
+                              f"{self.model.max_seq_len}")
+        if not 0 <= self.train_workers_min <= self.train_workers or self.train_workers < 1:
+            raise ConfigError(f"need 0 <= train_workers_min ({self.train_workers_min}) <= train_workers "
+                              f"({self.train_workers}) and train_workers >= 1")
+
+    @property
+    def num_workers(self) -> int | tuple[int, int]:
+        return (self.train_workers_min, self.train_workers) if self.train_workers_min else self.train_workers
 
 
 def run_preset(name: str) -> RunConfig:
     model = model_preset(name)  # raises ConfigError naming the unknown preset
-    if name == "tiny":
-        return RunConfig(preset=name, model=model, export_dtype="float32")
+    if name == "tiny":  # minutes on a 2-core laptop, but every stage does real work
+        return RunConfig(
+            preset=name, model=model, export_dtype="float32",
+            data=DataConfig(seq_len=128, shard_sequences=128, builtin_max_docs=200),
+            pretrain=TrainConfig(batch_size=8, micro_batch_size=4, steps=40, lr=3e-3, warmup_steps=4,
+                                 checkpoint_every=10, log_every=5),
+            midtrain=MidtrainConfig(train=TrainConfig(batch_size=4, micro_batch_size=2, steps=12, lr=1e-3,
+                                                      warmup_steps=2, checkpoint_every=6, log_every=3)),
+        )
     # GPU presets: bf16 exports and GPU samplers that scale out under load
+    bf16 = TrainConfig(dtype="bfloat16", batch_size=256, micro_batch_size=4, steps=10_000, lr=3e-4,
+                       warmup_steps=500, checkpoint_every=500, log_every=10)
     return RunConfig(preset=name, model=model, export_dtype="bfloat16",
-                     serve=ServeConfig(device="gpu", min_replicas=1, max_replicas=4))
+                     serve=ServeConfig(device="gpu", min_replicas=1, max_replicas=4),
+                     # small: 1K -> 4K on one GPU; phi4-14b: the report's 4K -> 16K
+                     data=DataConfig(seq_len=model.max_seq_len // 4), pretrain=bf16,
+                     midtrain=MidtrainConfig(train=dataclasses.replace(bf16, steps=2000, lr=1e-4)),
+                     train_workers=8, train_workers_min=1)

@@ -36,13 +36,34 @@ def _serve(run_dir: Path, cfg: RunConfig) -> dict:
     return run_serve(run_dir, cfg)
 
 
+def _tokenize(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.tokenize import mixture_for_run, run_tokenize  # Ray loads only when tokenizing
+
+    d = cfg.data
+    mix = mixture_for_run(run_dir, seq_len=d.seq_len, seed=cfg.seed, shard_sequences=d.shard_sequences,
+                          total_tokens=d.total_tokens, builtin_max_docs=d.builtin_max_docs)
+    return run_tokenize(run_dir, mix)
+
+
+def _pretrain(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.train_stages import run_pretrain
+
+    return run_pretrain(run_dir, cfg)
+
+
+def _midtrain(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.train_stages import run_midtrain
+
+    return run_midtrain(run_dir, cfg)
+
+
 STAGES: list[Stage] = [
     Stage("init", "tokenizer + freshly initialised model of the preset, exported in HF layout", run=_init),
     Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", 4),
     Stage("synthesize", "synthetic data: rewrites, self-revision, instruction reversal, sandboxed code, plurality filter", 5),
-    Stage("tokenize", "tokenize and pack the weighted source mixture into token shards", 6),
-    Stage("pretrain", "FSDP2 pretraining on Ray Train at 4K context", 6),
-    Stage("midtrain", "long-context midtraining: 4K -> 16K, RoPE base 250K", 6),
+    Stage("tokenize", "tokenize and pack the weighted source mixture into token shards (Ray Data)", run=_tokenize),
+    Stage("pretrain", "FSDP2 pretraining on Ray Train (4K context in the report)", run=_pretrain),
+    Stage("midtrain", "long-context midtraining: context x4, RoPE base 250K, 30% long / 70% recall", run=_midtrain),
     Stage("sft", "supervised fine-tuning in the Phi-4 chat format", 7),
     Stage("pts", "Pivotal Token Search against the Serve samplers -> token-level DPO pairs", 8),
     Stage("dpo", "DPO on PTS pairs and judge-guided full pairs", 7),

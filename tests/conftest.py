@@ -67,7 +67,7 @@ def ray_cluster():
 
     if ray.is_initialized():  # building a Serve app object starts a default Ray on its own
         ray.shutdown()
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

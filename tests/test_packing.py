@@ -1,0 +1,176 @@
+"""Packing, mixture planning and document sampling: plain numpy, no Ray."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from phi4ray.config import ConfigError
+from phi4ray.model import document_causal_mask, positions_from_doc_ids
+from phi4ray.packing import (PHI4_MIXTURE, MixtureConfig, PackStats, Source, load_token_shards, mixture_plan, pack,
+                             plan_shares, sample_documents)
+
+EOT = 100257
+
+
+def random_docs(n, seed=0, max_len=40):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 1000, size=rng.integers(0, max_len)).tolist() for _ in range(n)]
+
+
+def mix_of(**weights_epochs):
+    return MixtureConfig(tuple(Source(n, (f"d/{n}",), w, e) for n, (w, e) in weights_epochs.items()), seq_len=16)
+
+
+# --- packing -----------------------------------------------------------------------------------
+def test_small_pack_by_hand():
+    stats = PackStats()
+    rows = list(pack([[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], seq_len=3, eot_id=EOT, stats=stats))
+    # stream 1 2 3 E 4 5 E 6 7 8 9 10 E -> rows of 4, remainder of 1 dropped
+    assert [r["tokens"].tolist() for r in rows] == [[1, 2, 3, EOT], [4, 5, EOT, 6], [7, 8, 9, 10]]
+    assert [r["doc_ids"].tolist() for r in rows] == [[0, 0, 0, 1], [0, 0, 1, 1], [0, 0, 0, 0]]
+    assert (stats.docs, stats.tokens_in, stats.tokens_packed, stats.tokens_dropped, stats.rows) == (3, 13, 12, 1, 3)
+    assert all(r["tokens"].dtype == np.int32 and r["doc_ids"].dtype == np.int32 for r in rows)
+
+
+@pytest.mark.parametrize("seq_len, max_len", [(8, 40), (31, 5), (64, 200)])
+def test_every_token_once_in_order_and_boundaries_exact(seq_len, max_len):
+    docs = random_docs(60, seed=seq_len, max_len=max_len)
+    stats = PackStats()
+    rows = list(pack(docs, seq_len, EOT, stats))
+    stream = np.concatenate([np.array(d + [EOT]) for d in docs])
+    packed = np.concatenate([r["tokens"] for r in rows])
+    assert len(stream) == stats.tokens_in == stats.tokens_packed + stats.tokens_dropped
+    assert stats.tokens_dropped < seq_len + 1 and stats.rows == len(rows) == len(stream) // (seq_len + 1)
+    assert (packed == stream[:len(packed)]).all()
+    for r in rows:
+        tok, ids = r["tokens"], r["doc_ids"]
+        assert len(tok) == len(ids) == seq_len + 1 and ids[0] == 0
+        # the id changes exactly where an eot is, by one
+        assert (np.diff(ids) == (tok[1:] == EOT)).all()
+
+
+def test_doc_ids_drive_the_models_document_mask():
+    rows = list(pack([[1, 2], [3, 4, 5], [6]], seq_len=7, eot_id=EOT))
+    tok = torch.tensor(np.stack([r["tokens"] for r in rows]))[:, :-1]
+    ids = torch.tensor(np.stack([r["doc_ids"] for r in rows]))[:, :-1]
+    assert tok.tolist() == [[1, 2, EOT, 3, 4, 5, EOT]]
+    # the eot opens the next document: positions restart on it
+    assert positions_from_doc_ids(ids).tolist() == [[0, 1, 0, 1, 2, 3, 0]]
+    mask = document_causal_mask(ids)[0, 0]
+    assert mask[5].tolist() == [False, False, True, True, True, True, False]  # token 5 sees only its doc
+    assert mask[2, :2].tolist() == [False, False]  # doc 2's eot-start does not see doc 1
+
+
+def test_long_document_continues_in_next_row():
+    rows = list(pack([list(range(1, 21))], seq_len=7, eot_id=EOT))
+    assert [r["tokens"].tolist() for r in rows] == [list(range(1, 9)), list(range(9, 17))]
+    assert all((r["doc_ids"] == 0).all() for r in rows)
+
+
+def test_pack_rejects_bad_seq_len():
+    with pytest.raises(ValueError, match="seq_len"):
+        list(pack([[1]], 0, EOT))
+
+
+# --- mixture -----------------------------------------------------------------------------------
+def test_phi4_mixture_is_the_reports():
+    assert PHI4_MIXTURE == {"synthetic": 0.40, "web": 0.15, "web_rewrites": 0.15, "code": 0.20, "acquired": 0.10}
+    assert sum(PHI4_MIXTURE.values()) == pytest.approx(1.0)
+
+
+def test_default_total_meets_weights_exactly():
+    mix = mix_of(a=(0.5, 1.0), b=(0.3, 1.0), c=(0.2, 1.0))
+    counts = {"a": 1000, "b": 5000, "c": 300}
+    plan = mixture_plan(counts, mix)
+    assert plan_shares(plan, counts) == pytest.approx({"a": 0.5, "b": 0.3, "c": 0.2})
+    assert plan["c"] == pytest.approx(1.0)  # the binding source is taken whole
+    assert all(plan[n] <= 1.0 + 1e-12 for n in plan)
+
+
+def test_caps_bind_and_the_rest_renormalise():
+    mix = mix_of(a=(0.5, 2.0), b=(0.3, 1.0), c=(0.2, 10.0))
+    counts = {"a": 1000, "b": 1000, "c": 1000}
+    plan = mixture_plan(counts, mix, total_tokens=6000)
+    # a wants 3000 > cap 2000, b wants 1800 > cap 1000; c takes the remaining 3000
+    assert plan == pytest.approx({"a": 2.0, "b": 1.0, "c": 3.0})
+    shares = plan_shares(plan, counts)
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["c"] == pytest.approx(0.5)
+    # asking for more than every cap together takes every cap
+    assert mixture_plan(counts, mix, total_tokens=10**9) == pytest.approx({"a": 2.0, "b": 1.0, "c": 10.0})
+    # within every cap the shares are the weights
+    assert plan_shares(mixture_plan(counts, mix, 2000), counts) == pytest.approx({"a": 0.5, "b": 0.3, "c": 0.2})
+
+
+def test_empty_source_gets_nothing_and_others_renormalise():
+    mix = mix_of(a=(0.6, 1.0), b=(0.2, 1.0), c=(0.2, 1.0))
+    counts = {"a": 600, "b": 0, "c": 1000}
+    plan = mixture_plan(counts, mix)
+    assert plan["b"] == 0.0
+    assert plan_shares(plan, counts) == pytest.approx({"a": 0.75, "b": 0.0, "c": 0.25})
+    with pytest.raises(ValueError, match=r"missing for sources \['c'\]"):
+        mixture_plan({"a": 1, "b": 1}, mix)
+
+
+# --- sampling ----------------------------------------------------------------------------------
+def test_sampling_is_seeded_and_takes_whole_passes():
+    lengths = np.random.default_rng(1).integers(1, 50, size=200)
+    a, b = sample_documents(lengths, 2.5, [7, 1]), sample_documents(lengths, 2.5, [7, 1])
+    assert a.tolist() == b.tolist() != sample_documents(lengths, 2.5, [8, 1]).tolist()
+    seen = np.bincount(a, minlength=200)
+    assert seen.min() == 2 and seen.max() == 3  # two full passes, then part of a third
+    extra = a[400:]
+    budget = 0.5 * lengths.sum()
+    assert budget <= lengths[extra].sum() < budget + lengths.max()
+    assert (np.sort(a[:200]) == np.arange(200)).all() and not (a[:200] == a[200:400]).all()
+
+
+def test_sampling_edges():
+    assert len(sample_documents([], 3.0, 0)) == 0
+    assert (np.sort(sample_documents([5, 5, 5], 1.0, 0)) == [0, 1, 2]).all()
+    assert len(sample_documents([5, 5, 5], 0.1, 0)) == 1  # a sliver (1.5 tokens) still takes one document
+    assert len(sample_documents([5, 5, 5], 0.02, 0)) == 0  # under half a token is rounding
+
+
+# --- config ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, needle", [
+    (lambda: Source("web", ("x",), 0.0), "weight=0.0"),
+    (lambda: Source("web", ("x",), -1), "weight=-1"),
+    (lambda: Source("web", ("x",), float("nan")), "weight=nan"),
+    (lambda: Source("web", ("x",), 1.0, epochs=0), "epochs=0"),
+    (lambda: Source("", ("x",), 1.0), "source.name"),
+    (lambda: Source("web", (), 1.0), "paths"),
+    (lambda: MixtureConfig((Source("a", "p", 1.0),), seq_len=4), "mixture.seq_len=4"),
+    (lambda: MixtureConfig((Source("a", "p", 1.0),), seq_len=16, shard_sequences=0), "mixture.shard_sequences=0"),
+    (lambda: MixtureConfig((Source("a", "p", 1.0),), seq_len=16, total_tokens=-5), "mixture.total_tokens=-5"),
+    (lambda: MixtureConfig((), seq_len=16), "mixture.sources"),
+    (lambda: MixtureConfig((Source("a", "p", 1.0), Source("a", "q", 1.0)), seq_len=16), "duplicate"),
+])
+def test_bad_config_names_the_field(make, needle):
+    with pytest.raises(ConfigError) as e:
+        make()
+    assert needle in str(e.value)
+
+
+def test_source_paths_normalise_to_a_tuple():
+    assert Source("a", "one.parquet", 1.0).paths == ("one.parquet",)
+    assert Source("a", ["x", "y"], 1.0).paths == ("x", "y")
+
+
+# --- shards ------------------------------------------------------------------------------------
+def test_load_token_shards(tmp_path):
+    (tmp_path / "tokens").mkdir()
+    rows = list(pack(random_docs(30), 15, EOT))
+    t = pa.array([r["tokens"].tolist() for r in rows], pa.list_(pa.int32()))
+    d = pa.array([r["doc_ids"].tolist() for r in rows], pa.list_(pa.int32()))
+    pq.write_table(pa.table({"tokens": t, "doc_ids": d, "source": ["s"] * len(rows)}),
+                   tmp_path / "tokens" / "shard-00000.parquet")
+    [(tokens, doc_ids)] = list(load_token_shards(tmp_path))
+    assert tokens.shape == doc_ids.shape == (len(rows), 16) and tokens.dtype == np.int32
+    assert (tokens == np.stack([r["tokens"] for r in rows])).all()
+    pq.write_table(pa.table({"tokens": pa.array([[1, 2], [3]], pa.list_(pa.int32())), "doc_ids": [[0, 0], [0]]}),
+                   tmp_path / "tokens" / "shard-00001.parquet")
+    with pytest.raises(ValueError, match="shard-00001.parquet: column 'tokens' has rows of different lengths"):
+        list(load_token_shards(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no token shards"):
+        next(load_token_shards(tmp_path / "nowhere"))
