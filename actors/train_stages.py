@@ -13,7 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from actors.trainer import TrainJob, read_metrics, run_training
+from actors.trainer import TrainJob, plot_loss, read_metrics, run_training
 from phi4ray import manifest
 from phi4ray.presets import RunConfig
 
@@ -49,10 +49,11 @@ def _train(run_dir: Path, cfg: RunConfig, stage: str, job: TrainJob, inputs: dic
         raise RuntimeError(f"{stage} failed: {result.error}")
     metrics = read_metrics(run_dir, stage)
     last = metrics[-1]
+    plot = plot_loss(run_dir, stage)
     manifest.write_manifest(
         run_dir, stage, cfg, inputs=inputs,
         outputs={"model": str(Path(run_dir) / "models" / stage), "checkpoint": str(result.checkpoint.path),
-                 "metrics": str(Path(run_dir) / "checkpoints" / stage / "metrics.jsonl")},
+                 "metrics": str(Path(run_dir) / "checkpoints" / stage / "metrics.jsonl"), "loss_plot": str(plot)},
         counts={"steps": last["step"], "final_loss": last["loss"], "first_loss": metrics[0]["loss"],
                 "tokens": job.train.steps * job.train.batch_size * job.train.seq_len,
                 "tokens_per_s": sum(m["tokens_per_s"] for m in metrics) / len(metrics)},

@@ -156,11 +156,11 @@ def train_loop_per_worker(config: dict) -> None:
     metrics_file = stage_dir / "metrics.jsonl"
     writer = None
     if rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        try:  # tensorboardX comes with Ray; metrics.jsonl always has everything anyway
+            from tensorboardX import SummaryWriter
 
             writer = SummaryWriter(str(stage_dir / "tensorboard"))
-        except ImportError:  # tensorboard is optional; metrics.jsonl always has everything
+        except ImportError:
             writer = None
     flops_tok = job.model.flops_per_token(tc.seq_len)
     peak = peak_flops(device)
@@ -225,6 +225,39 @@ def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu:
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     return trainer.fit()
+
+
+def plot_loss(run_dir: str | Path, stage: str) -> Path | None:
+    """RUN/report/loss_<stage>.png: loss against step, one colour per worker count (resizes show)."""
+    metrics = read_metrics(run_dir, stage)
+    if not metrics:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    segments: list[list[dict]] = []  # contiguous runs on one worker count (a resize starts a new one)
+    for m in metrics:
+        if not segments or segments[-1][-1]["world_size"] != m["world_size"]:
+            segments.append([])
+        segments[-1].append(m)
+    colors, seen = {}, set()
+    for seg in segments:
+        world = seg[0]["world_size"]
+        colors.setdefault(world, f"C{len(colors)}")
+        ax.plot([m["step"] for m in seg], [m["loss"] for m in seg], marker=".", color=colors[world],
+                label=None if world in seen else f"{world} worker(s)")
+        seen.add(world)
+    ax.set(xlabel="step", ylabel="loss", title=f"{stage} loss")
+    ax.legend()
+    out = Path(run_dir) / "report" / f"loss_{stage}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def read_metrics(run_dir: str | Path, stage: str) -> list[dict]:

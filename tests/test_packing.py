@@ -125,6 +125,37 @@ def test_sampling_is_seeded_and_takes_whole_passes():
     assert (np.sort(a[:200]) == np.arange(200)).all() and not (a[:200] == a[200:400]).all()
 
 
+def test_upweighting_raises_the_share_of_long_documents():
+    rng = np.random.default_rng(2)
+    lengths = np.concatenate([rng.integers(5, 20, size=300), rng.integers(100, 200, size=30)])
+    is_long = lengths >= 100
+    source = Source("long", ("x",), 1.0, upweight_min_tokens=100, upweight=2.0)
+    weights = source.doc_weights(lengths)
+    assert weights.tolist() == np.where(is_long, 2.0, 1.0).tolist()
+    assert Source("a", ("x",), 1.0).doc_weights(lengths) is None
+
+    def long_share(order):
+        return lengths[order][is_long[order]].sum() / lengths[order].sum()
+
+    # a whole pass: every long document twice, every short one once
+    one = sample_documents(lengths, 1.0, [5], weights)
+    assert np.bincount(one, minlength=len(lengths)).tolist() == np.where(is_long, 2, 1).tolist()
+    expected = 2 * lengths[is_long].sum() / (2 * lengths[is_long].sum() + lengths[~is_long].sum())
+    assert long_share(one) == pytest.approx(expected)
+    # a part of a pass (how `mixture_plan` usually takes the long source): share up from the plain one
+    plain = np.mean([long_share(sample_documents(lengths, 0.4, [s])) for s in range(20)])
+    up = [sample_documents(lengths, 0.4, [s], weights) for s in range(20)]
+    budget = 0.4 * (weights * lengths).sum()
+    assert all(budget <= lengths[o].sum() < budget + lengths.max() for o in up)
+    assert plain == pytest.approx(lengths[is_long].sum() / lengths.sum(), abs=0.05)
+    assert np.mean([long_share(o) for o in up]) == pytest.approx(expected, abs=0.05) and expected > plain + 0.1
+    # a fractional weight: 1.5 copies per pass on average
+    half = sample_documents(lengths, 10.0, [1], np.where(is_long, 1.5, 1.0))
+    assert np.bincount(half, minlength=len(lengths))[is_long].mean() == pytest.approx(15, abs=1)
+    with pytest.raises(ValueError, match="doc_weights"):
+        sample_documents(lengths, 1.0, 0, np.full(len(lengths), 0.5))
+
+
 def test_sampling_edges():
     assert len(sample_documents([], 3.0, 0)) == 0
     assert (np.sort(sample_documents([5, 5, 5], 1.0, 0)) == [0, 1, 2]).all()
@@ -139,6 +170,10 @@ def test_sampling_edges():
     (lambda: Source("web", ("x",), float("nan")), "weight=nan"),
     (lambda: Source("web", ("x",), 1.0, epochs=0), "epochs=0"),
     (lambda: Source("", ("x",), 1.0), "source.name"),
+    (lambda: Source("web", ("x",), 1.0, min_tokens=-1), "min_tokens=-1"),
+    (lambda: Source("web", ("x",), 1.0, upweight_min_tokens=1.5), "upweight_min_tokens=1.5"),
+    (lambda: Source("web", ("x",), 1.0, upweight=0.5), "upweight=0.5 must be >= 1"),
+    (lambda: Source("web", ("x",), 1.0, upweight=float("inf")), "upweight=inf"),
     (lambda: Source("web", (), 1.0), "paths"),
     (lambda: MixtureConfig((Source("a", "p", 1.0),), seq_len=4), "mixture.seq_len=4"),
     (lambda: MixtureConfig((Source("a", "p", 1.0),), seq_len=16, shard_sequences=0), "mixture.shard_sequences=0"),
@@ -174,3 +209,7 @@ def test_load_token_shards(tmp_path):
         list(load_token_shards(tmp_path))
     with pytest.raises(FileNotFoundError, match="no token shards"):
         next(load_token_shards(tmp_path / "nowhere"))
+    (tmp_path / "tokens").rename(tmp_path / "tokens_midtrain")
+    with pytest.raises(FileNotFoundError, match="tokens: no token shards"):
+        next(load_token_shards(tmp_path))
+    assert len(next(load_token_shards(tmp_path, "tokens_midtrain"))[0]) == len(rows)
