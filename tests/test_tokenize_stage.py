@@ -94,6 +94,7 @@ def test_stage_tokenizes_quarantines_and_packs(corpus, two_runs):
     assert alpha["docs_read"] == 84 and alpha["docs_kept"] == 81
     assert alpha["quarantined"] == {"empty text": 2, "null text": 1} and c["docs_quarantined"] == 3
     assert beta["docs_read"] == beta["docs_kept"] == 60 and beta["quarantined"] == {}
+    assert c["docs_dropped"] == 0 and alpha["dropped"] == beta["dropped"] == {}  # no min_tokens
     tok = get_tokenizer()
     for name, src in (("alpha", alpha), ("beta", beta)):
         assert src["tokens_available"] == sum(len(tok.encode_ordinary(t)) + 1 for t in corpus[name])

@@ -1,0 +1,118 @@
+"""The midtraining mixture (long + recall) through the tokenize stage on a real local Ray."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from actors.tokenize import TOO_SHORT, midtrain_mixture_for_run, mixture_for_run, run_tokenize
+from phi4ray import manifest
+from phi4ray.config import ConfigError
+from phi4ray.packing import load_token_shards
+from phi4ray.tokenizer import ENDOFTEXT, get_tokenizer
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
+L = 16  # pretraining seq_len: long documents have >= 2L tokens, the up-weighted ones >= 4L
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run dir with curated `web` (plus a null and a blank row) and `code`: documents of 3-120 words."""
+    root = tmp_path_factory.mktemp("midtrain_run")
+    texts = {}
+    for seed, name in enumerate(("web", "code")):
+        rng = np.random.default_rng(seed)
+        texts[name] = [f"{name} {i}: " + " ".join(rng.choice(WORDS, size=rng.integers(3, 120))) for i in range(120)]
+        (root / "curated" / name).mkdir(parents=True)
+        rows = texts[name] + ([None, " "] if name == "web" else [])
+        pq.write_table(pa.table({"text": pa.array(rows, pa.string())}), root / "curated" / name / "part-0.parquet")
+    tok = get_tokenizer()
+    lengths = [len(tok.encode_ordinary(t)) for name in ("web", "code") for t in texts[name]]
+    return root, lengths
+
+
+@pytest.fixture(scope="module")
+def midtrained(ray_local, run):
+    root, _ = run
+    mix = midtrain_mixture_for_run(root, seq_len=4 * L, pretrain_seq_len=L, seed=2, shard_sequences=32)
+    return mix, run_tokenize(root, mix, out_name="tokens_midtrain", manifest_stage="tokenize_midtrain")
+
+
+def test_midtrain_mixture_is_long_plus_recall(run):
+    root, _ = run
+    mix = midtrain_mixture_for_run(root, seq_len=4 * L, pretrain_seq_len=L)
+    assert [(s.name, s.paths, s.weight, s.min_tokens, s.upweight_min_tokens, s.upweight) for s in mix.sources] == [
+        ("long", ("curated/web", "curated/code"), 0.3, 2 * L, 4 * L, 2.0),
+        ("recall", ("curated/web", "curated/code"), 0.7, 0, 0, 1.0)]
+    assert mix.seq_len == 4 * L and mix.weights() == pytest.approx({"long": 0.3, "recall": 0.7})
+
+
+def test_midtrain_rows_shares_and_counts(run, midtrained):
+    root, lengths = run
+    mix, m = midtrained
+    assert manifest.is_complete(root, "tokenize_midtrain", mix) and m["stage"] == "tokenize_midtrain"
+    assert not (root / "tokens").exists() and manifest.read_manifest(root, "tokenize") is None
+    c = m["counts"]
+    long, recall = c["sources"]["long"], c["sources"]["recall"]
+    n_short, n_up = sum(n < 2 * L for n in lengths), sum(n >= 4 * L for n in lengths)
+    assert 0 < n_short < len(lengths) and 0 < n_up
+    # every row read is kept, dropped for its length or quarantined
+    for src in (long, recall):
+        assert src["docs_read"] == 242 == src["docs_kept"] + src["docs_dropped"] + src["docs_quarantined"]
+        assert src["quarantined"] == {"empty text": 1, "null text": 1}
+    assert long["dropped"] == {TOO_SHORT: n_short} and long["docs_kept"] == len(lengths) - n_short
+    assert recall["dropped"] == {} and recall["docs_kept"] == len(lengths) and c["docs_dropped"] == n_short
+    assert long["docs_upweighted"] == n_up and recall["docs_upweighted"] == 0
+    assert c["shares_achieved"]["long"] == pytest.approx(0.3, abs=0.02)
+
+    tokens = np.concatenate([t for t, _ in load_token_shards(root, "tokens_midtrain")])
+    assert tokens.shape == (c["sequences"], 4 * L + 1) and c["row_width"] == 4 * L + 1
+    sources = pa.concat_tables([pq.read_table(f) for f in sorted((root / "tokens_midtrain").glob("*.parquet"))]
+                               ).column("source").to_pylist()
+    assert sources.count("long") == long["sequences"] > 0 and sources.count("recall") == recall["sequences"]
+    # a whole document inside a long row (eot on both sides) has >= 2L tokens; recall rows hold short ones too
+    whole = {"long": [], "recall": []}
+    for row, source in zip(tokens, sources):
+        cuts = np.flatnonzero(row == ENDOFTEXT)
+        whole[source] += np.diff(cuts).tolist()
+    assert whole["long"] and min(whole["long"]) - 1 >= 2 * L and min(whole["recall"]) - 1 < 2 * L
+
+
+def test_rerun_is_a_no_op_and_pretraining_tokens_live_beside(run, midtrained):
+    root, _ = run
+    mix, first = midtrained
+    again = run_tokenize(root, mix, out_name="tokens_midtrain", manifest_stage="tokenize_midtrain")
+    assert again["finished_at"] == first["finished_at"]
+    pre = run_tokenize(root, mixture_for_run(root, seq_len=L))
+    assert pre["stage"] == "tokenize" and next(load_token_shards(root))[0].shape[1] == L + 1
+    assert manifest.read_manifest(root, "tokenize_midtrain") == first
+
+
+def test_no_long_document_fails_naming_the_threshold(ray_local, run, tmp_path):
+    root, lengths = run
+    mix = midtrain_mixture_for_run(root, seq_len=1024, pretrain_seq_len=256)
+    with pytest.raises(ValueError, match=rf"'long' keeps no document of >= min_tokens=512 tokens "
+                                         rf"\(240 documents, the longest {max(lengths)} tokens\)"):
+        run_tokenize(root, mix, out_name="tokens_x", manifest_stage="tokenize_x")
+    assert manifest.read_manifest(root, "tokenize_x") is None and not (root / "tokens_x").exists()
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"seq_len": 16, "pretrain_seq_len": 16}, "seq_len=16 must be an integer > pretrain_seq_len=16"),
+    ({"seq_len": 64, "pretrain_seq_len": 0}, "pretrain_seq_len=0"),
+    ({"seq_len": 64, "pretrain_seq_len": 16, "long_share": 1.0}, "long_share=1.0"),
+])
+def test_bad_midtrain_config(tmp_path, kw, needle):
+    with pytest.raises(ConfigError, match=needle):
+        midtrain_mixture_for_run(tmp_path, **kw)
+    assert not (tmp_path / "builtin").exists()
