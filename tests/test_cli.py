@@ -33,19 +33,26 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     from tests.conftest import free_port
 
     argv = [sys.executable, "-m", "phi4ray.cli", "run", "--preset", "tiny", "--run-dir", str(tmp_path),
-            "model.n_layers=2", f"serve.port={free_port()}"]
+            "model.n_layers=2", f"serve.port={free_port()}", "data.builtin_max_docs=40",
+            "pretrain.steps=4", "pretrain.checkpoint_every=2", "pretrain.log_every=2",
+            "midtrain.train.steps=2", "midtrain.train.checkpoint_every=2", "midtrain.train.log_every=1"]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     init = json.loads((tmp_path / "manifests" / "init.json").read_text())
     assert init["complete"] and init["config"]["model"]["n_layers"] == 2
     assert (tmp_path / "models" / "init" / "model.safetensors").is_file()
+    for stage in ("tokenize", "pretrain", "tokenize_midtrain", "midtrain"):
+        assert json.loads((tmp_path / "manifests" / f"{stage}.json").read_text())["complete"]
+    mid = json.loads((tmp_path / "models" / "midtrain" / "config.json").read_text())
+    assert mid["rope_theta"] == 250_000 and mid["max_position_embeddings"] == 1024
+    assert (tmp_path / "report" / "loss_pretrain.png").is_file()
     served = json.loads((tmp_path / "manifests" / "serve.json").read_text())
-    assert served["inputs"]["model"] == str((tmp_path / "models" / "init").resolve())
+    assert served["inputs"]["model"] == str((tmp_path / "models" / "midtrain").resolve())
     assert served["outputs"]["smoke_answer"].strip()
     assert "smoke chat" in first.stdout and "not built yet" in first.stdout
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("already complete") == 2
+    assert again.stdout.count("already complete") == 5
     assert json.loads((tmp_path / "manifests" / "init.json").read_text())["finished_at"] == init["finished_at"]
 
 
