@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for s in STAGES:
         note = "" if s.built else f"  [not built yet: issue #{s.issue}]"
-        sp = sub.add_parser(s.name, help=s.summary + note, description=s.summary + note)
+        text = (s.summary + note).replace("%", "%%")  # argparse formats help strings with %
+        sp = sub.add_parser(s.name, help=text, description=text)
         common(sp)
         if s.name == "serve":
             sp.add_argument("--model", help="HF model folder to serve (default: the run's newest model)")
