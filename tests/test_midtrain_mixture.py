@@ -15,14 +15,9 @@ L = 16  # pretraining seq_len: long documents have >= 2L tokens, the up-weighted
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def ray_local(ray_cluster):
+    """The session's Ray cluster (conftest): one cluster per test session, shared by every module."""
+    yield ray_cluster
 
 
 @pytest.fixture(scope="module")

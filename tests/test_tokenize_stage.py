@@ -18,14 +18,9 @@ SPECIAL_DOC = "a document that mentions <|endoftext|> and <|im_end|> as plain te
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def ray_local(ray_cluster):
+    """The session's Ray cluster (conftest): one cluster per test session, shared by every module."""
+    yield ray_cluster
 
 
 def ascii_docs(n, seed):
