@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OverrideError) as e:
         print(f"phi4ray: config error: {e}", file=sys.stderr)
         return 2
-    run_dir = Path(args.run_dir or f"runs/{args.preset}")
+    # absolute: Ray workers run in their own working directories (on a cluster RUN must be shared)
+    run_dir = Path(args.run_dir or f"runs/{args.preset}").resolve()
 
     if args.stage == "run":
         stages = STAGES

@@ -77,3 +77,11 @@ def test_overrides_convert_types():
     assert cfg.model.rope_theta == 250_000.0 and cfg.model.tie_embeddings is False and cfg.seed == 7
     with pytest.raises(OverrideError):
         apply_overrides(cfg, ["model.tie_embeddings=maybe"])
+
+
+def test_relative_run_dir_is_made_absolute(tmp_path, monkeypatch):
+    # Ray workers run in their own working directories: a relative RUN must never reach them
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "--run-dir", "rel/run", "model.n_layers=1"]) == 0
+    out = json.loads((tmp_path / "rel" / "run" / "manifests" / "init.json").read_text())["outputs"]["model"]
+    assert out == str(tmp_path / "rel" / "run" / "models" / "init")
