@@ -24,17 +24,13 @@ def latest_model(run_dir: Path) -> Path:
 
 def start(model_dir: str, cfg) -> dict:
     """Start Ray (or join RAY_ADDRESS), Serve and the sampler app; returns its URLs and names."""
-    import ray
     from ray import serve
 
+    from actors.ray_session import ensure_ray
     from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
 
     s = cfg.serve
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()
-        else:  # a laptop: logical CPUs so the ingress and each replica get one
-            ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False)
+    ensure_ray(min_cpus=8)  # kept running: the app serves until the caller deletes it
     serve.start(http_options={"host": s.host, "port": s.port})
     llm_config = sampler_llm_config(
         model_dir, model_id=s.model_id, device=s.device, engine=s.engine, min_replicas=s.min_replicas,

@@ -33,7 +33,6 @@ Where the work happens, and why:
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections import Counter
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actors.ray_session import ray_session
 from phi4ray import manifest
 from phi4ray.config import ConfigError
 from phi4ray.packing import (PHI4_MIXTURE, MixtureConfig, PackStats, Source, mixture_plan, pack, plan_shares,
@@ -149,19 +149,6 @@ def _tokenize_sources(files: dict[str, list[str]], actors: int) -> dict[str, tup
     return out
 
 
-def _ensure_ray() -> bool:
-    """Start Ray (or join RAY_ADDRESS) if nobody has; True if we started it (and must stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:  # our own local instance, never a stray one another process left in /tmp/ray
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
-    return True
-
-
 # --- outputs -----------------------------------------------------------------------------------
 def _write_shards(out: Path, tokens: np.ndarray, doc_ids: np.ndarray, sources: np.ndarray,
                   rows_per_shard: int) -> list[str]:
@@ -209,19 +196,17 @@ def run_tokenize(run_dir: str | Path, mix: MixtureConfig, *, out_name: str = "to
     import ray
     import ray.data
 
-    started = _ensure_ray()
-    ctx = ray.data.DataContext.get_current()
-    old_order = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # document order = file order: seeds reproduce
-    try:
-        if actors is None:
-            actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
-        distinct = _tokenize_sources({name: list(fs) for fs, name in first_with.items()}, actors)
-        tokenized = {name: distinct[first_with[tuple(fs)]] for name, fs in files.items()}
-    finally:
-        ctx.execution_options.preserve_order = old_order
-        if started:
-            ray.shutdown()  # a later stage (serve) starts Ray with its own resources
+    with ray_session():
+        ctx = ray.data.DataContext.get_current()
+        old_order = ctx.execution_options.preserve_order
+        ctx.execution_options.preserve_order = True  # document order = file order: seeds reproduce
+        try:
+            if actors is None:
+                actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+            distinct = _tokenize_sources({name: list(fs) for fs, name in first_with.items()}, actors)
+            tokenized = {name: distinct[first_with[tuple(fs)]] for name, fs in files.items()}
+        finally:
+            ctx.execution_options.preserve_order = old_order
     t_tok = time.time() - t0
     docs, counts = {}, {}
     for s in mix.sources:

@@ -13,38 +13,18 @@ import dataclasses
 import time
 from pathlib import Path
 
+from actors.ray_session import ray_session
 from actors.trainer import TrainJob, plot_loss, read_metrics, run_training
 from phi4ray import manifest
 from phi4ray.presets import RunConfig
 
 
-def _local_ray() -> bool:
-    """Start a local Ray if none is connected; returns whether we did (and so must stop it)."""
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
-    return True
-
-
 def _train(run_dir: Path, cfg: RunConfig, stage: str, job: TrainJob, inputs: dict) -> dict:
     if manifest.is_complete(run_dir, stage, cfg):
         return manifest.read_manifest(run_dir, stage)
-    import ray
-
-    started = _local_ray()
     t0 = time.time()
-    try:
+    with ray_session(min_cpus=4):
         result = run_training(job, num_workers=cfg.num_workers, use_gpu=cfg.serve.device == "gpu")
-    finally:
-        if started:
-            ray.shutdown()
     if result.error:
         raise RuntimeError(f"{stage} failed: {result.error}")
     metrics = read_metrics(run_dir, stage)
@@ -76,18 +56,11 @@ def run_midtrain(run_dir: Path, cfg: RunConfig) -> dict:
     run_dir = Path(run_dir)
     m = cfg.midtrain
     seq_len = cfg.data.seq_len * m.context_multiplier
-    if not manifest.is_complete(run_dir, "midtrain", cfg):
-        started = _local_ray()
-        try:
-            mix = midtrain_mixture_for_run(run_dir, seq_len=seq_len, pretrain_seq_len=cfg.data.seq_len,
-                                           seed=cfg.seed, long_share=m.long_share,
-                                           builtin_max_docs=cfg.data.builtin_max_docs)
-            run_tokenize(run_dir, mix, out_name="tokens_midtrain", manifest_stage="tokenize_midtrain")
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
+    if not manifest.is_complete(run_dir, "midtrain", cfg):  # run_tokenize brings its own Ray
+        mix = midtrain_mixture_for_run(run_dir, seq_len=seq_len, pretrain_seq_len=cfg.data.seq_len,
+                                       seed=cfg.seed, long_share=m.long_share,
+                                       builtin_max_docs=cfg.data.builtin_max_docs)
+        run_tokenize(run_dir, mix, out_name="tokens_midtrain", manifest_stage="tokenize_midtrain")
     model = cfg.model.replace(rope_theta=m.rope_theta)  # same weights, longer context, new RoPE base
     tc = dataclasses.replace(m.train, seq_len=seq_len)
     job = TrainJob("midtrain", model, tc, str(run_dir / "tokens_midtrain"), str(run_dir),
