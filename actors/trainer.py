@@ -109,19 +109,20 @@ def build_for_training(job: TrainJob, device: torch.device, distributed: bool):
 
 
 def load_rows(tokens_dir: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """All packed rows of a token dataset (Parquet: `tokens`, `doc_ids`, seq_len + 1 each)."""
-    import pyarrow.dataset as ds
+    """All packed rows of a token folder (phi4ray.packing's shards), checked against seq_len."""
+    from phi4ray.packing import load_token_shards
 
-    table = ds.dataset(tokens_dir, format="parquet").to_table(columns=["tokens", "doc_ids"])
-    if table.num_rows == 0:
-        raise ValueError(f"{tokens_dir}: no packed rows")
-    tokens = np.asarray(table.column("tokens").combine_chunks().flatten(), dtype=np.int32)
-    doc_ids = np.asarray(table.column("doc_ids").combine_chunks().flatten(), dtype=np.int32)
+    d = Path(tokens_dir)
+    shards = list(load_token_shards(d.parent, d.name))
     width = seq_len + 1
-    if tokens.size != table.num_rows * width:
-        raise ValueError(f"{tokens_dir}: rows are not {width} tokens long (train.seq_len={seq_len} + 1); "
-                         "re-run tokenize with this seq_len")
-    return tokens.reshape(-1, width), doc_ids.reshape(-1, width)
+    for tokens, _ in shards:
+        if tokens.shape[1] != width:
+            raise ValueError(f"{tokens_dir}: rows are {tokens.shape[1]} tokens long, not {width} "
+                             f"(train.seq_len={seq_len} + 1); re-run tokenize with this seq_len")
+    tokens = np.concatenate([t for t, _ in shards])
+    if len(tokens) == 0:
+        raise ValueError(f"{tokens_dir}: no packed rows")
+    return tokens, np.concatenate([d for _, d in shards])
 
 
 def train_loop_per_worker(config: dict) -> None:

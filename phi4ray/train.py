@@ -100,9 +100,13 @@ class SequenceLoader:
         self.tokens, self.doc_ids, self.loss_mask = tokens, doc_ids, loss_mask
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.cursor = 0, 0
+        self._perm_key, self._perm = None, None
 
     def _order(self) -> np.ndarray:
-        return np.random.default_rng((self.seed, self.epoch)).permutation(len(self.tokens))
+        if self._perm_key != (self.seed, self.epoch):  # one permutation per epoch, not per step
+            self._perm_key = (self.seed, self.epoch)
+            self._perm = np.random.default_rng(self._perm_key).permutation(len(self.tokens))
+        return self._perm
 
     def next_rows(self) -> np.ndarray:
         if self.cursor + self.batch_size > len(self.tokens):  # drop the ragged tail of an epoch
