@@ -19,6 +19,7 @@ from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from actors.sampler import PhiSampler
 
 APP_NAME = "phi4ray-sampler"
+DEPLOYMENT_PREFIX = "PhiSampler:"  # the same for either engine, so clients need not know which
 
 
 def sampler_llm_config(
@@ -120,7 +121,7 @@ def build_sampler_app(llm_config: LLMConfig, api_key_env: str | None = None):
         if not key:
             raise ValueError(f"api_key_env={api_key_env!r}: that environment variable is not set")
         _api_key_middleware(fastapi_app, hashlib.sha256(key.encode()).hexdigest())
-    server = build_llm_deployment(llm_config, name_prefix="PhiSampler:")
+    server = build_llm_deployment(llm_config, name_prefix=DEPLOYMENT_PREFIX)
     mid = llm_config.model_id
     ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
     return serve.deployment(ingress, **OpenAiIngress.get_deployment_options([llm_config])).bind(
@@ -128,7 +129,10 @@ def build_sampler_app(llm_config: LLMConfig, api_key_env: str | None = None):
 
 
 def sampler_deployment_name(llm_config: LLMConfig) -> str:
-    return "PhiSampler:" + llm_config.model_id.replace("/", "--").replace(".", "_")
+    """The name `build_llm_deployment` gives the sampler deployment (Ray's own naming rule)."""
+    from ray.llm._internal.serve.core.server.builder import _get_deployment_name
+
+    return DEPLOYMENT_PREFIX + _get_deployment_name(llm_config)
 
 
 def app_builder(args: dict):

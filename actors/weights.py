@@ -52,7 +52,7 @@ def registry():
                                    get_if_exists=True).remote()
 
 
-def _running_replicas(app: str, deployment: str) -> int:
+def running_replicas(app: str, deployment: str) -> int:
     from ray import serve
 
     status = serve.status().applications[app].deployments[deployment]
@@ -86,7 +86,7 @@ def refresh_weights(app: str, deployment: str, weights: str, timeout_s: float = 
             ray.get(reg.set.remote(app, served["weights"]))
             raise RuntimeError(f"weight refresh to {weights} refused: {errors}")
         done = [r for r, (v, _) in acks.items() if v >= version]
-        if len(done) >= _running_replicas(app, deployment):
+        if len(done) >= running_replicas(app, deployment):
             return {"version": version, "weights": weights, "replicas": sorted(done),
                     "seconds": round(time.time() - t0, 2)}
         time.sleep(0.5)

@@ -107,7 +107,7 @@ def to_hf_state_dict(model: Phi4) -> dict[str, torch.Tensor]:
 
 def from_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str = "checkpoint") -> dict:
     """HF tensors -> our state_dict, checking every name and shape."""
-    hd, q, kv = cfg.head_dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     expected = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.dim), "model.norm.weight": (cfg.dim,)}
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."

@@ -9,10 +9,9 @@ import httpx
 import pytest
 import ray
 import torch
-from ray import serve
 
 from actors.sampler_client import FleetSampler
-from actors.weights import refresh_weights, registry
+from actors.weights import refresh_weights, registry, running_replicas
 from phi4ray import tokenizer as T
 from phi4ray.hf import export_hf
 from phi4ray.model import greedy_decode
@@ -181,8 +180,7 @@ def test_refresh_to_other_shape_is_refused_and_old_weights_stay(sampler_app, tmp
 
 
 def _replicas(app) -> int:
-    dep = serve.status().applications[app["app"]].deployments[app["deployment"]]
-    return int(dep.replica_states.get("RUNNING", 0))
+    return running_replicas(app["app"], app["deployment"])
 
 
 def test_autoscaling_up_under_load_and_back_down(sampler_app):

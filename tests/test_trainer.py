@@ -1,8 +1,6 @@
 """Pretraining on Ray Train for real: FSDP2 over 2 gloo workers, DCP checkpoints, exact resume."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
