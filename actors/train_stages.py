@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Callable
 
 from actors.ray_session import ray_session
 from actors.trainer import TrainJob, plot_loss, read_metrics, run_training
@@ -19,7 +20,10 @@ from phi4ray import manifest
 from phi4ray.presets import RunConfig
 
 
-def _train(run_dir: Path, cfg: RunConfig, stage: str, job: TrainJob, inputs: dict) -> dict:
+def train_stage(run_dir: Path, cfg: RunConfig, stage: str, job: TrainJob, inputs: dict,
+                evaluate: Callable[[], dict] | None = None) -> dict:
+    """Run one training stage to completion and write its manifest; `evaluate` (after training)
+    adds its figures to the manifest's counts (SFT: held-out loss; DPO: margins and accuracy)."""
     if manifest.is_complete(run_dir, stage, cfg):
         return manifest.read_manifest(run_dir, stage)
     t0 = time.time()
@@ -36,7 +40,8 @@ def _train(run_dir: Path, cfg: RunConfig, stage: str, job: TrainJob, inputs: dic
                  "metrics": str(Path(run_dir) / "checkpoints" / stage / "metrics.jsonl"), "loss_plot": str(plot)},
         counts={"steps": last["step"], "final_loss": last["loss"], "first_loss": metrics[0]["loss"],
                 "tokens": job.train.steps * job.train.batch_size * job.train.seq_len,
-                "tokens_per_s": sum(m["tokens_per_s"] for m in metrics) / len(metrics)},
+                "tokens_per_s": sum(m["tokens_per_s"] for m in metrics) / len(metrics),
+                **(evaluate() if evaluate else {})},
         timings={"train_s": round(time.time() - t0, 1)},
     )
     return manifest.read_manifest(run_dir, stage)
@@ -47,7 +52,12 @@ def run_pretrain(run_dir: Path, cfg: RunConfig) -> dict:
     tc = dataclasses.replace(cfg.pretrain, seq_len=cfg.data.seq_len)  # the packed rows decide it
     job = TrainJob("pretrain", cfg.model, tc, str(run_dir / "tokens"), str(run_dir),
                    init_from=str(run_dir / "models" / "init"))
-    return _train(run_dir, cfg, "pretrain", job, {"tokens": job.tokens_dir, "init_from": job.init_from})
+    return train_stage(run_dir, cfg, "pretrain", job, {"tokens": job.tokens_dir, "init_from": job.init_from})
+
+
+def post_midtrain_model(cfg: RunConfig):
+    """The model config from midtraining on (SFT and DPO keep midtraining's RoPE base)."""
+    return cfg.model.replace(rope_theta=cfg.midtrain.rope_theta)
 
 
 def run_midtrain(run_dir: Path, cfg: RunConfig) -> dict:
@@ -61,9 +71,9 @@ def run_midtrain(run_dir: Path, cfg: RunConfig) -> dict:
                                        seed=cfg.seed, long_share=m.long_share,
                                        builtin_max_docs=cfg.data.builtin_max_docs)
         run_tokenize(run_dir, mix, out_name="tokens_midtrain", manifest_stage="tokenize_midtrain")
-    model = cfg.model.replace(rope_theta=m.rope_theta)  # same weights, longer context, new RoPE base
+    model = post_midtrain_model(cfg)  # same weights, longer context, new RoPE base
     tc = dataclasses.replace(m.train, seq_len=seq_len)
     job = TrainJob("midtrain", model, tc, str(run_dir / "tokens_midtrain"), str(run_dir),
                    init_from=str(run_dir / "models" / "pretrain"))
-    return _train(run_dir, cfg, "midtrain", job, {"tokens": job.tokens_dir, "init_from": job.init_from,
+    return train_stage(run_dir, cfg, "midtrain", job, {"tokens": job.tokens_dir, "init_from": job.init_from,
                                                   "seq_len": seq_len, "rope_theta": m.rope_theta})

@@ -1,4 +1,4 @@
-"""Pretraining / midtraining on Ray Train: `TorchTrainer` workers run FSDP2 over phi4ray's model.
+"""Pretraining, midtraining, SFT and DPO on Ray Train: `TorchTrainer` workers run FSDP2 over phi4ray's model.
 
 The per-worker loop is phi4ray.train's step plus what a cluster needs:
 - checkpoints with torch.distributed.checkpoint (every rank writes its own shards; Ray Train merges
@@ -21,17 +21,20 @@ import numpy as np
 import torch
 
 from phi4ray.config import ModelConfig
+from phi4ray.dpo import DPOConfig
 from phi4ray.train import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainJob:
-    stage: str                      # "pretrain" | "midtrain" | "sft"
+    stage: str                      # "pretrain" | "midtrain" | "sft" | "dpo"
     model: ModelConfig
     train: TrainConfig
-    tokens_dir: str                 # packed Parquet rows (phi4ray.packing)
+    tokens_dir: str                 # packed Parquet rows (phi4ray.packing / phi4ray.sft), or DPO pairs
     run_dir: str
     init_from: str | None = None    # HF folder to start from (the previous stage's model)
+    loss_mask: bool = False         # rows carry a loss_mask column (SFT: assistant tokens only)
+    dpo: DPOConfig | None = None    # set: the objective is DPO over pairs with stored reference log-probs
     # fault injection for resume tests: raise once when this step is reached (a marker file in
     # the stage dir makes it one-shot across restarts)
     fail_once_at_step: int | None = None
@@ -108,28 +111,45 @@ def build_for_training(job: TrainJob, device: torch.device, distributed: bool):
     return parallelize(model, job.train, distributed)
 
 
-def load_rows(tokens_dir: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """All packed rows of a token folder (phi4ray.packing's shards), checked against seq_len."""
+def load_rows(tokens_dir: str, seq_len: int, loss_mask: bool = False) -> tuple[np.ndarray, ...]:
+    """All packed rows of a token folder (phi4ray.packing's shards), checked against seq_len:
+    (tokens, doc_ids) or, with loss_mask, (tokens, doc_ids, loss_mask)."""
     from phi4ray.packing import load_token_shards
 
     d = Path(tokens_dir)
-    shards = list(load_token_shards(d.parent, d.name))
+    shards = list(load_token_shards(d.parent, d.name, loss_mask=loss_mask))
     width = seq_len + 1
-    for tokens, _ in shards:
+    for tokens, *_ in shards:
         if tokens.shape[1] != width:
             raise ValueError(f"{tokens_dir}: rows are {tokens.shape[1]} tokens long, not {width} "
                              f"(train.seq_len={seq_len} + 1); re-run tokenize with this seq_len")
-    tokens = np.concatenate([t for t, _ in shards])
-    if len(tokens) == 0:
+    if not sum(len(s[0]) for s in shards):
         raise ValueError(f"{tokens_dir}: no packed rows")
-    return tokens, np.concatenate([d for _, d in shards])
+    return tuple(np.concatenate([s[i] for s in shards]) for i in range(len(shards[0])))
+
+
+def make_data(job: TrainJob, device):
+    """(loader, step function) for the job's objective; both loaders resume from state_dict()."""
+    from phi4ray.train import SequenceLoader, train_step
+
+    tc = job.train
+    if job.dpo is not None:
+        from phi4ray.dpo import PairLoader, dpo_step, load_pairs
+        from phi4ray.tokenizer import PAD
+
+        loader = PairLoader(load_pairs(job.tokens_dir), tc.batch_size, seed=tc.seed)
+        return loader, lambda model, opt, batch, step, all_reduce: dpo_step(
+            model, opt, batch, step, job.dpo, PAD, device, all_reduce)
+    rows = load_rows(job.tokens_dir, tc.seq_len, loss_mask=job.loss_mask)
+    loader = SequenceLoader(*rows[:2], tc.batch_size, seed=tc.seed, loss_mask=rows[2] if job.loss_mask else None)
+    return loader, lambda model, opt, batch, step, all_reduce: train_step(model, opt, batch, step, tc, all_reduce)
 
 
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from phi4ray.train import SequenceLoader, make_optimizer, peak_flops, train_step
+    from phi4ray.train import make_optimizer, peak_flops
 
     job: TrainJob = config["job"]
     tc = job.train
@@ -138,8 +158,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     model = build_for_training(job, device, distributed=world > 1)
     optimizer = make_optimizer(model, tc)
-    tokens, doc_ids = load_rows(job.tokens_dir, tc.seq_len)
-    loader = SequenceLoader(tokens, doc_ids, tc.batch_size, seed=tc.seed)
+    loader, step_fn = make_data(job, device)
     micro = tc.micro_batch_size
     tc.grad_accum_steps(world)  # fails early, naming the sizes, if the batch does not split
 
@@ -172,7 +191,7 @@ def train_loop_per_worker(config: dict) -> None:
             if not marker.exists():
                 marker.touch()
                 raise RuntimeError(f"injected failure at step {step}")
-        out = train_step(model, optimizer, loader.next_batch(rank, world, micro, device), step, tc, _all_reduce)
+        out = step_fn(model, optimizer, loader.next_batch(rank, world, micro, device), step, _all_reduce)
         step += 1
         tok_since += out["tokens"]
         if step % tc.log_every and step % tc.checkpoint_every and step != tc.steps:
@@ -181,14 +200,16 @@ def train_loop_per_worker(config: dict) -> None:
         tps = tok_since / dt
         metrics = {"step": step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
                    "tokens_per_s": tps, "world_size": world, "tflops_per_worker": flops_tok * tps / world / 1e12,
-                   "mfu": (flops_tok * tps / world / peak) if peak else None, "time": time.time()}
+                   "mfu": (flops_tok * tps / world / peak) if peak else None, "time": time.time(),
+                   **{k: v for k, v in out.items() if k.startswith("reward_")}}
         t_last, tok_since = time.perf_counter(), 0
         if rank == 0:
             with open(metrics_file, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if writer:
-                for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                    writer.add_scalar(f"{job.stage}/{k}", metrics[k], step)
+                for k in ("loss", "lr", "grad_norm", "tokens_per_s", "reward_margin", "reward_accuracy"):
+                    if k in metrics:
+                        writer.add_scalar(f"{job.stage}/{k}", metrics[k], step)
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             state = {"step": step, "loader": loader.state_dict(), "torch_rng": torch.get_rng_state().tolist()}
             with tempfile.TemporaryDirectory() as d:

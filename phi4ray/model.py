@@ -162,11 +162,15 @@ class Phi4(nn.Module):
         tokens: torch.Tensor,
         doc_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, vocab).
 
         doc_ids (B, T): packed documents; attention stays inside each document and positions
         restart per document unless `positions` is given.
+        logits_mask (B, T) bool: return logits only where it is set, as (N, vocab). The output
+        matmul is most of a small model's FLOPs, and SFT/DPO need it only on trained tokens; it
+        happens inside forward so that FSDP has the output weight gathered.
         """
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
@@ -183,6 +187,8 @@ class Phi4(nn.Module):
         for block in self.layers.values():
             h = block(h, cos, sin, mask)
         h = self.norm(h)
+        if logits_mask is not None:
+            h = h[logits_mask]
         return F.linear(h, self.output_weight())
 
 

@@ -278,10 +278,12 @@ def _column_2d(table, name: str, path: Path) -> np.ndarray:
     return pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int32).reshape(len(col), width)
 
 
-def load_token_shards(run_dir: str | Path, folder: str = "tokens") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def load_token_shards(run_dir: str | Path, folder: str = "tokens",
+                      loss_mask: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
     """(tokens, doc_ids) per shard of RUN/<folder> (RUN/tokens_midtrain for midtraining), in shard
     order: int32 arrays of shape (rows, seq_len + 1). Inputs are tokens[:, :-1], targets
-    tokens[:, 1:], doc_ids[:, :-1] goes with the inputs. pyarrow only: usable by a trainer that has no Ray."""
+    tokens[:, 1:], doc_ids[:, :-1] goes with the inputs. pyarrow only: usable by a trainer that has no Ray.
+    loss_mask=True adds the shard's `loss_mask` (SFT rows, phi4ray.sft) as a third array."""
     import pyarrow.parquet as pq
 
     for path in token_files(run_dir, folder):
@@ -289,4 +291,10 @@ def load_token_shards(run_dir: str | Path, folder: str = "tokens") -> Iterator[t
         tokens, doc_ids = _column_2d(table, "tokens", path), _column_2d(table, "doc_ids", path)
         if tokens.shape != doc_ids.shape:
             raise ValueError(f"{path}: tokens {tokens.shape} and doc_ids {doc_ids.shape} differ in shape")
-        yield tokens, doc_ids
+        if not loss_mask:
+            yield tokens, doc_ids
+            continue
+        mask = _column_2d(table, "loss_mask", path)
+        if mask.shape != tokens.shape:
+            raise ValueError(f"{path}: loss_mask {mask.shape} and tokens {tokens.shape} differ in shape")
+        yield tokens, doc_ids, mask.astype(np.int8)

@@ -7,7 +7,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from phi4ray.arith import ArithConfig
 from phi4ray.config import ConfigError, ModelConfig, model_preset
+from phi4ray.dpo import DPOConfig
+from phi4ray.pts import PTSConfig
+from phi4ray.sft import SFTConfig
 from phi4ray.train import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -86,6 +90,10 @@ class RunConfig:
     data: DataConfig = DataConfig()
     pretrain: TrainConfig = TrainConfig()
     midtrain: MidtrainConfig = MidtrainConfig()
+    arith: ArithConfig = ArithConfig()   # the toy verifiable domain (SFT data, PTS queries, DPO eval)
+    sft: SFTConfig = SFTConfig()
+    pts: PTSConfig = PTSConfig()
+    dpo: DPOConfig = DPOConfig()
     train_workers: int = 2         # Ray Train workers (GPUs on GPU presets)
     train_workers_min: int = 0     # > 0: elastic, (train_workers_min, train_workers)
 

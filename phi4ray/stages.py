@@ -57,6 +57,24 @@ def _midtrain(run_dir: Path, cfg: RunConfig) -> dict:
     return run_midtrain(run_dir, cfg)
 
 
+def _sft(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.sft_stage import run_sft
+
+    return run_sft(run_dir, cfg)
+
+
+def _pts(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.pts import run_pts
+
+    return run_pts(run_dir, cfg)
+
+
+def _dpo(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.dpo_stage import run_dpo
+
+    return run_dpo(run_dir, cfg)
+
+
 STAGES: list[Stage] = [
     Stage("init", "tokenizer + freshly initialised model of the preset, exported in HF layout", run=_init),
     Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", 4),
@@ -64,9 +82,9 @@ STAGES: list[Stage] = [
     Stage("tokenize", "tokenize and pack the weighted source mixture into token shards (Ray Data)", run=_tokenize),
     Stage("pretrain", "FSDP2 pretraining on Ray Train (4K context in the report)", run=_pretrain),
     Stage("midtrain", "long-context midtraining: context x4, RoPE base 250K, 30% long / 70% recall", run=_midtrain),
-    Stage("sft", "supervised fine-tuning in the Phi-4 chat format", 7),
-    Stage("pts", "Pivotal Token Search against the Serve samplers -> token-level DPO pairs", 8),
-    Stage("dpo", "DPO on PTS pairs and judge-guided full pairs", 7),
+    Stage("sft", "supervised fine-tuning in the Phi-4 chat format, loss on assistant tokens only", run=_sft),
+    Stage("pts", "Pivotal Token Search against the Serve samplers -> token-level DPO pairs", run=_pts),
+    Stage("dpo", "DPO on PTS pairs and judge-guided full pairs (reference log-probs precomputed)", run=_dpo),
     Stage("eval", "verifiable benchmarks against the served model", 10),
     Stage("serve", "Ray Serve + vLLM sampler fleet, OpenAI-compatible endpoint with autoscaling", run=_serve),
 ]

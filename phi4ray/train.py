@@ -75,45 +75,62 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 
 def loss_fn(model, tokens: torch.Tensor, doc_ids: torch.Tensor, loss_mask: torch.Tensor | None = None):
-    """Returns (sum of token losses, number of trained tokens)."""
-    logits = model(tokens[:, :-1], doc_ids=doc_ids[:, :-1])
+    """Returns (sum of token losses, number of trained tokens).
+
+    With a loss mask, logits are computed only at trained positions (SFT trains on assistant
+    tokens only: on the tiny model that halves the step)."""
     targets = tokens[:, 1:]
-    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     if loss_mask is None:
-        return losses.sum(), targets.numel()
-    m = loss_mask[:, 1:].reshape(-1).to(losses.dtype)
-    return (losses * m).sum(), int(m.sum().item())
+        logits = model(tokens[:, :-1], doc_ids=doc_ids[:, :-1])
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               reduction="sum"), targets.numel()
+    m = loss_mask[:, 1:].bool()
+    logits = model(tokens[:, :-1], doc_ids=doc_ids[:, :-1], logits_mask=m)
+    return F.cross_entropy(logits.float(), targets[m], reduction="sum"), int(m.sum().item())
 
 
-class SequenceLoader:
-    """Deterministic, resumable order over packed rows, independent of the number of workers.
+class RowOrder:
+    """Deterministic, resumable order over n rows, independent of the number of workers.
 
     The position is a global row cursor: every optimizer step consumes `batch_size` rows of a
     seeded per-epoch permutation, and rank r of w takes rows r, r + w, ... of them. After a
     restart on a different number of workers the stream continues where it stopped.
     """
 
-    def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, batch_size: int, seed: int = 0,
-                 loss_mask: np.ndarray | None = None):
-        if len(tokens) < batch_size:
-            raise ValueError(f"{len(tokens)} packed rows are fewer than one batch of {batch_size}")
-        self.tokens, self.doc_ids, self.loss_mask = tokens, doc_ids, loss_mask
-        self.batch_size, self.seed = batch_size, seed
+    def __init__(self, n_rows: int, batch_size: int, seed: int = 0):
+        if n_rows < batch_size:
+            raise ValueError(f"{n_rows} rows are fewer than one batch of {batch_size}")
+        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
         self.epoch, self.cursor = 0, 0
         self._perm_key, self._perm = None, None
 
     def _order(self) -> np.ndarray:
         if self._perm_key != (self.seed, self.epoch):  # one permutation per epoch, not per step
             self._perm_key = (self.seed, self.epoch)
-            self._perm = np.random.default_rng(self._perm_key).permutation(len(self.tokens))
+            self._perm = np.random.default_rng(self._perm_key).permutation(self.n_rows)
         return self._perm
 
     def next_rows(self) -> np.ndarray:
-        if self.cursor + self.batch_size > len(self.tokens):  # drop the ragged tail of an epoch
+        if self.cursor + self.batch_size > self.n_rows:  # drop the ragged tail of an epoch
             self.epoch, self.cursor = self.epoch + 1, 0
         rows = self._order()[self.cursor:self.cursor + self.batch_size]
         self.cursor += self.batch_size
         return rows
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self.seed = state["epoch"], state["cursor"], state["seed"]
+
+
+class SequenceLoader(RowOrder):
+    """RowOrder over packed rows (tokens, doc_ids and, in SFT, loss_mask) -> micro-batches."""
+
+    def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, batch_size: int, seed: int = 0,
+                 loss_mask: np.ndarray | None = None):
+        super().__init__(len(tokens), batch_size, seed)
+        self.tokens, self.doc_ids, self.loss_mask = tokens, doc_ids, loss_mask
 
     def next_batch(self, rank: int, world: int, micro: int, device) -> list[tuple]:
         mine = self.next_rows()[rank::world]
@@ -125,11 +142,16 @@ class SequenceLoader:
                         torch.from_numpy(self.doc_ids[idx]).long().to(device), mask))
         return out
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self.seed = state["epoch"], state["cursor"], state["seed"]
+def apply_optimizer(model, optimizer, step: int, cfg: TrainConfig) -> tuple[float, float]:
+    """Clip, set the scheduled lr, step, zero grads. Returns (grad norm before clipping, lr)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    lr = lr_at(step, cfg)
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), lr
 
 
 def train_step(model, optimizer, micro_batches, step: int, cfg: TrainConfig, all_reduce=None) -> dict:
@@ -146,17 +168,11 @@ def train_step(model, optimizer, micro_batches, step: int, cfg: TrainConfig, all
             s, _ = loss_fn(model, tokens, doc_ids, mask)
         (s / n_total.item()).backward()
         loss_sum += s.item()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    lr = lr_at(step, cfg)
-    for g in optimizer.param_groups:
-        g["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, lr = apply_optimizer(model, optimizer, step, cfg)
     loss = torch.tensor(loss_sum)
     if all_reduce is not None:
         all_reduce(loss)
-    return {"loss": loss.item() / n_total.item(), "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
-            "lr": lr, "tokens": int(n_total.item())}
+    return {"loss": loss.item() / n_total.item(), "grad_norm": grad_norm, "lr": lr, "tokens": int(n_total.item())}
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -1,0 +1,53 @@
+"""The DPO reference pass on Ray Data: every pair gets the reference model's log-probs of its
+chosen and rejected sides once, before training, so the trainer never holds a second model.
+
+`RefLogps` is a callable class for `map_batches`: each actor loads the reference model once and
+scores batches of pairs (phi4ray.dpo.completion_logps, the same function the trainer uses for
+the policy, so policy and reference agree exactly at step 0).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class RefLogps:
+    def __init__(self, model_dir: str, micro_batch: int = 16):
+        import torch
+
+        from phi4ray.hf import import_hf
+
+        torch.set_num_threads(1)  # one actor per CPU
+        self.model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
+        self.micro = micro_batch
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from phi4ray.dpo import pair_logps
+        from phi4ray.tokenizer import PAD
+
+        cols = {k: [list(map(int, x)) for x in batch[k]] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+        chosen, rejected = [], []
+        with torch.no_grad():
+            for i in range(0, len(cols["prompt_ids"]), self.micro):
+                mb = {k: v[i:i + self.micro] for k, v in cols.items()}
+                c, r = pair_logps(self.model, mb, PAD, "cpu")
+                chosen += c.tolist()
+                rejected += r.tolist()
+        return {**batch, "ref_chosen_logp": np.asarray(chosen, dtype=np.float32),
+                "ref_rejected_logp": np.asarray(rejected, dtype=np.float32)}
+
+
+def add_reference_logps(pairs_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
+                        concurrency: int = 2, batch_size: int = 64) -> int:
+    """pairs_dir/*.parquet -> out_dir/*.parquet with REF_COLUMNS added; returns the pair count."""
+    import ray
+
+    out = Path(out_dir)
+    ds = ray.data.read_parquet(str(Path(pairs_dir).resolve()))
+    ds = ds.map_batches(RefLogps, fn_constructor_args=(str(Path(model_dir).resolve()),), batch_size=batch_size,
+                        batch_format="numpy", concurrency=concurrency, num_cpus=1)
+    ds.write_parquet(str(out.resolve()))
+    return ray.data.read_parquet(str(out.resolve())).count()

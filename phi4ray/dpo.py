@@ -1,0 +1,190 @@
+"""DPO (stages 7 and 8): the loss, log-probs of completions, and the training step. Plain torch.
+
+A pair is token ids end to end: `prompt_ids`, `chosen_ids`, `rejected_ids`. PTS pairs have one
+token on each side (query + prefix -> the pivotal token vs its alternative); judge-guided pairs
+carry whole responses ending in <|im_end|> exactly as the chat format renders them. Nothing is
+detokenised, nothing is appended (TRL's text pairs append EOS and re-tokenise, which would turn a
+single-token PTS pair into something else).
+
+Reference log-probs are computed once, before training, by a batch pass over the pairs
+(actors/dpo.py) and stored as columns `ref_chosen_logp` / `ref_rejected_logp` (sums over the
+completion), so training never holds a reference model.
+
+Loss variants follow TRL's DPOTrainer (checked against it in tests/test_dpo.py):
+- sigmoid (Rafailov et al.): -log s(b*x), x = policy margin - ref margin; with label smoothing eps
+  it is conservative DPO, -(1 - eps) log s(b*x) - eps log s(-b*x) (for labels flipped w.p. eps);
+- robust (Chowdhury et al.): the unbiased version of the same, divided by (1 - 2 eps);
+- ipo (Azar et al.): (x - 1/(2b))^2 on length-averaged log-probs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from phi4ray.config import ConfigError
+from phi4ray.train import TrainConfig, apply_optimizer
+
+LOSS_TYPES = ("sigmoid", "robust", "ipo")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    train: TrainConfig = TrainConfig(batch_size=16, micro_batch_size=8, steps=50, lr=1e-5, warmup_steps=5,
+                                     min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=25)
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"dpo.loss_type={self.loss_type!r} must be one of {LOSS_TYPES}")
+        if not self.beta > 0:
+            raise ConfigError(f"dpo.beta={self.beta} must be > 0")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+
+
+def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+             ref_rejected_logps: torch.Tensor, beta: float, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair losses and implicit rewards b * (log pi - log ref) of each side."""
+    logits = (chosen_logps - rejected_logps) - (ref_chosen_logps - ref_rejected_logps)
+    if loss_type == "sigmoid":
+        losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
+                  - F.logsigmoid(-beta * logits) * label_smoothing)
+    elif loss_type == "robust":
+        losses = (-(1 - label_smoothing) * F.logsigmoid(beta * logits)
+                  + label_smoothing * F.logsigmoid(-beta * logits)) / (1 - 2 * label_smoothing)
+    elif loss_type == "ipo":
+        losses = (logits - 1 / (2 * beta)) ** 2
+    else:
+        raise ConfigError(f"loss_type={loss_type!r} must be one of {LOSS_TYPES}")
+    chosen_rewards = beta * (chosen_logps - ref_chosen_logps).detach()
+    rejected_rewards = beta * (rejected_logps - ref_rejected_logps).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def _pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out.to(device), torch.tensor([len(s) for s in seqs], device=device)
+
+
+def completion_logps(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int = 0,
+                     device="cpu") -> torch.Tensor:
+    """Sum of log p(completion token | everything before it) for each (prompt, completion).
+
+    Sequences are right-padded; logits are computed only at the positions that predict a
+    completion token (Phi4.forward's logits_mask), so a single-token PTS pair costs one output
+    row, not a vocabulary-wide matmul per prompt token."""
+    seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
+    tokens, _ = _pad(seqs, pad_id, device)
+    T = tokens.shape[1] - 1
+    pos = torch.arange(T, device=device)
+    start = torch.tensor([len(p) - 1 for p in prompts], device=device)  # predicts the 1st completion token
+    end = torch.tensor([len(s) - 1 for s in seqs], device=device)
+    mask = (pos[None] >= start[:, None]) & (pos[None] < end[:, None])
+    logits = model(tokens[:, :-1], logits_mask=mask).float()
+    targets = tokens[:, 1:][mask]
+    lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    row = torch.arange(len(seqs), device=device)[:, None].expand_as(mask)[mask]
+    return torch.zeros(len(seqs), device=device, dtype=lp.dtype).index_add(0, row, lp)
+
+
+def pair_logps(model, batch: dict, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Policy log-probs of the chosen and rejected sides, in one forward over both."""
+    n = len(batch["prompt_ids"])
+    lps = completion_logps(model, list(batch["prompt_ids"]) * 2,
+                           list(batch["chosen_ids"]) + list(batch["rejected_ids"]), pad_id, device)
+    return lps[:n], lps[n:]
+
+
+def _lengths(seqs) -> torch.Tensor:
+    return torch.tensor([len(s) for s in seqs], dtype=torch.float32)
+
+
+def dpo_step(model, optimizer, micro_batches: list[dict], step: int, cfg: DPOConfig, pad_id: int,
+             device, all_reduce=None) -> dict:
+    """One optimizer step of DPO over this worker's micro-batches of pairs (dicts of columns).
+    Normalised by the number of pairs over all workers, like train_step by tokens."""
+    n_total = torch.tensor(float(sum(len(mb["prompt_ids"]) for mb in micro_batches)))
+    if all_reduce is not None:
+        all_reduce(n_total)
+    sums = torch.zeros(4)  # loss, margin, accuracy, tokens
+    for mb in micro_batches:
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.train.dtype == "bfloat16"):
+            pc, pr = pair_logps(model, mb, pad_id, device)
+        rc = torch.as_tensor(np.asarray(mb["ref_chosen_logp"], dtype=np.float32), device=device)
+        rr = torch.as_tensor(np.asarray(mb["ref_rejected_logp"], dtype=np.float32), device=device)
+        if cfg.loss_type == "ipo":  # IPO compares length-averaged log-probs (as TRL does)
+            lc, lr_ = _lengths(mb["chosen_ids"]).to(device), _lengths(mb["rejected_ids"]).to(device)
+            pc, pr, rc, rr = pc / lc, pr / lr_, rc / lc, rr / lr_
+        losses, cr, rj = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        (losses.sum() / n_total.item()).backward()
+        sums += torch.tensor([losses.sum().item(), (cr - rj).sum().item(), (cr > rj).float().sum().item(),
+                              float(sum(len(p) + len(c) + len(r) for p, c, r in
+                                        zip(mb["prompt_ids"], mb["chosen_ids"], mb["rejected_ids"])))])
+    grad_norm, lr = apply_optimizer(model, optimizer, step, cfg.train)
+    if all_reduce is not None:
+        all_reduce(sums)
+    n = n_total.item()
+    return {"loss": sums[0].item() / n, "reward_margin": sums[1].item() / n, "reward_accuracy": sums[2].item() / n,
+            "grad_norm": grad_norm, "lr": lr, "tokens": int(sums[3].item())}
+
+
+class PairLoader:
+    """SequenceLoader's resumable global cursor over a table of pairs (dict of column lists)."""
+
+    def __init__(self, pairs: dict, batch_size: int, seed: int = 0):
+        from phi4ray.train import RowOrder
+
+        self.pairs = pairs
+        self.order = RowOrder(len(pairs["prompt_ids"]), batch_size, seed)
+
+    def next_batch(self, rank: int, world: int, micro: int, device=None) -> list[dict]:
+        mine = self.order.next_rows()[rank::world]
+        return [{k: [v[i] for i in mine[j:j + micro]] for k, v in self.pairs.items()}
+                for j in range(0, len(mine), micro)]
+
+    def state_dict(self) -> dict:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order.load_state_dict(state)
+
+
+# --- pair files ---------------------------------------------------------------------------------
+# RUN/pts/pairs/*.parquet and RUN/dpo/pairs_full/*.parquet hold PAIR_COLUMNS (plus readable texts,
+# p estimates, ids); the reference pass adds REF_COLUMNS into RUN/dpo/<kind>_ref/.
+PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp")
+
+
+def load_pairs(folder: str, need_ref: bool = True) -> dict[str, list]:
+    """All pairs of a folder of Parquet files as columns of lists, checked: every side non-empty
+    and the reference log-probs present (DPO training never runs a reference model)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(folder).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no pair files")
+    want = PAIR_COLUMNS + (REF_COLUMNS if need_ref else ())
+    out: dict[str, list] = {c: [] for c in want}
+    for f in files:
+        table = pq.read_table(f)
+        missing = [c for c in want if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{f}: pair file lacks columns {missing} (has {table.column_names})")
+        for c in want:
+            out[c] += table.column(c).to_pylist()
+    for i, (p, c, r) in enumerate(zip(*(out[k] for k in PAIR_COLUMNS))):
+        if not p or not c or not r:
+            raise ValueError(f"{folder}: pair {i} has an empty prompt, chosen or rejected side")
+    return out

@@ -1,0 +1,47 @@
+"""PTS end to end on the real sampler fleet (Ray Serve + vLLM), with a planted pivot: success is
+decided by the parity of the third sampled token, so p(success | prefix) is ~0.5 before it and
+exactly 0 or 1 after it. PTS must find that token and nothing else, through real PTS actors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from actors.pts import run_search, search_report
+from phi4ray.pts import PTSConfig
+
+pytestmark = pytest.mark.ray
+PIVOT = 2
+
+
+def third_token_is_even(query):
+    def oracle(ids):
+        return len(ids) > PIVOT and ids[PIVOT] % 2 == 0
+    return oracle
+
+
+def test_pts_actors_find_the_planted_pivot(sampler_app, tmp_path):
+    # 64 rollouts per estimate and p_gap 0.35: sampling noise alone (sd ~0.09 per difference)
+    # essentially never fakes a pivot, while the planted one moves p by ~0.5
+    cfg = PTSConfig(samples_per_estimate=64, p_gap=0.35, max_tokens=6, solutions_per_query=2, actors=2, concurrency=4)
+    queries = [{"id": f"q{i}", "question": f"Say something about {w}.", "answer": ""}
+               for i, w in enumerate(["cats", "rivers", "tea"])]
+    results = run_search(queries, tmp_path, sampler_app["deployment"], sampler_app["app"], cfg, "tiny",
+                         oracle_for=third_token_is_even)
+    assert [r["query_id"] for r in results] == ["q0", "q1", "q2"]
+    rep = search_report(results, type("C", (), {"pts": cfg}))
+    assert rep["queries"] == rep["kept"] + rep["too_easy"] + rep["too_hard"] == 3
+    assert rep["kept"] >= 2  # the tiny model samples near-uniformly: p(Q) ~ 0.5
+    pairs = [p for r in results for p in r["pairs"]]
+    assert pairs and all(p["position"] == PIVOT for p in pairs)
+    for p in pairs:
+        assert p["chosen_ids"][0] % 2 == 0 and p["rejected_ids"][0] % 2 == 1
+        assert len(p["prompt_ids"]) == len(p["prompt_ids"][:-PIVOT]) + PIVOT  # query + exactly the 2-token prefix
+        assert p["p_chosen"] > p["p_rejected"]
+    assert rep["samples"] == 64 * rep["p_estimates"]
+    # resumable per query: a rerun finds all three done and samples nothing
+    lines = (tmp_path / "queries.jsonl").read_text().splitlines()
+    again = run_search(queries, tmp_path, sampler_app["deployment"], sampler_app["app"], cfg, "tiny",
+                       oracle_for=third_token_is_even)
+    assert again == [json.loads(x) for x in lines]
+    assert (tmp_path / "queries.jsonl").read_text().splitlines() == lines
