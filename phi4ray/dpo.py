@@ -183,8 +183,10 @@ def load_pairs(folder: str, need_ref: bool = True) -> dict[str, list]:
         if missing:
             raise ValueError(f"{f}: pair file lacks columns {missing} (has {table.column_names})")
         for c in want:
-            out[c] += table.column(c).to_pylist()
+            vals = table.column(c).to_pylist()
+            # Ray Data may write id lists as its tensor extension type: read back as numpy arrays
+            out[c] += [list(map(int, v)) for v in vals] if c in PAIR_COLUMNS else [float(v) for v in vals]
     for i, (p, c, r) in enumerate(zip(*(out[k] for k in PAIR_COLUMNS))):
-        if not p or not c or not r:
+        if not len(p) or not len(c) or not len(r):
             raise ValueError(f"{folder}: pair {i} has an empty prompt, chosen or rejected side")
     return out

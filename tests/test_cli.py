@@ -35,24 +35,33 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     argv = [sys.executable, "-m", "phi4ray.cli", "run", "--preset", "tiny", "--run-dir", str(tmp_path),
             "model.n_layers=2", f"serve.port={free_port()}", "data.builtin_max_docs=40",
             "pretrain.steps=4", "pretrain.checkpoint_every=2", "pretrain.log_every=2",
-            "midtrain.train.steps=2", "midtrain.train.checkpoint_every=2", "midtrain.train.log_every=1"]
+            "midtrain.train.steps=2", "midtrain.train.checkpoint_every=2", "midtrain.train.log_every=1",
+            "sft.problems=40", "sft.heldout=8", "sft.train.steps=4", "sft.train.checkpoint_every=2",
+            "sft.train.log_every=2", "pts.queries=3", "pts.samples_per_estimate=4", "pts.max_tokens=12"]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     init = json.loads((tmp_path / "manifests" / "init.json").read_text())
     assert init["complete"] and init["config"]["model"]["n_layers"] == 2
     assert (tmp_path / "models" / "init" / "model.safetensors").is_file()
-    for stage in ("tokenize", "pretrain", "tokenize_midtrain", "midtrain"):
+    for stage in ("tokenize", "pretrain", "tokenize_midtrain", "midtrain", "sft", "pts", "dpo"):
         assert json.loads((tmp_path / "manifests" / f"{stage}.json").read_text())["complete"]
+    sft = json.loads((tmp_path / "manifests" / "sft.json").read_text())["counts"]
+    assert sft["conversations"] == 40 and sft["heldout_loss_after"] < sft["heldout_loss_before"]
+    pts = json.loads((tmp_path / "manifests" / "pts.json").read_text())["counts"]
+    assert pts["queries"] == 3 == pts["kept"] + pts["too_easy"] + pts["too_hard"] and pts["samples"] > 0
+    # 4 SFT steps leave p(success) far below 0.2, so there are no pairs: DPO says so and is skipped
+    dpo = json.loads((tmp_path / "manifests" / "dpo.json").read_text())
+    assert dpo["counts"]["train_pairs"] < 16 and "fewer than one batch" in dpo["outputs"]["skipped"]
     mid = json.loads((tmp_path / "models" / "midtrain" / "config.json").read_text())
     assert mid["rope_theta"] == 250_000 and mid["max_position_embeddings"] == 1024
     assert (tmp_path / "report" / "loss_pretrain.png").is_file()
     served = json.loads((tmp_path / "manifests" / "serve.json").read_text())
-    assert served["inputs"]["model"] == str((tmp_path / "models" / "midtrain").resolve())
+    assert served["inputs"]["model"] == str((tmp_path / "models" / "sft").resolve())
     assert isinstance(served["outputs"]["smoke_answer"], str) and served["outputs"]["smoke_answer"]  # tiny model: any text
     assert "smoke chat" in first.stdout and "not built yet" in first.stdout
     again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("already complete") == 5
+    assert again.stdout.count("already complete") == 8
     assert json.loads((tmp_path / "manifests" / "init.json").read_text())["finished_at"] == init["finished_at"]
 
 
