@@ -22,14 +22,19 @@ def _split_pairs(src_dirs: list[Path], train_dir: Path, held_dir: Path) -> tuple
 
     if not src_dirs:
         raise FileNotFoundError("no DPO pair folders (RUN/pts/pairs, RUN/dpo/pairs_full): run `phi4ray pts` first")
-    rows = [r for d in src_dirs for f in sorted(d.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    held = [r for r in rows if zlib.crc32(str(r.get("query_id", r["pair_id"])).encode()) % 5 == 0]
-    train = [r for r in rows if zlib.crc32(str(r.get("query_id", r["pair_id"])).encode()) % 5 != 0]
+    # PTS and judge pairs carry different extra columns: promote to one schema, drop nothing
+    tables = [pq.read_table(f) for d in src_dirs for f in sorted(d.glob("*.parquet"))]
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    keys = [str(q) for q in (table.column("query_id") if "query_id" in table.column_names
+                             else table.column("pair_id")).to_pylist()] if tables else []
+    held_mask = [zlib.crc32(k.encode()) % 5 == 0 for k in keys]
+    held = table.filter(pa.array(held_mask, pa.bool_())) if keys else table
+    train = table.filter(pa.array([not h for h in held_mask], pa.bool_())) if keys else table
     for d, part in ((train_dir, train), (held_dir, held)):
         d.mkdir(parents=True, exist_ok=True)
-        if part:
-            pq.write_table(pa.Table.from_pylist(part), d / "pairs.parquet")
-    return len(train), len(held)
+        if part.num_rows:
+            pq.write_table(part, d / "pairs.parquet")
+    return train.num_rows, held.num_rows
 
 
 def pair_margins(model_dir: Path, pairs_dir: Path) -> dict:

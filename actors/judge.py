@@ -3,8 +3,8 @@
 Responses come from several "policies": the Serve sampler fleet (token level, through a
 deployment handle) or an external OpenAI-compatible endpoint (a teacher model). The judge is the
 fleet or an endpoint too. All of this is waiting on models, so one asyncio loop drives it (in the
-driver or in any actor): a semaphore bounds the prompts in flight and the fleet spreads the calls
-over its replicas.
+driver or in any actor): a semaphore bounds the prompts in flight (each prompt's policy and judge
+calls run concurrently) and the fleet spreads the calls over its replicas.
 
 Outputs of `build_judged_pairs(prompts, policies, judge, out_dir)`:
 - out_dir/pairs.parquet: PAIR_SCHEMA, token ids for the DPO trainer plus readable texts, judge
@@ -163,9 +163,18 @@ def _load_checkpoint(path: Path, template_id: str) -> dict[str, dict]:
                 r = json.loads(line)
             except ValueError:  # a line cut by a crash: that prompt is simply done again
                 continue
-            if r.get("template_id") == template_id:  # judged with another prompt: judge it again
+            # judged under another template: judge it again
+            if isinstance(r, dict) and "query_id" in r and r.get("template_id") == template_id:
                 done[r["query_id"]] = r
     return done
+
+
+def _ends_with_newline(path: Path) -> bool:
+    if path.stat().st_size == 0:
+        return True
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
 
 
 async def _run_resumable(prompts: list[dict], work, ckpt: Path, concurrency: int, template_id: str) -> list[dict]:
@@ -182,6 +191,8 @@ async def _run_resumable(prompts: list[dict], work, ckpt: Path, concurrency: int
     sem = asyncio.Semaphore(concurrency)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     with open(ckpt, "a") as f:
+        if not _ends_with_newline(ckpt):
+            f.write("\n")  # a crash cut the last line: start a fresh one rather than glue onto it
         async def one(p: dict) -> None:
             async with sem:
                 try:

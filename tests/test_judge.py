@@ -22,7 +22,6 @@ from phi4ray.endpoint import EndpointConfig
 from phi4ray.judge import (JUDGE_TEMPLATE_V1, Candidate, best_of_n, judge_pair, judge_prompt, parse_scores,
                            parse_verdict, select_pair)
 from phi4ray.oracles import MathOracle
-from phi4ray.sampling import Sample
 from phi4ray.sft import read_conversations
 from phi4ray.tokenizer import IM_END, get_tokenizer
 
@@ -167,7 +166,8 @@ def test_select_pair_needs_a_clear_margin():
     assert select_pair([cand("a", S(8, 5, 5)), cand("b", S(7, 5, 5))]) is not None  # accuracy gap 1
     assert select_pair([cand("a", S(8, 5, 5)), cand("b", S(7, 5, 5))], min_accuracy_gap=2) is None
     # ineligible candidates never count, and one eligible candidate is no pair
-    assert select_pair([cand("a", S(9)), cand("b", None, reason="unparseable"), cand("c", S(1), reason="empty")]) is None
+    lone = [cand("a", S(9)), cand("b", None, reason="unparseable"), cand("c", S(1), reason="empty")]
+    assert select_pair(lone) is None
 
 
 def test_best_of_n():
@@ -288,15 +288,19 @@ def test_build_judged_pairs_accounting_and_resume(tmp_path):
     # resume: the five finished prompts are skipped; only the failed one is tried again
     calls_before = [p.calls for p in policies]
     policies[1].fail_on.clear()
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('{"query_id": "q-down", "status": "pa')  # a crash mid-write: a cut last line
     rep2 = build_judged_pairs(prompts, policies, judge, tmp_path, concurrency=3)
     assert [p.calls - c for p, c in zip(policies, calls_before)] == [1, 1]
     assert rep2["prompts_in"] == 6 and rep2["pairs"] == 2 and "error" not in rep2["no_pair"]
     assert rep2["pairs"] + sum(rep2["no_pair"].values()) == 6
     assert len(pq.read_table(tmp_path / "pairs.parquet")) == 2
     assert len((tmp_path / "no_pair.jsonl").read_text().splitlines()) == 4
-    # and a finished run is a no-op
+    # and a finished run is a no-op; the retried prompt's line did not glue onto the cut one
     build_judged_pairs(prompts, policies, judge, tmp_path)
     assert [p.calls - c for p, c in zip(policies, calls_before)] == [1, 1]
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 7 and json.loads(lines[-1])["query_id"] == "q-down"
 
 
 def test_duplicate_prompt_ids_are_refused(tmp_path):
