@@ -8,6 +8,9 @@ a finished one, and no query is counted twice. Sampling calls have no side effec
 replica dying costs retries (FleetSampler) and a PTS actor dying costs a restart and a retried
 call (max_restarts / max_task_retries).
 
+With `dpo.judge_prompts > 0` the stage also makes DPO round 2's judge-guided full pairs while the
+fleet is up (actors/judge.py -> RUN/dpo/pairs_full).
+
 Outputs: RUN/pts/pairs/pairs.parquet (token ids for the DPO trainer plus texts for reading,
 p estimates, query and model ids), RUN/pts/report.json and RUN/report/pts_p_query.png.
 """
@@ -159,6 +162,27 @@ def _plot_p(results: list[dict], cfg, path: Path) -> None:
     plt.close(fig)
 
 
+def judge_round(run_dir: Path, cfg, info: dict) -> dict:
+    """DPO round 2: `dpo.judge_responses` responses per toy-domain question from the fleet's
+    policy, scored by the judge (accuracy from the math oracle where the answer is known)."""
+    from actors.judge import EndpointJudge, FleetJudge, FleetPolicy, build_judged_pairs
+    from phi4ray.arith import make_problems
+    from phi4ray.endpoint import EndpointConfig
+    from phi4ray.oracles import MathOracle
+
+    d = cfg.dpo
+    prompts = make_problems(d.judge_prompts, cfg.seed + 2, cfg.arith)
+    policy = FleetPolicy(model_id="sft", deployment=info["deployment"], app=info["app"], n=d.judge_responses,
+                         max_tokens=cfg.pts.max_tokens)
+    judge = (EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env))
+             if d.judge_url else FleetJudge(deployment=info["deployment"], app=info["app"]))
+    report = build_judged_pairs(prompts, [policy], judge, Path(run_dir) / "dpo" / "pairs_full",
+                                concurrency=cfg.pts.concurrency, oracle=MathOracle())
+    print(f"pts: judge round: {report['pairs']} pairs from {report['prompts_in']} prompts; "
+          f"no pair: {report['no_pair']}")
+    return report
+
+
 def run_pts(run_dir: Path, cfg) -> dict:
     from ray import serve
 
@@ -176,10 +200,13 @@ def run_pts(run_dir: Path, cfg) -> dict:
     t_ready = time.time() - t0
     try:
         results = run_search(pts_queries(cfg), out, info["deployment"], info["app"], cfg.pts, str(model_dir))
+        judged = judge_round(run_dir, cfg, info) if cfg.dpo.judge_prompts else None
     finally:
         serve.delete(info["app"])
     n_pairs = _write_pairs(results, out / "pairs")
     report = {**search_report(results, cfg), "wall_s": round(time.time() - t0, 1), "fleet_ready_s": round(t_ready, 1)}
+    if judged is not None:
+        report["judge_round"] = {k: judged.get(k) for k in ("prompts_in", "pairs", "no_pair", "acceptance_rate")}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _plot_p(results, cfg, run_dir / "report" / "pts_p_query.png")
     print(f"pts: {report['kept']}/{report['queries']} queries kept, {report['pivots']} pivots, {n_pairs} pairs, "

@@ -37,6 +37,14 @@ class DPOConfig:
     label_smoothing: float = 0.0
     train: TrainConfig = TrainConfig(batch_size=16, micro_batch_size=8, steps=50, lr=1e-5, warmup_steps=5,
                                      min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=25)
+    # round 2, judge-guided full pairs (actors/judge.py), made while the pts stage has the fleet up:
+    # responses from the fleet's policy; the judge is an external OpenAI-compatible endpoint when
+    # judge_url is set, else the fleet itself. 0 prompts: round 2 off.
+    judge_prompts: int = 0
+    judge_responses: int = 4
+    judge_url: str = ""
+    judge_model: str = ""
+    judge_api_key_env: str = "OPENAI_API_KEY"
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -45,6 +53,11 @@ class DPOConfig:
             raise ConfigError(f"dpo.beta={self.beta} must be > 0")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        if self.judge_prompts < 0 or self.judge_responses < 2:
+            raise ConfigError(f"dpo: judge_prompts={self.judge_prompts} must be >= 0 and judge_responses="
+                              f"{self.judge_responses} >= 2 (a pair needs two responses)")
+        if self.judge_url and not self.judge_model:
+            raise ConfigError("dpo.judge_url is set but dpo.judge_model is empty")
 
 
 def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,

@@ -124,11 +124,22 @@ def run_preset(name: str) -> RunConfig:
                                  checkpoint_every=10, log_every=5),
             midtrain=MidtrainConfig(train=TrainConfig(batch_size=4, micro_batch_size=2, steps=12, lr=1e-3,
                                                       warmup_steps=2, checkpoint_every=6, log_every=3)),
+            # toy-domain solutions are ~20 tokens: 32 leaves room for a rambling policy
+            pts=PTSConfig(queries=64, samples_per_estimate=16, max_tokens=32),
+            dpo=DPOConfig(beta=0.1, judge_prompts=16, train=TrainConfig(
+                batch_size=16, micro_batch_size=8, steps=30, lr=1e-4, warmup_steps=3, min_lr_ratio=1.0,
+                weight_decay=0.0, checkpoint_every=15, log_every=5)),
         )
     # GPU presets: bf16 exports and GPU samplers that scale out under load
     bf16 = TrainConfig(dtype="bfloat16", batch_size=256, micro_batch_size=4, steps=10_000, lr=3e-4,
                        warmup_steps=500, checkpoint_every=500, log_every=10)
+    post = dataclasses.replace(bf16, seq_len=model.max_seq_len // 4, batch_size=64, steps=1000, lr=1e-5,
+                               warmup_steps=50, checkpoint_every=200)
     return RunConfig(preset=name, model=model, export_dtype="bfloat16",
+                     sft=SFTConfig(train=post),
+                     pts=PTSConfig(queries=4096, samples_per_estimate=32, max_tokens=2048, actors=16, concurrency=64),
+                     dpo=DPOConfig(train=dataclasses.replace(post, steps=500, lr=1e-6, min_lr_ratio=1.0,
+                                                             weight_decay=0.0)),
                      serve=ServeConfig(device="gpu", min_replicas=1, max_replicas=4),
                      # small: 1K -> 4K on one GPU; phi4-14b: the report's 4K -> 16K
                      data=DataConfig(seq_len=model.max_seq_len // 4), pretrain=bf16,

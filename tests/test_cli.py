@@ -37,7 +37,8 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
             "pretrain.steps=4", "pretrain.checkpoint_every=2", "pretrain.log_every=2",
             "midtrain.train.steps=2", "midtrain.train.checkpoint_every=2", "midtrain.train.log_every=1",
             "sft.problems=40", "sft.heldout=8", "sft.train.steps=4", "sft.train.checkpoint_every=2",
-            "sft.train.log_every=2", "pts.queries=3", "pts.samples_per_estimate=4", "pts.max_tokens=12"]
+            "sft.train.log_every=2", "pts.queries=3", "pts.samples_per_estimate=4", "pts.max_tokens=12",
+            "dpo.judge_prompts=2", "dpo.judge_responses=2"]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     init = json.loads((tmp_path / "manifests" / "init.json").read_text())
@@ -49,6 +50,8 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     assert sft["conversations"] == 40 and sft["heldout_loss_after"] < sft["heldout_loss_before"]
     pts = json.loads((tmp_path / "manifests" / "pts.json").read_text())["counts"]
     assert pts["queries"] == 3 == pts["kept"] + pts["too_easy"] + pts["too_hard"] and pts["samples"] > 0
+    judged = pts["judge_round"]  # round 2 ran on the fleet too; its counts add up
+    assert judged["prompts_in"] == 2 == judged["pairs"] + sum(judged["no_pair"].values())
     # 4 SFT steps leave p(success) far below 0.2, so there are no pairs: DPO says so and is skipped
     dpo = json.loads((tmp_path / "manifests" / "dpo.json").read_text())
     assert dpo["counts"]["train_pairs"] < 16 and "fewer than one batch" in dpo["outputs"]["skipped"]

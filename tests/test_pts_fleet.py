@@ -43,5 +43,5 @@ def test_pts_actors_find_the_planted_pivot(sampler_app, tmp_path):
     lines = (tmp_path / "queries.jsonl").read_text().splitlines()
     again = run_search(queries, tmp_path, sampler_app["deployment"], sampler_app["app"], cfg, "tiny",
                        oracle_for=third_token_is_even)
-    assert again == [json.loads(x) for x in lines]
+    assert again == sorted((json.loads(x) for x in lines), key=lambda r: r["query_id"])  # file: finish order
     assert (tmp_path / "queries.jsonl").read_text().splitlines() == lines
