@@ -156,17 +156,10 @@ class EndpointJudge:
 
 # --- resumable per-prompt driver ------------------------------------------------------------------
 def _load_checkpoint(path: Path, template_id: str) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:  # a line cut by a crash: that prompt is simply done again
-                continue
-            # judged under another template: judge it again
-            if isinstance(r, dict) and "query_id" in r and r.get("template_id") == template_id:
-                done[r["query_id"]] = r
-    return done
+    from phi4ray.manifest import read_checkpoint_lines
+
+    # judged under another template: judge it again
+    return read_checkpoint_lines(path, keep=lambda r: r.get("template_id") == template_id)
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -36,15 +36,16 @@ class BoundedSampler:
 
 
 def answer_oracle(query: dict):
-    """The default oracle: the math oracle on the decoded solution against query["answer"]
-    (decoded only to read the final answer; the search itself stays in token ids)."""
-    from phi4ray.oracles import MathOracle
+    """The default oracle: the toy domain's answer check (the math oracle, or primality) on the
+    decoded solution against query["answer"] (decoded only to read the final answer; the search
+    itself stays in token ids)."""
+    from phi4ray.arith import check_answer
     from phi4ray.tokenizer import get_tokenizer
 
-    tok, check = get_tokenizer(), MathOracle()
+    tok = get_tokenizer()
 
     def oracle(ids: list[int]) -> bool:
-        return check(tok.decode([t for t in ids if t < tok.eot_id]), query["answer"])
+        return check_answer(tok.decode([t for t in ids if t < tok.eot_id]), query["answer"])
     return oracle
 
 
@@ -90,15 +91,10 @@ def run_search(queries: list[dict], out_dir: Path, deployment: str, app: str, cf
                oracle_for=answer_oracle) -> list[dict]:
     """Search every query not yet in out_dir/queries.jsonl; returns all results (old and new).
     `oracle_for(query) -> oracle(solution_ids) -> bool` (default: the math answer oracle)."""
+    from phi4ray.manifest import read_checkpoint_lines
+
     done_file = out_dir / "queries.jsonl"
-    done = {}
-    if done_file.exists():
-        for line in done_file.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:  # a line cut by a crash: that query is simply searched again
-                continue
-            done[r["query_id"]] = r
+    done = read_checkpoint_lines(done_file)
     todo = [q for q in queries if q["id"] not in done]
     if todo:
         n = min(cfg.actors, len(todo))
@@ -166,9 +162,8 @@ def judge_round(run_dir: Path, cfg, info: dict) -> dict:
     """DPO round 2: `dpo.judge_responses` responses per toy-domain question from the fleet's
     policy, scored by the judge (accuracy from the math oracle where the answer is known)."""
     from actors.judge import EndpointJudge, FleetJudge, FleetPolicy, build_judged_pairs
-    from phi4ray.arith import make_problems
+    from phi4ray.arith import check_answer, make_problems
     from phi4ray.endpoint import EndpointConfig
-    from phi4ray.oracles import MathOracle
 
     d = cfg.dpo
     prompts = make_problems(d.judge_prompts, cfg.seed + 2, cfg.arith)
@@ -177,7 +172,7 @@ def judge_round(run_dir: Path, cfg, info: dict) -> dict:
     judge = (EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env))
              if d.judge_url else FleetJudge(deployment=info["deployment"], app=info["app"]))
     report = build_judged_pairs(prompts, [policy], judge, Path(run_dir) / "dpo" / "pairs_full",
-                                concurrency=cfg.pts.concurrency, oracle=MathOracle())
+                                concurrency=cfg.pts.concurrency, oracle=check_answer)
     print(f"pts: judge round: {report['pairs']} pairs from {report['prompts_in']} prompts; "
           f"no pair: {report['no_pair']}")
     return report

@@ -47,3 +47,20 @@ def write_manifest(run_dir: str | Path, stage: str, config, *, inputs: dict, out
     tmp.write_text(json.dumps(body, indent=2, default=str))
     tmp.replace(p)  # atomic: a crash never leaves a half-written "complete" manifest
     return p
+
+
+def read_checkpoint_lines(path: str | Path, key: str = "query_id", keep=None) -> dict[str, dict]:
+    """Per-item resume points: a JSONL file with one finished record per line, appended as each
+    item finishes (PTS queries, judged prompts). Returns {record[key]: record}; a line cut by a
+    crash is skipped (that item is simply done again); `keep(record)` filters (e.g. same template)."""
+    done: dict[str, dict] = {}
+    p = Path(path)
+    if p.exists():
+        for line in p.read_text().splitlines():  # json.dumps escapes every line separator
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and key in r and (keep is None or keep(r)):
+                done[r[key]] = r
+    return done
