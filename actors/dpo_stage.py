@@ -87,6 +87,9 @@ def run_dpo(run_dir: Path, cfg) -> dict:
                                 outputs={"skipped": reason}, counts={"train_pairs": n_train, "heldout_pairs": n_held},
                                 timings={})
         return manifest.read_manifest(run_dir, "dpo")
+    import shutil
+
+    shutil.rmtree(d / "train_ref", ignore_errors=True)  # Ray Data adds files to a folder: start clean
     with ray_session(min_cpus=4):
         add_reference_logps(d / "train", base, d / "train_ref")
     held_before = pair_margins(base, d / "heldout")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 
 class RefLogps:
     def __init__(self, model_dir: str, micro_batch: int = 16):
@@ -22,13 +20,16 @@ class RefLogps:
         self.model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
         self.micro = micro_batch
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch):
+        # pyarrow batches in and out: id lists stay plain list<int> columns (numpy batches would
+        # come back as Ray's tensor extension type, which readers without Ray cannot decode)
+        import pyarrow as pa
         import torch
 
         from phi4ray.dpo import pair_logps
         from phi4ray.tokenizer import PAD
 
-        cols = {k: [list(map(int, x)) for x in batch[k]] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+        cols = {k: batch.column(k).to_pylist() for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
         chosen, rejected = [], []
         with torch.no_grad():
             for i in range(0, len(cols["prompt_ids"]), self.micro):
@@ -36,8 +37,8 @@ class RefLogps:
                 c, r = pair_logps(self.model, mb, PAD, "cpu")
                 chosen += c.tolist()
                 rejected += r.tolist()
-        return {**batch, "ref_chosen_logp": np.asarray(chosen, dtype=np.float32),
-                "ref_rejected_logp": np.asarray(rejected, dtype=np.float32)}
+        return (batch.append_column("ref_chosen_logp", pa.array(chosen, pa.float32()))
+                .append_column("ref_rejected_logp", pa.array(rejected, pa.float32())))
 
 
 def add_reference_logps(pairs_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
@@ -48,6 +49,6 @@ def add_reference_logps(pairs_dir: str | Path, model_dir: str | Path, out_dir: s
     out = Path(out_dir)
     ds = ray.data.read_parquet(str(Path(pairs_dir).resolve()))
     ds = ds.map_batches(RefLogps, fn_constructor_args=(str(Path(model_dir).resolve()),), batch_size=batch_size,
-                        batch_format="numpy", concurrency=concurrency, num_cpus=1)
+                        batch_format="pyarrow", concurrency=concurrency, num_cpus=1)
     ds.write_parquet(str(out.resolve()))
     return ray.data.read_parquet(str(out.resolve())).count()

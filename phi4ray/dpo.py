@@ -35,6 +35,9 @@ class DPOConfig:
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
+    # + sft_weight x the chosen side's NLL per token (RPO, Pang et al. 2024; TRL's "sft" loss term):
+    # DPO alone can raise the margin by pushing both sides down and moving the mass elsewhere
+    sft_weight: float = 0.0
     train: TrainConfig = TrainConfig(batch_size=16, micro_batch_size=8, steps=50, lr=1e-5, warmup_steps=5,
                                      min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=25)
     # round 2, judge-guided full pairs (actors/judge.py), made while the pts stage has the fleet up:
@@ -53,6 +56,8 @@ class DPOConfig:
             raise ConfigError(f"dpo.beta={self.beta} must be > 0")
         if not 0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"dpo.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        if self.sft_weight < 0:
+            raise ConfigError(f"dpo.sft_weight={self.sft_weight} must be >= 0")
         if self.judge_prompts < 0 or self.judge_responses < 2:
             raise ConfigError(f"dpo: judge_prompts={self.judge_prompts} must be >= 0 and judge_responses="
                               f"{self.judge_responses} >= 2 (a pair needs two responses)")
@@ -138,6 +143,9 @@ def dpo_step(model, optimizer, micro_batches: list[dict], step: int, cfg: DPOCon
             lc, lr_ = _lengths(mb["chosen_ids"]).to(device), _lengths(mb["rejected_ids"]).to(device)
             pc, pr, rc, rr = pc / lc, pr / lr_, rc / lc, rr / lr_
         losses, cr, rj = dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.loss_type, cfg.label_smoothing)
+        if cfg.sft_weight:
+            nll = -pc if cfg.loss_type == "ipo" else -pc / _lengths(mb["chosen_ids"]).to(device)
+            losses = losses + cfg.sft_weight * nll
         (losses.sum() / n_total.item()).backward()
         sums += torch.tensor([losses.sum().item(), (cr - rj).sum().item(), (cr > rj).float().sum().item(),
                               float(sum(len(p) + len(c) + len(r) for p, c, r in

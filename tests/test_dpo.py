@@ -105,3 +105,25 @@ def test_dpo_steps_raise_margin_on_single_token_pairs():
     assert outs[0]["loss"] == pytest.approx(-torch.nn.functional.logsigmoid(torch.tensor(0.0)).item(), abs=1e-5)
     assert outs[-1]["reward_margin"] > 0.5 and outs[-1]["reward_accuracy"] == 1.0
     assert outs[-1]["loss"] < outs[0]["loss"]
+
+
+def test_sft_weight_keeps_the_chosen_side_up():
+    """DPO alone may raise the margin by pushing both sides down; the NLL term (RPO) keeps the
+    chosen log-prob from falling."""
+    def run(w):
+        model = build_model(CFG, seed=5)
+        pairs = {"prompt_ids": [[1, 2, 3 + i % 5] for i in range(16)], "chosen_ids": [[10 + i % 3] for i in range(16)],
+                 "rejected_ids": [[20 + i % 4] for i in range(16)]}
+        with torch.no_grad():
+            ref = completion_logps(model, pairs["prompt_ids"] * 2, pairs["chosen_ids"] + pairs["rejected_ids"])
+        pairs["ref_chosen_logp"], pairs["ref_rejected_logp"] = ref[:16].tolist(), ref[16:].tolist()
+        cfg = DPOConfig(beta=0.1, sft_weight=w, train=TrainConfig(batch_size=16, micro_batch_size=16, steps=15,
+                                                                   lr=3e-3, warmup_steps=1))
+        opt = make_optimizer(model, cfg.train)
+        loader = PairLoader(pairs, 16)
+        for s in range(15):
+            dpo_step(model, opt, loader.next_batch(0, 1, 16), s, cfg, pad_id=0, device="cpu")
+        with torch.no_grad():
+            return (completion_logps(model, pairs["prompt_ids"], pairs["chosen_ids"]).mean()
+                    - torch.tensor(pairs["ref_chosen_logp"]).mean()).item()
+    assert run(1.0) > run(0.0) and run(1.0) > 0
