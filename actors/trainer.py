@@ -235,6 +235,7 @@ def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    _fresh_if_changed(job)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
@@ -247,6 +248,22 @@ def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu:
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     return trainer.fit()
+
+
+def _fresh_if_changed(job: TrainJob) -> None:
+    """Resume only what this job started: checkpoints of the same stage made under another
+    job (another config, data or starting model) are removed, with their metrics, first."""
+    import shutil
+
+    key = json.dumps(dataclasses.asdict(dataclasses.replace(job, fail_once_at_step=None)), sort_keys=True, default=str)
+    ckpts = Path(job.run_dir).resolve() / "ray_train" / job.stage
+    marker = ckpts / "phi4ray_job.json"
+    if ckpts.exists() and (not marker.exists() or marker.read_text() != key):
+        print(f"{job.stage}: checkpoints in {ckpts} belong to another configuration; starting fresh")
+        shutil.rmtree(ckpts)
+        shutil.rmtree(Path(job.run_dir) / "checkpoints" / job.stage, ignore_errors=True)
+    ckpts.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key)
 
 
 def plot_loss(run_dir: str | Path, stage: str) -> Path | None:

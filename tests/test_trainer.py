@@ -80,3 +80,19 @@ def test_rows_of_wrong_length_are_refused(ray_cluster, tokens, tmp_path):
 
     with pytest.raises(ValueError, match="train.seq_len=16"):
         load_rows(str(tokens), 16)
+
+
+def test_changed_job_starts_fresh_instead_of_resuming(tmp_path):
+    from actors.trainer import _fresh_if_changed
+
+    job = _job(tmp_path, tmp_path / "tokens")
+    _fresh_if_changed(job)
+    step = tmp_path / "ray_train" / "pretrain" / "step_000004"
+    step.mkdir()
+    _fresh_if_changed(job)  # the same job again (a rerun after a crash): its checkpoints stay
+    _fresh_if_changed(_job(tmp_path, tmp_path / "tokens", fail_once_at_step=3))
+    assert step.exists()
+    import dataclasses
+
+    _fresh_if_changed(dataclasses.replace(job, train=dataclasses.replace(job.train, lr=1e-3)))
+    assert not step.exists()
