@@ -37,33 +37,25 @@ def _split_pairs(src_dirs: list[Path], train_dir: Path, held_dir: Path) -> tuple
     return train.num_rows, held.num_rows
 
 
-def pair_margins(model_dir: Path, pairs_dir: Path) -> dict:
-    """Policy log-prob margin log pi(chosen) - log pi(rejected) on pairs, and how often it is > 0."""
+def evaluate_policy(model_dir: Path, pairs_dir: Path, cfg) -> dict:
+    """One load of the model for both figures: the log-prob margin log pi(chosen) - log pi(rejected)
+    on held-out pairs (and how often it is > 0), and the success rate on held-out questions."""
     import torch
 
+    from phi4ray.arith import make_problems, success_rate
     from phi4ray.dpo import load_pairs, pair_logps
     from phi4ray.hf import import_hf
     from phi4ray.tokenizer import PAD
 
-    if not list(pairs_dir.glob("*.parquet")):
-        return {"pairs": 0}
-    pairs = load_pairs(str(pairs_dir), need_ref=False)
     model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
-    with torch.no_grad():
-        c, r = pair_logps(model, pairs, PAD, "cpu")
-    m = c - r
-    return {"pairs": len(m), "margin": m.mean().item(), "accuracy": (m > 0).float().mean().item()}
-
-
-def heldout_success(model_dir: Path, cfg) -> float:
-    import torch
-
-    from phi4ray.arith import make_problems, success_rate
-    from phi4ray.hf import import_hf
-
-    model = import_hf(model_dir, device="cpu", dtype=torch.float32)
-    return success_rate(model, make_problems(cfg.sft.heldout, cfg.seed, cfg.arith, split="test"),
-                        samples=4, seed=cfg.seed)
+    out = {"success": success_rate(model, make_problems(cfg.sft.heldout, cfg.seed, cfg.arith, split="test"),
+                                   samples=4, seed=cfg.seed)}
+    if list(pairs_dir.glob("*.parquet")):
+        with torch.no_grad():
+            c, r = pair_logps(model, load_pairs(str(pairs_dir), need_ref=False), PAD, "cpu")
+        m = c - r
+        out.update(margin=m.mean().item(), accuracy=(m > 0).float().mean().item())
+    return out
 
 
 def run_dpo(run_dir: Path, cfg) -> dict:
@@ -92,22 +84,20 @@ def run_dpo(run_dir: Path, cfg) -> dict:
     shutil.rmtree(d / "train_ref", ignore_errors=True)  # Ray Data adds files to a folder: start clean
     with ray_session(min_cpus=4):
         add_reference_logps(d / "train", base, d / "train_ref")
-    held_before = pair_margins(base, d / "heldout")
-    success_before = heldout_success(base, cfg)
+    before = evaluate_policy(base, d / "heldout", cfg)
     job = TrainJob("dpo", post_midtrain_model(cfg), cfg.dpo.train, str(d / "train_ref"), str(run_dir),
                    init_from=str(base), dpo=cfg.dpo)
 
     def evaluate() -> dict:
-        after = run_dir / "models" / "dpo"
-        held_after, success_after = pair_margins(after, d / "heldout"), heldout_success(after, cfg)
-        print(f"dpo: held-out pair margin {held_before.get('margin')} -> {held_after.get('margin')}, "
-              f"accuracy {held_before.get('accuracy')} -> {held_after.get('accuracy')}; "
-              f"held-out success {success_before:.3f} -> {success_after:.3f}")
+        after = evaluate_policy(run_dir / "models" / "dpo", d / "heldout", cfg)
+        print(f"dpo: held-out pair margin {before.get('margin')} -> {after.get('margin')}, "
+              f"accuracy {before.get('accuracy')} -> {after.get('accuracy')}; "
+              f"held-out success {before['success']:.3f} -> {after['success']:.3f}")
         return {"train_pairs": n_train, "heldout_pairs": n_held,
-                "heldout_margin_before": held_before.get("margin"), "heldout_margin_after": held_after.get("margin"),
-                "heldout_pair_accuracy_before": held_before.get("accuracy"),
-                "heldout_pair_accuracy_after": held_after.get("accuracy"),
-                "heldout_success_before": success_before, "heldout_success_after": success_after}
+                "heldout_margin_before": before.get("margin"), "heldout_margin_after": after.get("margin"),
+                "heldout_pair_accuracy_before": before.get("accuracy"),
+                "heldout_pair_accuracy_after": after.get("accuracy"),
+                "heldout_success_before": before["success"], "heldout_success_after": after["success"]}
 
     return train_stage(run_dir, cfg, "dpo", job, {"pairs": [str(s) for s in sources], "init_from": str(base)},
                        evaluate)

@@ -116,13 +116,14 @@ def run_search(queries: list[dict], out_dir: Path, deployment: str, app: str, cf
     return [done[q["id"]] for q in queries if q["id"] in done]
 
 
-def search_report(results: list[dict], cfg) -> dict:
+def search_report(results: list[dict], pts) -> dict:
+    """The search's funnel and cost; queries = kept + too_hard + too_easy (pts: PTSConfig)."""
     kept = [r for r in results if r["kept"]]
     pivots = sum(r["pivots"] for r in results)
     samples = sum(r["samples"] for r in results)
     return {"queries": len(results), "kept": len(kept),
-            "too_hard": sum(r["p_query"] < cfg.pts.p_min for r in results),
-            "too_easy": sum(r["p_query"] > cfg.pts.p_max for r in results),
+            "too_hard": sum(r["p_query"] < pts.p_min for r in results),
+            "too_easy": sum(r["p_query"] > pts.p_max for r in results),
             "pivots": pivots, "pairs": sum(len(r["pairs"]) for r in results),
             "pivots_without_alternative": sum(r["no_alternative"] for r in results),
             "samples": samples, "p_estimates": sum(r["estimates"] for r in results),
@@ -199,7 +200,7 @@ def run_pts(run_dir: Path, cfg) -> dict:
     finally:
         serve.delete(info["app"])
     n_pairs = _write_pairs(results, out / "pairs")
-    report = {**search_report(results, cfg), "wall_s": round(time.time() - t0, 1), "fleet_ready_s": round(t_ready, 1)}
+    report = {**search_report(results, cfg.pts), "wall_s": round(time.time() - t0, 1), "fleet_ready_s": round(t_ready, 1)}
     if judged is not None:
         report["judge_round"] = {k: judged.get(k) for k in ("prompts_in", "pairs", "no_pair", "acceptance_rate")}
     (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -85,12 +85,12 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
     return losses, chosen_rewards, rejected_rewards
 
 
-def _pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
     width = max(len(s) for s in seqs)
     out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out.to(device), torch.tensor([len(s) for s in seqs], device=device)
+    return out.to(device)
 
 
 def completion_logps(model, prompts: list[list[int]], completions: list[list[int]], pad_id: int = 0,
@@ -101,7 +101,7 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[int
     completion token (Phi4.forward's logits_mask), so a single-token PTS pair costs one output
     row, not a vocabulary-wide matmul per prompt token."""
     seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
-    tokens, _ = _pad(seqs, pad_id, device)
+    tokens = _pad(seqs, pad_id, device)
     T = tokens.shape[1] - 1
     pos = torch.arange(T, device=device)
     start = torch.tensor([len(p) - 1 for p in prompts], device=device)  # predicts the 1st completion token

@@ -56,7 +56,7 @@ class PTSConfig:
             raise ConfigError(f"pts.samples_per_estimate={self.samples_per_estimate} must be >= 2")
         if self.split not in ("logprob", "middle"):
             raise ConfigError(f"pts.split={self.split!r} must be 'logprob' or 'middle'")
-        for name in ("solutions_per_query", "queries", "actors", "concurrency"):
+        for name in ("max_tokens", "solutions_per_query", "queries", "actors", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"pts.{name}={getattr(self, name)} must be >= 1")
 
@@ -111,10 +111,11 @@ class PivotSearch:
         self.stats = SearchStats()
         self._memo: dict[tuple[int, ...], asyncio.Task] = {}
 
-    async def _estimate(self, prefix: list[int]) -> Estimate:
+    async def rollouts(self, prefix: list[int]) -> tuple[list[Sample], Estimate]:
+        """Sample continuations of Q + prefix and judge each: the samples and p's estimate."""
         budget = self.cfg.max_tokens - len(prefix)
         if budget <= 0:  # nothing left to sample: the prefix is the whole answer
-            return Estimate(float(self.oracle(prefix)), [])
+            return [], Estimate(float(self.oracle(prefix)), [])
         sent = self.prefix_ids(prefix)
         samples: list[Sample] = await self.sampler.sample(SampleRequest(
             prompt_ids=self.query_ids + sent, n=self.cfg.samples_per_estimate, max_tokens=budget,
@@ -122,7 +123,10 @@ class PivotSearch:
         self.stats.samples += len(samples)
         self.stats.estimates += 1
         rollouts = [(s.token_ids[0] if s.token_ids else None, bool(self.oracle(sent + s.token_ids))) for s in samples]
-        return Estimate(sum(ok for _, ok in rollouts) / len(rollouts), rollouts)
+        return samples, Estimate(sum(ok for _, ok in rollouts) / len(rollouts), rollouts)
+
+    async def _estimate(self, prefix: list[int]) -> Estimate:
+        return (await self.rollouts(prefix))[1]
 
     async def estimate(self, prefix: list[int]) -> Estimate:
         if not self.cfg.memo:
@@ -143,22 +147,19 @@ class PivotSearch:
             return float(self.oracle(sol))
         return (await self.estimate(sol[:k])).p
 
-    async def subdivide(self, sol: list[int], logprobs: list[float], a: int, b: int) -> list[tuple[int, int]]:
+    async def subdivide(self, sol: list[int], logprobs: list[float], a: int,
+                        b: int) -> list[tuple[int, int, float, float]]:
+        """Final segments as (a, b, p(a), p(b)): the caller reads the p's, never re-estimates them."""
         pa, pb = await asyncio.gather(self._p(sol, a), self._p(sol, b))
         if b - a <= 1 or abs(pa - pb) < self.cfg.p_gap:
-            return [(a, b)]
+            return [(a, b, pa, pb)]
         m = split_point(logprobs, a, b, self.cfg.split)
         left, right = await asyncio.gather(self.subdivide(sol, logprobs, a, m), self.subdivide(sol, logprobs, m, b))
         return left + right
 
     async def pivots(self, sol: list[int], logprobs: list[float]) -> list[Pivot]:
-        out = []
-        for a, b in await self.subdivide(sol, logprobs, 0, len(sol)):
-            if b - a == 1:
-                pa, pb = await self._p(sol, a), await self._p(sol, b)
-                if abs(pb - pa) >= self.cfg.p_gap:
-                    out.append(Pivot(a, sol[a], pa, pb))
-        return out
+        return [Pivot(a, sol[a], pa, pb) for a, b, pa, pb in await self.subdivide(sol, logprobs, 0, len(sol))
+                if b - a == 1 and abs(pb - pa) >= self.cfg.p_gap]
 
 
 @dataclass
@@ -211,13 +212,8 @@ async def search_query(sampler, oracle: Callable[[list[int]], bool], query_ids: 
                        stop_ids: tuple[int, ...] = (), prefix_ids=None) -> QueryResult:
     """The whole of PTS for one query: estimate p(Q), filter, search the chosen solutions, pair."""
     ps = PivotSearch(sampler, oracle, query_ids, cfg, stop_ids, prefix_ids)
-    samples: list[Sample] = await sampler.sample(SampleRequest(
-        prompt_ids=list(query_ids), n=cfg.samples_per_estimate, max_tokens=cfg.max_tokens,
-        temperature=cfg.temperature, stop_ids=list(stop_ids)))
-    ps.stats.samples += len(samples)
-    ps.stats.estimates += 1
-    oks = [bool(oracle(s.token_ids)) for s in samples]
-    root = Estimate(sum(oks) / len(oks), [(s.token_ids[0] if s.token_ids else None, ok) for s, ok in zip(samples, oks)])
+    samples, root = await ps.rollouts([])
+    oks = [ok for _, ok in root.rollouts]
     result = QueryResult(root.p, cfg.p_min <= root.p <= cfg.p_max)
     if result.kept:
         ps.seed([], root)

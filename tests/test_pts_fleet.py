@@ -29,7 +29,7 @@ def test_pts_actors_find_the_planted_pivot(sampler_app, tmp_path):
     results = run_search(queries, tmp_path, sampler_app["deployment"], sampler_app["app"], cfg, "tiny",
                          oracle_for=third_token_is_even)
     assert [r["query_id"] for r in results] == ["q0", "q1", "q2"]
-    rep = search_report(results, type("C", (), {"pts": cfg}))
+    rep = search_report(results, cfg)
     assert rep["queries"] == rep["kept"] + rep["too_easy"] + rep["too_hard"] == 3
     assert rep["kept"] >= 2  # the tiny model samples near-uniformly: p(Q) ~ 0.5
     pairs = [p for r in results for p in r["pairs"]]
