@@ -105,12 +105,15 @@ def _api_key_middleware(app, key_sha256: str) -> None:
         return await call_next(request)
 
 
-def build_sampler_app(llm_config: LLMConfig, api_key_env: str | None = None):
+def build_sampler_app(llm_config: LLMConfig | list[LLMConfig], api_key_env: str | None = None):
     """The Serve application: OpenAI ingress -> PhiSampler replicas.
 
+    Several configs make one app serving several models behind one ingress, each request routed
+    by its `model` field (the eval stage serves every stage's model this way, side by side).
     New weights go to a running app through `actors.weights.refresh_weights`, not a redeploy.
     api_key_env names an environment variable (read here, on the driver) holding the HTTP API key.
     """
+    configs = llm_config if isinstance(llm_config, list) else [llm_config]
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
     from ray.serve.llm import build_llm_deployment
@@ -121,11 +124,10 @@ def build_sampler_app(llm_config: LLMConfig, api_key_env: str | None = None):
         if not key:
             raise ValueError(f"api_key_env={api_key_env!r}: that environment variable is not set")
         _api_key_middleware(fastapi_app, hashlib.sha256(key.encode()).hexdigest())
-    server = build_llm_deployment(llm_config, name_prefix=DEPLOYMENT_PREFIX)
-    mid = llm_config.model_id
+    servers = {c.model_id: build_llm_deployment(c, name_prefix=DEPLOYMENT_PREFIX) for c in configs}
     ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
-    return serve.deployment(ingress, **OpenAiIngress.get_deployment_options([llm_config])).bind(
-        llm_deployments={mid: server}, model_cards={mid: to_model_metadata(mid, llm_config)})
+    return serve.deployment(ingress, **OpenAiIngress.get_deployment_options(configs)).bind(
+        llm_deployments=servers, model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in configs})
 
 
 def sampler_deployment_name(llm_config: LLMConfig) -> str:

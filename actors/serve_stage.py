@@ -22,24 +22,28 @@ def latest_model(run_dir: Path) -> Path:
     raise FileNotFoundError(f"{run_dir}/models: no model folder yet (run `phi4ray init` first)")
 
 
-def start(model_dir: str, cfg) -> dict:
-    """Start Ray (or join RAY_ADDRESS), Serve and the sampler app; returns its URLs and names."""
+def start(model_dir: str | dict[str, str], cfg) -> dict:
+    """Start Ray (or join RAY_ADDRESS), Serve and the sampler app; returns its URLs and names.
+    `model_dir` is one folder (served as `serve.model_id`) or {model_id: folder} for several models
+    behind one endpoint."""
     from ray import serve
 
     from actors.ray_session import ensure_ray
     from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
 
     s = cfg.serve
+    models = model_dir if isinstance(model_dir, dict) else {s.model_id: model_dir}
     ensure_ray(min_cpus=8)  # kept running: the app serves until the caller deletes it
     serve.start(http_options={"host": s.host, "port": s.port})
-    llm_config = sampler_llm_config(
-        model_dir, model_id=s.model_id, device=s.device, engine=s.engine, min_replicas=s.min_replicas,
+    llm_configs = [sampler_llm_config(
+        folder, model_id=mid, device=s.device, engine=s.engine, min_replicas=s.min_replicas,
         max_replicas=s.max_replicas, target_ongoing_requests=s.target_ongoing_requests,
-        max_model_len=s.max_model_len or None, kv_cache_gib=s.kv_cache_gib)
-    serve.run(build_sampler_app(llm_config, api_key_env=s.api_key_env or None), name=APP_NAME, route_prefix="/")
+        max_model_len=s.max_model_len or None, kv_cache_gib=s.kv_cache_gib) for mid, folder in models.items()]
+    serve.run(build_sampler_app(llm_configs, api_key_env=s.api_key_env or None), name=APP_NAME, route_prefix="/")
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     return {"url": f"http://{host}:{s.port}/v1", "app": APP_NAME,
-            "deployment": sampler_deployment_name(llm_config), "model_id": s.model_id}
+            "deployment": sampler_deployment_name(llm_configs[0]), "model_id": llm_configs[0].model_id,
+            "models": {c.model_id: sampler_deployment_name(c) for c in llm_configs}}
 
 
 def smoke_chat(info: dict, cfg, question: str = "What is 2 + 3?") -> str:

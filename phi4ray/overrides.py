@@ -16,6 +16,10 @@ def _convert(raw: str, typ, key: str):
         if raw.lower() in ("none", "null"):
             return None
         typ = args[0]
+    if origin is tuple or typing.get_origin(typ) is tuple:
+        # lists on the command line are comma-separated: curate.inputs=web=/data/a,code=/src
+        (item_typ, *_) = typing.get_args(typ) or (str,)
+        return tuple(_convert(part.strip(), item_typ, key) for part in raw.split(",") if part.strip())
     try:
         if typ is bool:
             if raw.lower() in ("1", "true", "yes", "on"):

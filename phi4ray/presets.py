@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from phi4ray.arith import ArithConfig
 from phi4ray.config import ConfigError, ModelConfig, model_preset
 from phi4ray.dpo import DPOConfig
+from phi4ray.evals.config import EvalConfig
 from phi4ray.pts import PTSConfig
 from phi4ray.sft import SFTConfig
+from phi4ray.synth.config import SynthesizeConfig
 from phi4ray.train import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -90,10 +92,12 @@ class RunConfig:
     data: DataConfig = DataConfig()
     pretrain: TrainConfig = TrainConfig()
     midtrain: MidtrainConfig = MidtrainConfig()
+    synth: SynthesizeConfig = SynthesizeConfig()
     arith: ArithConfig = ArithConfig()   # the toy verifiable domain (SFT data, PTS queries, DPO eval)
     sft: SFTConfig = SFTConfig()
     pts: PTSConfig = PTSConfig()
     dpo: DPOConfig = DPOConfig()
+    eval: EvalConfig = EvalConfig()
     train_workers: int = 2         # Ray Train workers (GPUs on GPU presets)
     train_workers_min: int = 0     # > 0: elastic, (train_workers_min, train_workers)
 
@@ -131,6 +135,8 @@ def run_preset(name: str) -> RunConfig:
             dpo=DPOConfig(beta=0.1, sft_weight=1.0, judge_prompts=16, train=TrainConfig(
                 batch_size=16, micro_batch_size=8, steps=30, lr=1e-4, warmup_steps=3, min_lr_ratio=1.0,
                 weight_decay=0.0, checkpoint_every=15, log_every=5)),
+            # 12 items per suite x 5 models: a tiny model answers little, the report shows the stages
+            eval=EvalConfig(size=12, max_tokens=96),
         )
     # GPU presets: bf16 exports and GPU samplers that scale out under load
     bf16 = TrainConfig(dtype="bfloat16", batch_size=256, micro_batch_size=4, steps=10_000, lr=3e-4,

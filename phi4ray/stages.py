@@ -75,6 +75,12 @@ def _dpo(run_dir: Path, cfg: RunConfig) -> dict:
     return run_dpo(run_dir, cfg)
 
 
+def _eval(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.eval_stage import run_eval
+
+    return run_eval(run_dir, cfg)
+
+
 STAGES: list[Stage] = [
     Stage("init", "tokenizer + freshly initialised model of the preset, exported in HF layout", run=_init),
     Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", 4),
@@ -85,7 +91,7 @@ STAGES: list[Stage] = [
     Stage("sft", "supervised fine-tuning in the Phi-4 chat format, loss on assistant tokens only", run=_sft),
     Stage("pts", "Pivotal Token Search against the Serve samplers -> token-level DPO pairs", run=_pts),
     Stage("dpo", "DPO on PTS pairs and judge-guided full pairs (reference log-probs precomputed)", run=_dpo),
-    Stage("eval", "verifiable benchmarks against the served model", 10),
+    Stage("eval", "verifiable suites (math, choice, code, IFEval) against each stage's model on the endpoint", run=_eval),
     Stage("serve", "Ray Serve + vLLM sampler fleet, OpenAI-compatible endpoint with autoscaling", run=_serve),
 ]
 BY_NAME = {s.name: s for s in STAGES}

@@ -1,0 +1,1 @@
+"""Synthetic data generation (DESIGN.md stage 2): rewrites, self-revision, instruction reversal, execution validation, Q&A extraction, plurality filter. Plain Python; actors/synthesize.py runs it on Ray Data."""

@@ -1,0 +1,569 @@
+"""Evaluation library: IFEval checks, built-in suites, JSONL, statistics, the runner against a
+scripted OpenAI-compatible server on loopback, and lm-evaluation-harness against the same server.
+
+No Ray, no vLLM: the server is `http.server` in a thread, scripted per item (right, wrong, no
+answer, a 500 then right, always 500)."""
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import math
+import operator
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
+from phi4ray.evals import ifeval
+from phi4ray.evals.lm_eval_task import run_lm_eval, write_lm_eval_task
+from phi4ray.evals.runner import (EvalError, grade, pass_at_k, run_suite, run_suites, wilson_interval,
+                                  write_results)
+from phi4ray.evals.suites import (BUILTIN_SUITES, EvalItem, Suite, SuiteError, arith_suite, builtin_suites,
+                                  is_prime, load_suite_jsonl, render_completion, render_prompt,
+                                  write_builtin_suites)
+from phi4ray.oracles import ChoiceOracle, MathOracle, math_equal
+from phi4ray.sandbox import CodeOracle
+from phi4ray.tokenizer import get_tokenizer
+
+# --- IFEval checks ------------------------------------------------------------------------------
+LOREM = " ".join(["word"] * 60)
+IFEVAL_CASES = [  # (spec, a compliant response, a violating response)
+    ({"type": "word_count", "num_words": 50, "relation": "at least"}, LOREM, "too short"),
+    ({"type": "word_count", "num_words": 5, "relation": "less than"}, "just four words here", "one two three four five"),
+    ({"type": "keyword_frequency", "keyword": "river", "frequency": 2, "relation": "at least"},
+     "The River bends; the river sleeps.", "One river only."),
+    ({"type": "include_keywords", "keywords": ["compass", "orbit"]}, "An orbit and a Compass.", "Only an orbit."),
+    ({"type": "forbidden_words", "forbidden_words": ["very"]}, "Everything is fine (every day).", "It is Very fine."),
+    ({"type": "bullet_count", "num_bullets": 2}, "Intro\n* one\n- two", "* one\n* two\n* three"),
+    ({"type": "paragraph_count", "num_paragraphs": 2}, "First part.\n***\nSecond part.", "One\n***\n***\nTwo"),
+    ({"type": "highlight_count", "num_highlights": 2}, "A *first* and **second** part.", "Only *one* here."),
+    ({"type": "placeholder_count", "num_placeholders": 2}, "Send to [name] at [address].", "Send to [name]."),
+    ({"type": "title"}, "<<A poem of joy>>\nRoses are red.", "<<>> no real title"),
+    ({"type": "json_format"}, '```json\n{"a": [1, 2]}\n```', "{'a': 1}"),
+    ({"type": "end_phrase", "end_phrase": "Any other questions?"}, "Here it is. Any other questions?",
+     "Any other questions? Bye."),
+    ({"type": "postscript", "postscript_marker": "P.S."}, "Hello.\n\nP.S. See you soon.", "Hello. PS see you."),
+    ({"type": "postscript", "postscript_marker": "P.P.S"}, "Hello.\nP.P.S. Again.", "Hello.\nP.S. Again."),
+    ({"type": "quotation"}, '"Wrapped in quotes."', '"Open but not closed.'),
+    ({"type": "no_comma"}, "No commas at all here.", "Yes, one comma."),
+    ({"type": "lowercase"}, "this whole answer is written in plain lowercase english letters about the weather.",
+     "This answer starts with a capital letter and talks about the weather."),
+    ({"type": "uppercase"}, "THIS WHOLE ANSWER IS WRITTEN IN CAPITAL ENGLISH LETTERS ABOUT THE WEATHER TODAY.",
+     "THIS ANSWER IS MOSTLY CAPITAL BUT this part is not, sadly."),
+    ({"type": "response_language", "language": "de"},
+     "Heute ist das Wetter sehr schön, und wir gehen am Nachmittag im Park spazieren.",
+     "Today the weather is lovely, and we are going for a walk in the park this afternoon."),
+]
+
+
+@pytest.mark.parametrize("spec,good,bad", IFEVAL_CASES, ids=[f"{c[0]['type']}-{i}" for i, c in enumerate(IFEVAL_CASES)])
+def test_ifeval_check_accepts_compliant_and_rejects_violating(spec, good, bad):
+    assert ifeval.check(good, spec) is True
+    assert ifeval.check(bad, spec) is False
+    assert ifeval.check("   \n", spec) is False  # strict: an empty response follows no instruction
+    assert ifeval.describe(spec).strip()
+
+
+def test_ifeval_cases_cover_every_check_type():
+    assert {c[0]["type"] for c in IFEVAL_CASES} == set(ifeval.CHECKS)
+    assert len(ifeval.CHECKS) >= 12
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"type": "nope"}, "nope"), ("word_count", "type"), ({"type": "word_count", "num_words": 5}, "relation"),
+    ({"type": "word_count", "num_words": 0, "relation": "at least"}, "num_words"),
+    ({"type": "title", "extra": 1}, "extra"), ({"type": "response_language", "language": "xx"}, "language"),
+    ({"type": "include_keywords", "keywords": []}, "keywords"),
+])
+def test_ifeval_bad_specs_name_the_field(spec, field):
+    with pytest.raises(ifeval.CheckError, match=field):
+        ifeval.validate_check(spec)
+
+
+# --- built-in suites ------------------------------------------------------------------------------
+def _as_json(suites):
+    return [(s.name, s.version, [i.to_json() for i in s.items]) for s in suites]
+
+
+def test_builtin_suites_are_deterministic_and_sized():
+    a, b = builtin_suites(seed=3, size=20), builtin_suites(seed=3, size=20)
+    assert _as_json(a) == _as_json(b)
+    assert _as_json(builtin_suites(seed=4, size=20)) != _as_json(a)
+    assert [s.name for s in a] == list(BUILTIN_SUITES) == ["arith", "choice", "code", "ifeval"]
+    assert all(len(s.items) == 20 for s in a)
+    defaults = {s.name: len(s.items) for s in builtin_suites()}
+    assert 30 <= defaults["arith"] <= 60 and 30 <= defaults["choice"] <= 60 and 30 <= defaults["ifeval"] <= 60
+    assert defaults["code"] >= 20
+    assert all("seed3" in s.version for s in a)
+    with pytest.raises(SuiteError, match="size"):
+        builtin_suites(size=0)
+
+
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _evaluate(formula: str, values: dict[str, int]) -> Fraction:
+    """Exact value of a + - * / formula over named integers (the test's own arithmetic)."""
+    def walk(node):
+        if isinstance(node, ast.BinOp):
+            return _OPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.Name):
+            return Fraction(values[node.id])
+        if isinstance(node, ast.Constant):
+            return Fraction(node.value)
+        raise ValueError(ast.dump(node))
+    return walk(ast.parse(formula, mode="eval").body)
+
+
+def test_arith_answers_follow_from_the_prompt():
+    suite = arith_suite(seed=0, size=48)
+    langs = Counter(i.meta["lang"] for i in suite.items)
+    assert {"de", "fr", "es"} <= set(langs) and langs["en"] == 36
+    for item in suite.items:
+        values = item.meta["values"]
+        for v in values.values():  # every operand is in the text the model reads
+            assert re.search(rf"(?<![\d.]){v}(?![\d])", item.prompt), (item.id, v, item.prompt)
+        truth = _evaluate(item.meta["formula"], values)
+        assert truth > 0 or item.meta["template"] == "fractions"  # a - b can go below zero
+        assert math_equal(item.reference, f"{truth.numerator}/{truth.denominator}"), (item.id, item.reference, truth)
+        assert math_equal(item.reference, item.reference)
+        assert MathOracle()(f"Working... so the answer is \\boxed{{{item.reference}}}.", item.reference)
+        assert not MathOracle()(f"\\boxed{{{truth + 1}}}", item.reference)
+
+
+def _option_truth(item: EvalItem) -> list[bool]:
+    """Which options are right, by the test's own computation (None: only the stored answer)."""
+    kind, m, opts = item.meta["type"], item.meta, item.choices
+    if kind == "prime":
+        return [is_prime(int(o)) for o in opts]
+    if kind == "not_prime":
+        return [not is_prime(int(o)) for o in opts]
+    if kind == "product":
+        assert f"{m['a']} × {m['b']}" in item.prompt
+        return [int(o) == m["a"] * m["b"] for o in opts]
+    if kind == "gcd":
+        return [int(o) == math.gcd(m["a"], m["b"]) for o in opts]
+    if kind == "remainder":
+        return [int(o) == m["a"] % m["b"] for o in opts]
+    if kind == "fraction":
+        best = max(Fraction(o) for o in opts)
+        return [Fraction(o) == best for o in opts]
+    if kind == "convert":
+        factor = {"meters": 1000, "centimeters": 100, "grams": 1000, "minutes": 60, "seconds": 60,
+                  "milliliters": 1000, "hours": 24, "inches": 12, "feet": 3, "days": 7}[m["to"]]
+        return [int(o) == m["value"] * factor for o in opts]
+    return [o == m["answer"] for o in opts]
+
+
+def test_choice_letters_balanced_and_answers_computed():
+    suite = builtin_suites(seed=1, names=["choice"])[0]
+    assert Counter(i.reference for i in suite.items) == {"A": 12, "B": 12, "C": 12, "D": 12}
+    assert len({i.meta["type"] for i in suite.items}) >= 7
+    for item in suite.items:
+        assert len(item.choices) == 4 and len(set(item.choices)) == 4
+        truth = _option_truth(item)
+        assert truth.count(True) == 1 and "ABCD"[truth.index(True)] == item.reference, item.prompt
+        assert item.choices["ABCD".index(item.reference)] == item.meta["answer"]
+        for letter, text in zip("ABCD", item.choices):
+            assert f"\n{letter}. {text}" in item.prompt
+        assert ChoiceOracle()(f"The answer is ({item.reference}).", item.reference)
+        assert math_equal(item.meta["answer"], item.meta["answer"])
+
+
+def test_code_tasks_pass_with_their_solution_and_fail_as_stubs():
+    suite = builtin_suites(names=["code"])[0]
+    assert len(suite.items) >= 20
+    oracle = CodeOracle()
+    for item in suite.items:
+        solution = item.meta["canonical_solution"]
+        assert oracle(f"Here:\n```python\n{solution}```", item.tests), item.id
+        stub = re.search(r"```python\n(.*)```", item.prompt, re.S).group(1) + "    pass\n"
+        assert not oracle(f"```python\n{stub}```", item.tests), item.id
+
+
+def test_ifeval_suite_checks_valid_and_compatible():
+    suite = builtin_suites(seed=2, names=["ifeval"])[0]
+    seen = set()
+    for item in suite.items:
+        types = [c["type"] for c in item.checks]
+        seen.update(types)
+        for c in item.checks:
+            ifeval.validate_check(c)
+            assert ifeval.describe(c) in item.prompt
+        assert len(set(types)) == len(types)
+        assert not any(b in ifeval.CONFLICTS[a] for a in types for b in types)
+    assert seen == set(ifeval.CHECKS)
+
+
+# --- JSONL ------------------------------------------------------------------------------------
+def test_jsonl_round_trip(tmp_path):
+    paths = write_builtin_suites(tmp_path, seed=5, size=12)
+    assert [p.name for p in paths] == [f"{n}.jsonl" for n in BUILTIN_SUITES]
+    for suite, path in zip(builtin_suites(seed=5, size=12), paths):
+        loaded = load_suite_jsonl(path)
+        assert _as_json([loaded]) == _as_json([suite])
+        first = json.loads(path.read_text().splitlines()[0])
+        assert first["prompt"] == suite.items[0].prompt  # the text the model reads, for decontamination
+
+
+def test_user_suite_takes_name_from_file_and_version_from_content(tmp_path):
+    path = tmp_path / "my_math.jsonl"
+    path.write_text(json.dumps({"id": "q1", "kind": "math", "prompt": "1+1?", "reference": "2"}) + "\n\n")
+    suite = load_suite_jsonl(path)
+    assert suite.name == "my_math" and suite.version.startswith("sha256:")
+    path.write_text(json.dumps({"id": "q1", "kind": "math", "prompt": "1+2?", "reference": "3"}) + "\n")
+    assert load_suite_jsonl(path).version != suite.version
+
+
+GOOD = {"id": "a", "kind": "math", "prompt": "1+1?", "reference": "2"}
+
+
+@pytest.mark.parametrize("line,field", [
+    ("{not json", "invalid JSON"),
+    ('["a"]', "JSON object"),
+    (json.dumps({**GOOD, "refrence": "2"}), "refrence"),
+    (json.dumps({"id": "b", "kind": "math", "reference": "2"}), "prompt"),
+    (json.dumps({**GOOD, "id": "b", "kind": "essay"}), "kind"),
+    (json.dumps({**GOOD, "id": "b", "reference": ""}), "reference"),
+    (json.dumps({"id": "b", "kind": "choice", "prompt": "?", "reference": "E"}), "reference"),
+    (json.dumps({"id": "b", "kind": "choice", "prompt": "?", "reference": "C", "choices": ["x", "y"]}), "reference"),
+    (json.dumps({"id": "b", "kind": "code", "prompt": "write f"}), "tests"),
+    (json.dumps({"id": "b", "kind": "ifeval", "prompt": "write", "checks": [{"type": "title", "n": 1}]}), "checks[0]"),
+    (json.dumps({**GOOD, "id": "b", "meta": []}), "meta"),
+    (json.dumps({**GOOD, "id": 7}), "id"),
+    (json.dumps(GOOD), "repeats line 1"),
+    (json.dumps({**GOOD, "id": "b", "version": "2"}), "version"),
+])
+def test_bad_lines_raise_with_file_line_and_field(tmp_path, line, field):
+    path = tmp_path / "user.jsonl"
+    path.write_text(json.dumps({**GOOD, "version": "1"}) + "\n" + line + "\n")
+    with pytest.raises(SuiteError) as e:
+        load_suite_jsonl(path)
+    assert f"{path}:2:" in str(e.value) and field in str(e.value)
+
+
+def test_empty_and_unreadable_files(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(SuiteError, match="no items"):
+        load_suite_jsonl(tmp_path / "empty.jsonl")
+    with pytest.raises(SuiteError, match="cannot read"):
+        load_suite_jsonl(tmp_path / "missing.jsonl")
+
+
+# --- statistics -----------------------------------------------------------------------------
+def test_wilson_interval_known_values():
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_pass_at_k_unbiased_estimator():
+    for n, c, k in [(10, 3, 1), (10, 3, 5), (20, 1, 10), (5, 0, 2), (7, 7, 3), (200, 13, 100)]:
+        exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+        assert pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-12, abs=1e-12)
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        pass_at_k(3, 4, 1)
+
+
+# --- grading ----------------------------------------------------------------------------------
+def test_grade_reasons():
+    m = EvalItem("m", "math", "1+1?", "2")
+    assert grade(m, "so \\boxed{2}").reason == "correct"
+    assert grade(m, "so \\boxed{3}").reason == "wrong answer"
+    assert grade(m, "no idea").reason == "no answer found"
+    assert grade(m, "").reason == "empty response"
+    c = EvalItem("c", "choice", "?", "B")
+    assert grade(c, "the answer is a mystery").reason == "no answer found"
+    k = EvalItem("k", "code", "f", tests="assert f() == 1")
+    assert grade(k, "def f(): return 1").reason == "no code block"
+    bad = grade(k, "```python\ndef f():\n    return 2\n```")
+    assert (bad.correct, bad.reason, bad.detail["status"]) == (False, "tests failed", "error")
+    assert "AssertionError" in bad.detail["error"]
+
+
+# --- the scripted OpenAI-compatible server ----------------------------------------------------
+class Scripted:
+    """An OpenAI-compatible HTTP server on 127.0.0.1 answering from a script: prompt -> function of
+    (call number for that prompt, request body) returning (status, list of texts)."""
+
+    def __init__(self, script, *, ignore_n: bool = False):
+        self.script, self.ignore_n = script, ignore_n
+        self.calls: Counter[str] = Counter()
+        self.paths: Counter[str] = Counter()
+        self.bodies: list[dict] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                chat = self.path.endswith("/chat/completions")
+                prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+                with outer.lock:
+                    outer.calls[prompt] += 1
+                    outer.paths[self.path] += 1
+                    outer.bodies.append(body)
+                    call = outer.calls[prompt]
+                status, texts = outer.lookup(prompt)(call, body)
+                if status != 200:
+                    payload = {"error": {"message": "scripted failure"}}
+                else:
+                    n = 1 if outer.ignore_n else body.get("n", 1)
+                    texts = (texts * n)[:n]
+                    payload = {"id": "x", "model": body["model"], "choices": [
+                        {"index": i, "finish_reason": "stop",
+                         **({"message": {"role": "assistant", "content": t}} if chat else {"text": t})}
+                        for i, t in enumerate(texts)]}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def lookup(self, prompt):
+        return self.script.get(prompt) or self.script[prompt.strip()]
+
+    def requests(self) -> int:
+        return sum(self.calls.values())
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _endpoint(url: str) -> OpenAIEndpoint:
+    return OpenAIEndpoint(EndpointConfig(base_url=url, model="phi4ray-tiny", max_retries=2, backoff_s=0.01,
+                                         backoff_max_s=0.05, timeout_s=20))
+
+
+def _run(url, suite, **kw):
+    async def go():
+        async with _endpoint(url) as ep:
+            return await run_suite(ep, suite, **kw)
+    return asyncio.run(go())
+
+
+def _always(text):
+    return lambda call, body: (200, [text])
+
+
+E2E_ITEMS = [  # item, scripted behaviour
+    (EvalItem("m-right", "math", "What is 2 + 3?", "5"), _always("2 + 3 = 5, so \\boxed{5}.")),
+    (EvalItem("m-equiv", "math", "What is 1/2 + 1/4?", "3/4"), _always("\\boxed{\\frac{3}{4}}")),
+    (EvalItem("m-wrong", "math", "What is 7 * 6?", "42"), _always("\\boxed{48}")),
+    (EvalItem("m-none", "math", "Guess the number.", "10"), _always("I cannot tell.")),
+    (EvalItem("c-right", "choice", "Pick 4.\n\nA. 3\nB. 4\nC. 5\nD. 6", "B", choices=("3", "4", "5", "6")),
+     _always("The answer is (B).")),
+    (EvalItem("c-wrong", "choice", "Pick 5.\n\nA. 3\nB. 4\nC. 5\nD. 6", "C", choices=("3", "4", "5", "6")),
+     _always("The answer is (A).")),
+    (EvalItem("k-right", "code", "Write add(a, b).", tests="assert add(2, 3) == 5"),
+     _always("```python\ndef add(a, b):\n    return a + b\n```")),
+    (EvalItem("k-wrong", "code", "Write add(a, b), please.", tests="assert add(2, 3) == 5"),
+     _always("```python\ndef add(a, b):\n    return a - b\n```")),
+    (EvalItem("i-right", "ifeval", "Write about rivers. No commas; add a title.",
+              checks=({"type": "no_comma"}, {"type": "title"})), _always("<<Rivers>>\nRivers run to the sea.")),
+    (EvalItem("i-half", "ifeval", "Write 50+ words about rivers without commas.",
+              checks=({"type": "word_count", "num_words": 50, "relation": "at least"}, {"type": "no_comma"})),
+     _always("Rivers are nice.")),
+    (EvalItem("m-flaky", "math", "What is 9 + 1?", "10"),
+     lambda call, body: (500, []) if call == 1 else (200, ["\\boxed{10}"])),
+    (EvalItem("m-down", "math", "What is 1 + 1?", "2"), lambda call, body: (500, [])),
+]
+E2E_SUITE = Suite("mixed", "test-1", tuple(item for item, _ in E2E_ITEMS))
+
+
+def _script(items, render):
+    return {render(item): fn for item, fn in items}
+
+
+def test_runner_end_to_end_with_retries_errors_and_resume(tmp_path):
+    server = Scripted(_script(E2E_ITEMS, render_prompt))
+    try:
+        records = tmp_path / "mixed.jsonl"
+        r = _run(server.url, E2E_SUITE, concurrency=4, records_path=records)
+        assert (r.n_items, r.n, r.errors, r.correct) == (12, 11, 1, 6)
+        assert r.n + r.errors == r.n_items == len(r.records)
+        assert r.accuracy == pytest.approx(6 / 11)
+        assert (r.ci_low, r.ci_high) == pytest.approx(wilson_interval(6, 11))
+        assert r.instructions["followed"] == 3 and r.instructions["total"] == 4
+        assert r.reasons == {"correct": 6, "wrong answer": 2, "no answer found": 1, "tests failed": 1,
+                             "failed: word_count": 1, "endpoint error": 1}
+        assert r.by_kind["code"] == {"n": 2, "correct": 1}
+        by_id = {rec["id"]: rec for rec in r.records}
+        down = by_id["m-down"]
+        assert down["error"] and "HTTP 500" in down["error"] and down["correct"] is None
+        assert by_id["m-flaky"]["correct"] is True and by_id["m-flaky"]["error"] is None
+        assert by_id["k-wrong"]["detail"]["status"] == "error"
+        assert by_id["i-half"]["detail"]["followed"] == [False, True]
+        assert by_id["m-right"]["prompt"] == render_prompt(E2E_ITEMS[0][0])
+        assert "\\boxed{}" in by_id["m-right"]["prompt"]
+        # one request each, the flaky one twice, the broken one 1 + max_retries times
+        assert server.calls[render_prompt(E2E_ITEMS[10][0])] == 2
+        assert server.calls[render_prompt(E2E_ITEMS[11][0])] == 3
+        assert server.requests() == 10 + 2 + 3
+        assert len(records.read_text().splitlines()) == 12
+
+        # resume: nothing graded is asked again; without retry_errors, nothing at all
+        before = server.requests()
+        again = _run(server.url, E2E_SUITE, records_path=records, retry_errors=False)
+        assert server.requests() == before
+        assert again.summary() | {"wall_s": 0} == r.summary() | {"wall_s": 0}
+        # by default the endpoint error is retried (still down: still an error, still counted once)
+        again = _run(server.url, E2E_SUITE, records_path=records)
+        assert server.requests() == before + 3
+        assert (again.n, again.errors, again.correct) == (11, 1, 6)
+
+        # a crash: the file holds three records and half of a fourth; the rerun does the rest
+        lines = records.read_text().splitlines()
+        records.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+        done_ids = {json.loads(line)["id"] for line in lines[:3]}
+        before = server.requests()
+        resumed = _run(server.url, E2E_SUITE, records_path=records)
+        asked = server.requests() - before
+        expected = sum(3 if item.id == "m-down" else 1 for item, _ in E2E_ITEMS if item.id not in done_ids)
+        assert asked == expected
+        assert (resumed.n, resumed.errors, resumed.correct) == (11, 1, 6)
+
+        # records from other settings are refused, not mixed in
+        with pytest.raises(EvalError, match="max_tokens"):
+            _run(server.url, E2E_SUITE, records_path=records, max_tokens=7)
+    finally:
+        server.close()
+
+
+def test_completion_mode_samples_and_pass_at_k(tmp_path):
+    """Raw completions, 4 samples per item from a server that ignores `n` (the runner tops up)."""
+    items = [EvalItem("a", "math", "What is 3 + 4?", "7"), EvalItem("b", "math", "What is 5 + 5?", "10")]
+    right = {"a": 2, "b": 0}  # correct samples per item: a's first two calls, none of b's
+    script = {render_completion(it): (lambda call, body, it=it: (200, ["\\boxed{%s}" % (
+        it.reference if call <= right[it.id] else "0")])) for it in items}
+    server = Scripted(script, ignore_n=True)
+    try:
+        async def go():
+            async with _endpoint(server.url) as ep:
+                return await run_suites(ep, [Suite("two", "v", tuple(items))], out_dir=tmp_path, mode="completion",
+                                        samples=4, temperature=0.8)
+        (r,) = asyncio.run(go())
+        assert server.paths == {"/v1/completions": 8}
+        assert all(b["prompt"].endswith("\n\n") and b["temperature"] == 0.8 for b in server.bodies)
+        assert [rec["n_correct"] for rec in r.records] == [2, 0]
+        assert (r.correct, r.n) == (1, 2)
+        assert r.pass_at_k["pass@1"] == pytest.approx((2 / 4 + 0) / 2)
+        assert r.pass_at_k["pass@4"] == pytest.approx((1 + 0) / 2)
+        assert r.pass_at_k["pass@2"] == pytest.approx((pass_at_k(4, 2, 2) + 0) / 2)
+        summary = json.loads((tmp_path / "summary.json").read_text())["suites"]["two"]
+        assert summary["correct"] == 1 and summary["pass_at_k"] == r.pass_at_k
+        assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 2
+    finally:
+        server.close()
+
+
+def test_malformed_replies_are_error_rows(tmp_path):
+    item = EvalItem("a", "math", "What is 3 + 4?", "7")
+    server = Scripted({render_prompt(item): lambda call, body: (200, [])})  # 200 with no choices
+    try:
+        r = _run(server.url, Suite("bad", "v", (item,)))
+        assert (r.n, r.errors, r.accuracy) == (0, 1, None)
+        assert r.records[0]["reason"] == "malformed response"
+        assert write_results([r], tmp_path).exists()
+    finally:
+        server.close()
+
+
+# --- lm-evaluation-harness against the same server ---------------------------------------------
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Refuse (and record) any connection or name lookup beyond loopback: no hub, no download."""
+    attempts: list = []
+
+    def local(host) -> bool:
+        return host in (None, "localhost", "::1") or str(host).startswith("127.")
+
+    def guard(real):
+        def connect(sock, address):
+            if isinstance(address, tuple) and not local(address[0]):
+                attempts.append(address)
+                raise OSError(f"test: network access to {address} refused")
+            return real(sock, address)
+        return connect
+
+    real_gai = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if not local(host):
+            attempts.append(host)
+            raise socket.gaierror(f"test: name lookup of {host} refused")
+        return real_gai(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guard(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guard(socket.socket.connect_ex))
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(socket.gaierror, match="test: name lookup"):
+        socket.getaddrinfo("hub.example.invalid", 443)
+    attempts.clear()
+    return attempts
+
+
+def test_lm_eval_harness_talks_to_the_endpoint(tmp_path, loopback_only):
+    suite = arith_suite(seed=0, size=6)
+    # items 0-2 answered right (item 2 in an equivalent form only the oracle accepts), 3-5 wrong
+    answers = {}
+    for i, item in enumerate(suite.items):
+        ref = item.reference
+        if i == 2:
+            value = Fraction(ref)
+            ref = f"\\frac{{{value.numerator * 2}}}{{{value.denominator * 2}}}"
+        answers[render_prompt(item)] = "Step by step... \\boxed{%s}" % (ref if i < 3 else "999999")
+    server = Scripted({p: (lambda call, body, t=t: (200, [t])) for p, t in answers.items()})
+    try:
+        yaml_path = write_lm_eval_task(suite, tmp_path / "task")
+        assert yaml_path.name == "phi4ray_arith.yaml" and (tmp_path / "task" / "phi4ray_arith.jsonl").exists()
+        t0 = time.monotonic()
+        chat = run_lm_eval(server.url, "phi4ray-tiny", yaml_path.parent, chat=True, num_concurrent=2)
+        took = time.monotonic() - t0
+        assert chat["task"] == "phi4ray_arith" and chat["n"] == 6
+        assert json.loads(json.dumps(chat)) == chat  # plain JSON values, ready for a summary file
+        assert chat["oracle_match"] == pytest.approx(3 / 6)
+        assert chat["exact_match"] == pytest.approx(2 / 6)
+        assert server.paths["/v1/chat/completions"] == 6
+        # raw completions, with a tokenizer from a local folder (the only kind accepted)
+        get_tokenizer().save_hf(tmp_path / "tokenizer")
+        plain = run_lm_eval(server.url.removesuffix("/v1"), "phi4ray-tiny", yaml_path.parent, chat=False, limit=4,
+                            tokenizer=tmp_path / "tokenizer")
+        assert plain["n"] == 4 and plain["oracle_match"] == pytest.approx(3 / 4)
+        assert server.paths["/v1/completions"] == 4
+        completions = [b for b in server.bodies if "prompt" in b]
+        assert all("<|im_end|>" in b["stop"] and b["temperature"] == 0.0 for b in completions)
+        assert all(b["model"] == "phi4ray-tiny" for b in server.bodies)
+        assert loopback_only == []
+        print(f"lm_eval simple_evaluate (import + 6 chat requests): {took:.1f}s")
+    finally:
+        server.close()
+
+
+def test_lm_eval_task_only_for_math_and_needs_local_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match="only math"):
+        write_lm_eval_task(E2E_SUITE, tmp_path)
+    path = write_lm_eval_task(arith_suite(size=2), tmp_path)
+    with pytest.raises(ValueError, match="local folder"):
+        run_lm_eval("http://127.0.0.1:9/v1", "m", path.parent, chat=True, tokenizer="microsoft/phi-4")
