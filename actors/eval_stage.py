@@ -129,7 +129,7 @@ def run_eval(run_dir: Path, cfg) -> dict:
     from actors.serve_stage import start
 
     model_ids = {s: f"{cfg.serve.model_id}-{s}" for s in models}
-    info = start({model_ids[s]: str(d) for s, d in models.items()}, cfg)
+    info = start({model_ids[s]: str(d) for s, d in models.items()}, cfg, app="phi4ray-eval")
     t_ready = time.time() - t0
     try:
         results = asyncio.run(evaluate_models(info["url"], model_ids, suites, out_dirs, e,

@@ -22,10 +22,10 @@ def latest_model(run_dir: Path) -> Path:
     raise FileNotFoundError(f"{run_dir}/models: no model folder yet (run `phi4ray init` first)")
 
 
-def start(model_dir: str | dict[str, str], cfg) -> dict:
+def start(model_dir: str | dict[str, str], cfg, app: str | None = None) -> dict:
     """Start Ray (or join RAY_ADDRESS), Serve and the sampler app; returns its URLs and names.
     `model_dir` is one folder (served as `serve.model_id`) or {model_id: folder} for several models
-    behind one endpoint."""
+    behind one endpoint. Another `app` name serves beside the main fleet, under /<app>/v1."""
     from ray import serve
 
     from actors.ray_session import ensure_ray
@@ -39,9 +39,11 @@ def start(model_dir: str | dict[str, str], cfg) -> dict:
         folder, model_id=mid, device=s.device, engine=s.engine, min_replicas=s.min_replicas,
         max_replicas=s.max_replicas, target_ongoing_requests=s.target_ongoing_requests,
         max_model_len=s.max_model_len or None, kv_cache_gib=s.kv_cache_gib) for mid, folder in models.items()]
-    serve.run(build_sampler_app(llm_configs, api_key_env=s.api_key_env or None), name=APP_NAME, route_prefix="/")
+    app = app or APP_NAME
+    prefix = "/" if app == APP_NAME else f"/{app}"
+    serve.run(build_sampler_app(llm_configs, api_key_env=s.api_key_env or None), name=app, route_prefix=prefix)
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
-    return {"url": f"http://{host}:{s.port}/v1", "app": APP_NAME,
+    return {"url": f"http://{host}:{s.port}{prefix.rstrip('/')}/v1", "app": app,
             "deployment": sampler_deployment_name(llm_configs[0]), "model_id": llm_configs[0].model_id,
             "models": {c.model_id: sampler_deployment_name(c) for c in llm_configs}}
 

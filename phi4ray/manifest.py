@@ -11,9 +11,15 @@ import time
 from pathlib import Path
 
 
+def _jsonable(value):
+    # sets print in hash order, which changes from process to process: sort them, or the same
+    # config would hash differently on every run and no stage would ever be complete
+    return sorted(value, key=str) if isinstance(value, (set, frozenset)) else str(value)
+
+
 def config_hash(config) -> str:
     blob = json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
-                      sort_keys=True, default=str)
+                      sort_keys=True, default=_jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -44,7 +50,7 @@ def write_manifest(run_dir: str | Path, stage: str, config, *, inputs: dict, out
         "inputs": inputs, "outputs": outputs, "counts": counts, "timings": timings,
     }
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=str))
+    tmp.write_text(json.dumps(body, indent=2, default=_jsonable))
     tmp.replace(p)  # atomic: a crash never leaves a half-written "complete" manifest
     return p
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from phi4ray.arith import ArithConfig
 from phi4ray.config import ConfigError, ModelConfig, model_preset
+from phi4ray.curate.config import CurateConfig
 from phi4ray.dpo import DPOConfig
 from phi4ray.evals.config import EvalConfig
 from phi4ray.pts import PTSConfig
@@ -92,6 +93,7 @@ class RunConfig:
     data: DataConfig = DataConfig()
     pretrain: TrainConfig = TrainConfig()
     midtrain: MidtrainConfig = MidtrainConfig()
+    curate: CurateConfig = CurateConfig()
     synth: SynthesizeConfig = SynthesizeConfig()
     arith: ArithConfig = ArithConfig()   # the toy verifiable domain (SFT data, PTS queries, DPO eval)
     sft: SFTConfig = SFTConfig()

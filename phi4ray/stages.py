@@ -36,6 +36,12 @@ def _serve(run_dir: Path, cfg: RunConfig) -> dict:
     return run_serve(run_dir, cfg)
 
 
+def _curate(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.curate import run_curate  # Ray loads only when curating
+
+    return run_curate(run_dir, cfg)
+
+
 def _tokenize(run_dir: Path, cfg: RunConfig) -> dict:
     from actors.tokenize import mixture_for_run, run_tokenize  # Ray loads only when tokenizing
 
@@ -83,7 +89,7 @@ def _eval(run_dir: Path, cfg: RunConfig) -> dict:
 
 STAGES: list[Stage] = [
     Stage("init", "tokenizer + freshly initialised model of the preset, exported in HF layout", run=_init),
-    Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", 4),
+    Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", run=_curate),
     Stage("synthesize", "synthetic data: rewrites, self-revision, instruction reversal, sandboxed code, plurality filter", 5),
     Stage("tokenize", "tokenize and pack the weighted source mixture into token shards (Ray Data)", run=_tokenize),
     Stage("pretrain", "FSDP2 pretraining on Ray Train (4K context in the report)", run=_pretrain),

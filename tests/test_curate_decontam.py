@@ -66,11 +66,12 @@ def test_check_batch_matches_check_and_documents_do_not_bleed_into_each_other(ev
     words_ = normalize(QUESTION).split()
     # the first half of the question ends one document, the second half starts the next: no 13-gram
     # lies inside either document, though the batch laid end to end contains the whole question
-    docs = ["intro " + " ".join(words_[:10]), " ".join(words_[10:20]) + " outro", None, "", QUESTION]
+    docs = ["intro " + " ".join(words_[:10]), " ".join(words_[10:20]) + " outro", None, "", "lone \udce9 surrogate",
+            QUESTION]
     batch = index.check_batch(docs)
     assert batch == [index.check(d) for d in docs]
-    assert batch[:4] == [None, None, None, None]
-    assert batch[4].item_id == "phys-7"
+    assert batch[:5] == [None] * 5
+    assert batch[5].item_id == "phys-7"
 
 
 def test_index_is_small_and_survives_pickling(eval_files):
@@ -88,7 +89,7 @@ def test_plain_text_whole_file_mode_and_compressed_jsonl(tmp_path):
         f.write(json.dumps({"problem": "Natalia sold clips to 48 of her friends in April and then half as "
                                        "many in May."}) + "\n")
     index = EvalIndex.from_files({"essays": essay, "gsm": gz}, DecontamConfig(text_mode="file"))
-    hit = index.check("... the committee decided that the old bridge over the river would be rebuilt in stone, they said")
+    hit = index.check("... the committee decided that the old bridge over the river would be rebuilt in stone")
     assert (hit.suite, hit.item_id) == ("essays", "file")  # the 13-gram runs across the file's lines
     assert index.check("natalia sold clips to 48 of her friends in april and then half").suite == "gsm"
 

@@ -68,6 +68,8 @@ class LocalHead:
                                      start_new_session=True)
         try:
             self.client = _wait_for(self._client, 90, "the dashboard's job server", self)
+            # the state API lists no node for a few seconds after the dashboard answers
+            _wait_for(lambda: self.alive_nodes() or None, 30, "the head in the state API", self)
         except BaseException:
             self.__exit__()
             raise

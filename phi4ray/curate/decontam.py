@@ -188,6 +188,8 @@ def _read_items(path: str, config: DecontamConfig) -> list[tuple[str, list[str]]
                 items = [(str(i), [line]) for i, line in enumerate(f, 1) if line.strip()]
     except FileNotFoundError:
         raise EvalSetError(f"{path}: eval file not found") from None
+    except OSError as e:
+        raise EvalSetError(f"{path}: cannot read the eval file ({e})") from None
     except UnicodeDecodeError as e:
         raise EvalSetError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not items:

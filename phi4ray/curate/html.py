@@ -121,7 +121,7 @@ _NO_TEXT = frozenset("script style template head".split())
 _HEAVY = frozenset("pre blockquote h1 h2 h3 h4 h5 h6 xmp listing".split())  # not table-cell data
 _PARAGRAPHS = frozenset("p pre td dd li blockquote".split())
 _INLINE = frozenset("a span b i em strong code time img abbr small sup sub label button".split())
-_LINK_BLOCKS = frozenset("div section ul ol dl menu table p".split())
+_LINK_BLOCKS = frozenset("div section ul ol dl menu p".split())  # not tables: API tables are links
 _SLUG_ID_TAGS = frozenset("section article h1 h2 h3 h4 h5 h6 dt".split())  # ids are heading slugs
 _NAV_ROLES = frozenset("navigation banner contentinfo complementary search menu menubar dialog alertdialog toolbar".split())
 _MAIN_TOKENS = frozenset("body content main main-content maincontent article-body articlebody article-content "
@@ -293,32 +293,42 @@ class _Renderer:
                          **{f"h{i}": self._heading for i in range(1, 7)}}
 
     def _measure(self, body) -> None:
-        """Text and link-text length per element, children first (one linear pass); the main content;
-        which elements are forum posts."""
+        """Two linear passes. Children first: text and link-text length per element, forum posts.
+        Parents first: which elements are chrome by tag / class / id / role, and the main content:
+        the explicit marker and the element with the most paragraph text outside chrome. A
+        "chrome" element holding most of the page's text is a misnamed wrapper, and votes."""
+        elements = list(body.iter(etree.Element))
         self.tl, self.ll, self.heavy = {}, {}, set()
-        score, explicit, posts = {}, [], []
-        for el in reversed(list(body.iter(etree.Element))):
+        posts, direct = [], {}  # direct: text directly inside an element, not in its children
+        for el in reversed(elements):
             tag = el.tag
-            own = 0 if tag in _NO_TEXT or not el.text else len(el.text.strip())  # direct text
-            total, links, heavy = 0, 0, tag in _HEAVY
+            own = 0 if tag in _NO_TEXT or not el.text else len(el.text.strip())
+            total, links, heavy = own, 0, tag in _HEAVY
             for child in el:
-                own += len(child.tail.strip()) if child.tail else 0
+                total += len(child.tail.strip()) if child.tail else 0
                 if child in self.tl:
                     total, links = total + self.tl[child], links + self.ll[child]
                     heavy = heavy or child in self.heavy
-            total += own
-            links = total if tag == "a" else links
-            self.tl[el], self.ll[el] = total, links
-            tokens = _tokens(el)
-            if tag not in _INLINE and total > links / self.cfg.max_link_density and _is_post(el, tag, tokens):
+            self.tl[el], self.ll[el] = total, total if tag == "a" else links
+            direct[el] = total - sum(self.tl.get(child, 0) for child in el)
+            if tag not in _INLINE and total > links / self.cfg.max_link_density and _is_post(el, tag, _tokens(el)):
                 posts.append(el)
                 heavy = True
             if heavy:
                 self.heavy.add(el)
-            if (tag == "main" or el.get("role") == "main" or el.get("itemprop") in ("articleBody", "mainContentOfPage")
-                    or any(t.lower() in _MAIN_TOKENS for t in tokens + [el.get("id") or ""])):
+        self.chrome, inside, score, explicit = {}, set(), {}, []
+        for el in elements:
+            kind = self._chrome_kind(el)
+            if kind is not None:
+                self.chrome[el] = kind
+            if el.getparent() in inside or kind is not None and self.tl[el] <= 0.5 * self.tl[body]:
+                inside.add(el)
+                continue
+            if (el.tag == "main" or el.get("role") == "main" or el.get("itemprop") in ("articleBody", "mainContentOfPage")
+                    or any(t.lower() in _MAIN_TOKENS for t in _tokens(el) + [el.get("id") or ""])):
                 explicit.append(el)
-            weight = total - links if tag in _PARAGRAPHS else own
+            # paragraphs vote with their text, other elements with the text directly inside them
+            weight = self.tl[el] - self.ll[el] if el.tag in _PARAGRAPHS else direct[el]
             parent = el.getparent()
             if weight >= 25 and parent is not None:
                 score[parent] = score.get(parent, 0) + weight
@@ -336,6 +346,25 @@ class _Renderer:
             while el is not None and el not in self.protected:
                 self.protected.add(el)
                 el = el.getparent()
+
+    def _chrome_kind(self, el):
+        """None: not chrome by its own markup; False: chrome; True: chrome outside an article only
+        (an article's <header> holds its title, its <aside> its notes)."""
+        tag = el.tag
+        if tag in ("html", "body"):
+            return None
+        if tag in self.cfg.drop_tags:
+            return tag in ("header", "aside")
+        if el.get("hidden") is not None or _HIDDEN.search(el.get("style") or ""):
+            return False
+        if (el.get("role") or "").lower() in _NAV_ROLES:
+            return False
+        tokens = _tokens(el)
+        if el.get("id") and tag not in _SLUG_ID_TAGS and "section" not in tokens:
+            tokens.append(el.get("id"))
+        if any(self.bp.search(t) for t in tokens):
+            return False
+        return True if any(_SITE_HEADER.match(t) for t in tokens) else None
 
     # -- dispatch -------------------------------------------------------------------------------
     def children(self, el, out: _Out, depth: int) -> None:
@@ -375,20 +404,10 @@ class _Renderer:
             self.children(el, out, depth)
 
     def _is_boilerplate(self, el, tag: str) -> bool:
-        if el in self.protected or tag in ("html", "body"):
+        if el in self.protected:
             return False
-        if tag in self.cfg.drop_tags:  # inside an article, <header> is its title, <aside> its notes
-            return tag not in ("header", "aside") or not self.in_article
-        if el.get("hidden") is not None or _HIDDEN.search(el.get("style") or ""):
-            return True
-        if (el.get("role") or "").lower() in _NAV_ROLES:
-            return True
-        tokens = _tokens(el)
-        if el.get("id") and tag not in _SLUG_ID_TAGS and "section" not in tokens:
-            tokens.append(el.get("id"))
-        if any(self.bp.search(t) for t in tokens):
-            return True
-        if not self.in_article and any(_SITE_HEADER.match(t) for t in tokens):
+        kind = self.chrome.get(el)
+        if kind is not None and not (kind and self.in_article):
             return True
         total, links = self.tl.get(el, 0), self.ll.get(el, 0)
         if tag not in _LINK_BLOCKS or self.in_cell or not total:  # a table cell may be just a link

@@ -123,7 +123,7 @@ def _api_url(base_url: str, chat: bool) -> str:
 
 def run_lm_eval(base_url: str, model: str, task_dir: str | os.PathLike, *, chat: bool, limit: int | None = None,
                 tokenizer: str | os.PathLike | None = None, task: str | None = None, num_concurrent: int = 8,
-                max_retries: int = 3, timeout_s: int = 300) -> dict[str, Any]:
+                max_retries: int = 3, timeout_s: int = 300, api_key_env: str | None = None) -> dict[str, Any]:
     """Run one task of `task_dir` (the only one there, or `task`) through lm_eval.simple_evaluate
     against the endpoint at `base_url` (e.g. http://host:8000/v1) serving `model`. Returns the
     task's metrics by name ("exact_match", "oracle_match" and their "_stderr"), plus "task" and
@@ -139,6 +139,8 @@ def run_lm_eval(base_url: str, model: str, task_dir: str | os.PathLike, *, chat:
     model_args: dict[str, Any] = {"base_url": _api_url(base_url, chat), "model": model,
                                   "num_concurrent": num_concurrent, "max_retries": max_retries,
                                   "timeout": timeout_s, "tokenized_requests": False, "tokenizer_backend": "none"}
+    if api_key_env:  # the key stays in the environment; only the request header carries it
+        model_args["header"] = {"Authorization": f"Bearer {os.environ[api_key_env]}"}
     if tokenizer is not None:
         if not Path(tokenizer).is_dir():
             raise ValueError(f"run_lm_eval: tokenizer={str(tokenizer)!r} must be a local folder (no hub names)")

@@ -49,7 +49,9 @@ class SuiteError(ConfigError):
 class EvalItem:
     id: str
     kind: str  # one of KINDS
-    prompt: str  # the user message, without the per-kind answer instruction (see render_prompt)
+    # the user message without the per-kind answer instruction (see render_prompt); a choice
+    # item's prompt holds the question *and* its lettered options, as the model is to read them
+    prompt: str
     reference: str = ""  # math: the answer; choice: the correct letter; code / ifeval: ""
     tests: str = ""  # code: Python run after the completion's code; exit status 0 passes
     checks: tuple[dict, ...] = ()  # ifeval: {"type": ..., params} specs, see ifeval.CHECKS

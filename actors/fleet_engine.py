@@ -1,0 +1,45 @@
+"""`FleetEngine`: the Serve sampler fleet as a synthesis `Engine` (phi4ray.synth.llm).
+
+Synthesis steps speak text; the fleet speaks token ids. Each prompt becomes one Phi-4 user turn
+(`actors.judge.render_prompt`, the same rendering the judges and PTS use), is sampled `n` times
+through a `FleetSampler` (replica loss retried there) and each sample is decoded without its
+closing <|im_end|>. A prompt that fails (too long for the context, rejected) fails alone: its slot
+holds the exception, so call_all retries it without its batch-mates.
+
+With `seed` set, every prompt gets its own sampling seed derived from (seed, prompt text): a chunk
+redone after a crash samples exactly what the lost run would have, so resuming changes nothing,
+at any temperature.
+"""
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+from actors.judge import _decode_response, render_prompt
+from actors.serve_app import APP_NAME
+from phi4ray.sampling import SampleRequest
+from phi4ray.tokenizer import IM_END
+
+
+class FleetEngine:
+    def __init__(self, deployment: str = "", app: str = APP_NAME, *, seed: int | None = None, sampler=None):
+        if sampler is None:
+            from actors.sampler_client import FleetSampler
+
+            sampler = FleetSampler(deployment, app)
+        self.sampler, self.seed = sampler, seed
+
+    def _seed_for(self, prompt: str) -> int | None:
+        if self.seed is None:
+            return None
+        return zlib.crc32(f"{self.seed}\0{prompt}".encode()) & 0x7FFFFFFF
+
+    async def _one(self, prompt: str, n: int, max_tokens: int, temperature: float) -> list[str]:
+        req = SampleRequest(prompt_ids=render_prompt(prompt), n=n, max_tokens=max_tokens, temperature=temperature,
+                            seed=self._seed_for(prompt), stop_ids=[IM_END])
+        return [_decode_response(s.token_ids) for s in await self.sampler.sample(req)]
+
+    async def generate(self, prompts: list[str], *, n: int, max_tokens: int,
+                       temperature: float) -> list[list[str]]:
+        return list(await asyncio.gather(*(self._one(p, n, max_tokens, temperature) for p in prompts),
+                                         return_exceptions=True))

@@ -1,0 +1,81 @@
+"""What the curate stage reads and how hard each filter is. Every filter's own config nests here,
+so any threshold is one dotted override away (curate.filters.max_dup_line_frac=0.2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from phi4ray.config import ConfigError
+from phi4ray.curate.decontam import DecontamConfig
+from phi4ray.curate.filters import CorruptionConfig
+from phi4ray.curate.html import ExtractConfig
+from phi4ray.curate.minhash import MinHashConfig
+from phi4ray.curate.quality import QualityClassifierConfig
+from phi4ray.packing import PHI4_MIXTURE
+
+ANNOTATORS = ("heuristic", "fleet", "endpoint")
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Quality classifier trained on annotations of a sample (FineWeb-Edu style), applied to all.
+
+    annotator: "endpoint" (an OpenAI-compatible judge at `url`) or "fleet" (`model`, an HF folder,
+    served on our sampler fleet) rate `annotate_docs` sampled documents for educational value and
+    reasoning depth; "heuristic" labels the sample by the passage heuristics of
+    `phi4ray.curate.quality.passage_scores` instead: the weak-label fallback for a run with no
+    judge yet (the tiny preset: before pretraining there is no model that can judge)."""
+    annotator: str = "heuristic"
+    url: str = ""
+    name: str = ""                  # the judge's model name at `url`
+    api_key_env: str = "OPENAI_API_KEY"
+    model: str = ""                 # fleet: the judge model folder
+    annotate_docs: int = 256
+    label_threshold: float = 3.0    # educational value >= this is "keep" (FineWeb-Edu uses 3)
+    min_score: float = 0.0          # drop documents whose p(keep) is below; 0 scores without dropping
+    classifier: QualityClassifierConfig = QualityClassifierConfig()
+
+    def __post_init__(self) -> None:
+        if self.annotator not in ANNOTATORS:
+            raise ConfigError(f"curate.quality.annotator={self.annotator!r} must be one of {ANNOTATORS}")
+        if self.annotator == "endpoint" and not (self.url and self.name):
+            raise ConfigError("curate.quality.annotator=endpoint needs curate.quality.url and curate.quality.name")
+        if self.annotator == "fleet" and not self.model:
+            raise ConfigError("curate.quality.annotator=fleet needs curate.quality.model (an HF model folder)")
+        if self.annotate_docs < 4:
+            raise ConfigError(f"curate.quality.annotate_docs={self.annotate_docs} must be >= 4")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"curate.quality.min_score={self.min_score} must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    # `source=path` entries (source: a mixture source, where RUN/curated/<source> goes); a path is a
+    # file, folder or glob through fsspec; `code:` before a folder reads it as a code repository.
+    # Empty: the built-in raw corpus from this machine's own files (phi4ray.curate.builtin).
+    inputs: tuple[str, ...] = ()
+    builtin_docs: int = 200         # documents per built-in raw file
+    languages: tuple[str, ...] = ()  # lid.176 codes kept (code is exempt); empty keeps every language
+    min_lang_score: float = 0.0     # below this the language is unknown and the document dropped
+    eval_files: tuple[str, ...] = ()  # more evaluation sets to decontaminate against (the eval
+    # stage's suites, RUN/eval/suites, always count)
+    shard_actors: int = 2           # Ray Data actors reading and filtering input files
+    extract: ExtractConfig = ExtractConfig()
+    filters: CorruptionConfig = CorruptionConfig()
+    minhash: MinHashConfig = MinHashConfig()
+    decontam: DecontamConfig = DecontamConfig()
+    quality: QualityConfig = QualityConfig()
+
+    def __post_init__(self) -> None:
+        for entry in self.inputs:
+            source, sep, path = entry.partition("=")
+            if not sep or not path:
+                raise ConfigError(f"curate.inputs: {entry!r} is not source=path")
+            if source not in PHI4_MIXTURE:
+                raise ConfigError(f"curate.inputs: source {source!r} in {entry!r} is not one of {list(PHI4_MIXTURE)}")
+        if self.builtin_docs < 1 or self.shard_actors < 1:
+            raise ConfigError("curate.builtin_docs and curate.shard_actors must be >= 1")
+        if not 0.0 <= self.min_lang_score <= 1.0:
+            raise ConfigError(f"curate.min_lang_score={self.min_lang_score} must be in [0, 1]")
+
+    def parsed_inputs(self) -> list[tuple[str, str]]:
+        return [tuple(e.split("=", 1)) for e in self.inputs]
