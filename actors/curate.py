@@ -45,7 +45,7 @@ def curate_inputs(run_dir: Path, cfg) -> list[tuple[str, str]]:
 
 
 def plan_shards(run_dir: Path, cfg) -> tuple[list[dict], list[str]]:
-    """Every input file as a shard {shard, source, uri, format}, sorted and with stable ids; and the
+    """Every input file as a shard {shard, source, uri, format, root}, sorted and with stable ids; and the
     files skipped as not a known format."""
     from phi4ray.curate.readers import ReaderConfig, list_inputs
 
@@ -55,7 +55,7 @@ def plan_shards(run_dir: Path, cfg) -> tuple[list[dict], list[str]]:
         skipped += unknown
         for inp in found:
             sid = hashlib.sha1(f"{source}\0{inp.uri}".encode()).hexdigest()[:16]
-            shards.append({"shard": sid, "source": source, "uri": inp.uri, "format": inp.format})
+            shards.append({"shard": sid, "source": source, "uri": inp.uri, "format": inp.format, "root": inp.root})
     if not shards:
         raise FileNotFoundError(f"curate: no readable input files in {curate_inputs(run_dir, cfg)}")
     return sorted(shards, key=lambda s: s["shard"]), skipped
@@ -78,7 +78,8 @@ class ShardFilter:
 
         done = []
         for shard in batch.to_pylist():
-            rows = list(read_input(Input(shard["uri"], shard["format"]), shard["source"], self.reader))
+            inp = Input(shard["uri"], shard["format"], shard["root"])
+            rows = list(read_input(inp, shard["source"], self.reader))
             table = self.filters(rows)
             tmp = self.out / f"{shard['shard']}.parquet.tmp"
             pq.write_table(table, tmp)
@@ -172,7 +173,11 @@ class Finalize:
         out = batch.drop_columns(["status", "reason", "bands"])
         return (out.append_column("status", pa.array(status, pa.string()))
                 .append_column("reason", pa.array(reason, pa.string()))
-                .append_column("quality_score", pa.array(score, pa.float32())))
+                .append_column("quality_score", pa.array(score, pa.float32()))
+                # partition keys are copies: Ray's partitioned write drops its key columns from the
+                # files, and an output file should still say what it is without its directory name
+                .append_column("_status", pa.array(status, pa.string()))
+                .append_column("_source", batch.column("source")))
 
 
 # --- quality: annotate a sample, train, score -----------------------------------------------------
@@ -283,17 +288,17 @@ def write_outputs(files: list[str], exact: set[str], fuzzy: set[str], classifier
     ds = ray.data.read_parquet(files).map_batches(
         Finalize, batch_format="pyarrow", concurrency=1, fn_constructor_kwargs={
             "exact": exact, "fuzzy": fuzzy, "classifier": classifier, "min_score": cfg.curate.quality.min_score})
-    ds.write_parquet(str(tmp), partition_cols=["status", "source"])
+    ds.write_parquet(str(tmp), partition_cols=["_status", "_source"])
     curated = run_dir / "curated.tmp"
     shutil.rmtree(curated, ignore_errors=True)
     curated.mkdir()
-    for part in sorted((tmp / f"status={KEPT}").glob("source=*")):
+    for part in sorted((tmp / f"_status={KEPT}").glob("_source=*")):
         part.rename(curated / part.name.split("=", 1)[1])
     for status, name in ((DROPPED, "dropped"), (QUARANTINED, "quarantined")):
         dest = run_dir / "curate" / name
         shutil.rmtree(dest, ignore_errors=True)
-        if (tmp / f"status={status}").is_dir():
-            (tmp / f"status={status}").rename(dest)
+        if (tmp / f"_status={status}").is_dir():
+            (tmp / f"_status={status}").rename(dest)
     _swap_in(curated, run_dir / "curated")
     shutil.rmtree(tmp, ignore_errors=True)
 

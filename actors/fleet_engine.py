@@ -37,7 +37,16 @@ class FleetEngine:
     async def _one(self, prompt: str, n: int, max_tokens: int, temperature: float) -> list[str]:
         req = SampleRequest(prompt_ids=render_prompt(prompt), n=n, max_tokens=max_tokens, temperature=temperature,
                             seed=self._seed_for(prompt), stop_ids=[IM_END])
-        return [_decode_response(s.token_ids) for s in await self.sampler.sample(req)]
+        try:
+            samples = await self.sampler.sample(req)
+        except Exception as e:
+            # a replica's exception arrives wrapped in a RayTaskError whose message is the replica's
+            # repr; the row's reason should be what went wrong (vLLM or SamplingError's message)
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
+        return [_decode_response(s.token_ids) for s in samples]
 
     async def generate(self, prompts: list[str], *, n: int, max_tokens: int,
                        temperature: float) -> list[list[str]]:

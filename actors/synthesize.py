@@ -190,9 +190,9 @@ def code_seeds(docs: dict[str, list[dict]], s) -> list[dict]:
     """`s.seeds` functions, those with doctests first (they make fidelity an execution check)."""
     pool = [(src, d) for src in sorted(docs) if src in CODE_SOURCES for d in docs[src]]
     cands = _unique([f for src, d in _spread(pool, 8 * s.seeds) for f in functions(src, d["doc_id"], d["text"], s)])
-    tested = [c for c in cands if reversal.derive_tests(c["code"])]
-    pick = _spread(tested, s.seeds)
-    pick += _spread([c for c in cands if c not in tested], s.seeds - len(pick))
+    tested = {c["seed_id"] for c in cands if reversal.derive_tests(c["code"])}
+    pick = _spread([c for c in cands if c["seed_id"] in tested], s.seeds)
+    pick += _spread([c for c in cands if c["seed_id"] not in tested], s.seeds - len(pick))
     return sorted(pick, key=lambda c: c["seed_id"])
 
 
@@ -231,6 +231,8 @@ class Chunk:
 
 
 def plan_chunks(step: str, seeds: list[dict], cfg, teacher: str) -> list[Chunk]:
+    """Consecutive chunks of `synth.chunk_size` seeds. The id hashes what decides the rows; how the
+    calls are made (synth.call: concurrency, batching, retries) is left out: it changes no row."""
     s = cfg.synth
     key = json.dumps({"step": step, "config": dataclasses.asdict(getattr(s, step)), "teacher": teacher,
                       "seed": cfg.seed, "templates": template_digests()}, sort_keys=True, default=str)
@@ -267,17 +269,21 @@ def read_rows(chunks: list[Chunk], work: Path) -> list[dict]:
 
 # --- runners: who runs the chunks ------------------------------------------------------------------
 class LocalRunner:
-    """Chunks one after another in this process, on one engine (tests, debugging)."""
+    """Chunks one after another in this process, on one engine and one event loop (an endpoint
+    client binds to the loop it first runs on): tests, debugging."""
 
     def __init__(self, engine, name: str = "local"):
-        self.engine, self.name = engine, name
+        self.engine, self.name, self.loop = engine, name, asyncio.new_event_loop()
 
     def run(self, chunks: list[Chunk], s, work: Path) -> None:
         for c in chunks:
-            asyncio.run(process_chunk(c, self.engine, s, work))
+            self.loop.run_until_complete(process_chunk(c, self.engine, s, work))
 
     def timings(self) -> dict:
         return {}
+
+    def close(self) -> None:
+        self.loop.close()
 
 
 def build_engine(spec: dict):
@@ -344,10 +350,11 @@ class RayRunner:
 
         items = [{"step": c.step, "chunk_id": c.chunk_id, "seeds": json.dumps(c.seeds)} for c in chunks]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        # pyarrow batches: numpy ones would come back as tensor columns pyarrow cannot read
-        ds = ds.map_batches(ChunkActor, batch_format="pyarrow", batch_size=1, concurrency=min(s.actors, len(items)),
-                            num_cpus=s.actor_cpus, fn_constructor_kwargs={"spec": self.spec(), "synth": s,
-                                                                           "work": str(work)})
+        # one chunk queued per actor: a chunk waits for whichever actor frees up first, not behind
+        # a slow chunk; pyarrow batches: numpy ones come back as tensor columns pyarrow cannot read
+        pool = ray.data.ActorPoolStrategy(size=min(s.actors, len(items)), max_tasks_in_flight_per_actor=1)
+        ds = ds.map_batches(ChunkActor, batch_format="pyarrow", batch_size=1, compute=pool, num_cpus=s.actor_cpus,
+                            fn_constructor_kwargs={"spec": self.spec(), "synth": s, "work": str(work)})
         for r in ds.iter_rows():
             print(f"synthesize: {r['step']} chunk {r['chunk_id']}: {r['seeds']} seeds -> {r['rows']} rows "
                   f"in {r['wall_s']}s", flush=True)
@@ -388,6 +395,11 @@ def _excerpt(text) -> str | None:
     return None if text is None else (text if len(text) <= EXCERPT else text[:EXCERPT] + "…")
 
 
+def _why(row: dict) -> str:
+    """A status's reason without its detail ("llm_error: TimeoutError: ..." -> "llm_error")."""
+    return (row["status"] or "none").split(":", 1)[0]
+
+
 def check_counts(step: str, seeds: list[dict], rows: list[dict]) -> None:
     """Every seed in shows up in the rows, and no row belongs to a seed that was not in."""
     want, got = [x["seed_id"] for x in seeds], {r["seed_id"] for r in rows}
@@ -400,21 +412,21 @@ def check_counts(step: str, seeds: list[dict], rows: list[dict]) -> None:
 def step_report(step: str, seeds: list[dict], rows: list[dict], chunks: int, redone: int) -> dict:
     spec = STEPS[step]
     ok = [r for r in rows if r["status"] == "ok"]
-    reasons = Counter((r["status"] or "none").split(":", 1)[0] for r in rows if r["status"] != "ok")
+    reasons = Counter(_why(r) for r in rows if r["status"] != "ok")
     by_id = {x["seed_id"]: x for x in seeds}
-    shown, seen = [], set()
-    for r in ok + rows:  # kept rows first, then one row per drop reason, each from another seed
-        why = (r["status"] or "").split(":", 1)[0]
-        if len(shown) < 3 and r["seed_id"] not in seen and (why == "ok" or why not in {s for s, _ in shown}):
-            shown.append((why, r))
-            seen.add(r["seed_id"])
+    shown: list[dict] = []
+    # up to 3 rows, each from another seed: kept rows first, then one per drop reason, then any
+    for pick in (lambda r: r["status"] == "ok", lambda r: _why(r) not in {_why(x) for x in shown}, lambda r: True):
+        for r in rows:
+            if len(shown) < 3 and pick(r) and r["seed_id"] not in {x["seed_id"] for x in shown}:
+                shown.append(r)
     return {"seeds_in": len(seeds), "rows_out": len(rows), "ok": len(ok), "dropped": dict(sorted(reasons.items())),
             "acceptance_rate": round(len(ok) / len(rows), 4) if rows else None,
             "seeds_with_output": len({r["seed_id"] for r in ok}),
             "llm_errors": reasons.get("llm_error", 0), "chunks": chunks, "chunks_run": redone,
             "examples": [{"seed_id": r["seed_id"], "status": r["status"],
                           "seed": _excerpt(by_id[r["seed_id"]].get(spec.seed_field)),
-                          "output": _excerpt(_fields(r, *spec.shown))} for _, r in shown]}
+                          "output": _excerpt(_fields(r, *spec.shown))} for r in shown]}
 
 
 def output_rows(step: str, rows: list[dict], seeds: list[dict], web_rewrite_kinds) -> dict[str, list[dict]]:

@@ -16,7 +16,7 @@ def _convert(raw: str, typ, key: str):
         if raw.lower() in ("none", "null"):
             return None
         typ = args[0]
-    if origin is tuple or typing.get_origin(typ) is tuple:
+    if typ is tuple or origin is tuple or typing.get_origin(typ) is tuple:
         # lists on the command line are comma-separated: curate.inputs=web=/data/a,code=/src
         (item_typ, *_) = typing.get_args(typ) or (str,)
         return tuple(_convert(part.strip(), item_typ, key) for part in raw.split(",") if part.strip())
@@ -65,3 +65,55 @@ def _set(obj, path: list[str], raw: str, key: str):
         return dataclasses.replace(obj, **{name: value})
     except ValueError as e:
         raise OverrideError(f"{key}={raw}: {e}") from None
+
+
+# --- config files: the same dotted keys, one per line ---------------------------------------------
+def _render(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(_render(v) for v in value)
+    return str(value)
+
+
+def flatten(cfg, prefix: str = "") -> dict[str, str]:
+    """Every leaf of a dataclass config as {"a.b.c": "value"}, in the form `apply_overrides` reads."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = _render(value)
+    return out
+
+
+def dump_config(cfg, preset: str) -> str:
+    """A config file of the whole resolved config (its `preset` line included):
+    `phi4ray config --preset small > my.conf`."""
+    head = f"# phi4ray config: every key of preset {preset!r} after overrides; edit it and pass --config"
+    return "\n".join([head] + [f"{k} = {v}" for k, v in flatten(cfg).items()]) + "\n"
+
+
+def read_config_file(path: str) -> tuple[str | None, list[str]]:
+    """(preset named in the file or None, its `key = value` lines as overrides). `#` starts a
+    comment; a line that is not key = value fails naming the file and line."""
+    preset, overrides = None, []
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise OverrideError(f"--config {path}: {e.strerror}") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split(" #", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        if "=" not in line:
+            raise OverrideError(f"{path}:{n}: {line!r} is not `key = value`")
+        key, value = (part.strip() for part in line.split("=", 1))
+        if key == "preset":
+            preset = value
+        else:
+            overrides.append(f"{key}={value}")
+    return preset, overrides

@@ -15,6 +15,12 @@ from phi4ray.evals.config import EvalConfig
 from phi4ray.pts import PTSConfig
 from phi4ray.sft import SFTConfig
 from phi4ray.synth.config import SynthesizeConfig
+from phi4ray.synth.llm import CallConfig, Sampling
+from phi4ray.synth.plurality import PluralityConfig
+from phi4ray.synth.qa import QAConfig
+from phi4ray.synth.reversal import ReversalConfig
+from phi4ray.synth.revise import ReviseConfig
+from phi4ray.synth.rewrite import RewriteConfig
 from phi4ray.train import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -137,6 +143,17 @@ def run_preset(name: str) -> RunConfig:
             dpo=DPOConfig(beta=0.1, sft_weight=1.0, judge_prompts=16, train=TrainConfig(
                 batch_size=16, micro_batch_size=8, steps=30, lr=1e-4, warmup_steps=3, min_lr_ratio=1.0,
                 weight_decay=0.0, checkpoint_every=15, log_every=5)),
+            # the teacher is the run's own (random) model here: every step runs and its filters
+            # reject the junk; short generations and few seeds keep that to a couple of minutes
+            synth=SynthesizeConfig(
+                seeds=4, chunk_size=4, arith_questions=4, passage_max_chars=1200, code_max_chars=1500,
+                rewrite=RewriteConfig(sampling=Sampling(max_tokens=64)),
+                revise=ReviseConfig(max_rounds=1, generate=Sampling(max_tokens=64),
+                                    critique=Sampling(64, 0.3), revise=Sampling(64, 0.5)),
+                reversal=ReversalConfig(instruction=Sampling(64, 0.3), code=Sampling(64, 0.2)),
+                qa=QAConfig(sampling=Sampling(64, 0.3)),
+                plurality=PluralityConfig(n_answers=4, sampling=Sampling(64, 0.8)),
+                call=CallConfig(retries=1, backoff_s=0.2)),
             # 12 items per suite x 5 models: a tiny model answers little, the report shows the stages
             eval=EvalConfig(size=12, max_tokens=96),
         )

@@ -1,8 +1,5 @@
-"""The pipeline's stages in recipe order (DESIGN.md), and which of them are built.
-
-A stage that is not built yet has `run=None` and names the issue that builds it: the CLI says so
-and exits non-zero instead of pretending.
-"""
+"""The pipeline's stages in recipe order (DESIGN.md). Each `run` imports its Ray side lazily, so
+`phi4ray --help` and config checks never start Ray."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,12 +13,7 @@ from phi4ray.presets import RunConfig
 class Stage:
     name: str
     summary: str
-    issue: int | None = None
-    run: Callable[[Path, RunConfig], dict] | None = None
-
-    @property
-    def built(self) -> bool:
-        return self.run is not None
+    run: Callable[[Path, RunConfig], dict]
 
 
 def _init(run_dir: Path, cfg: RunConfig) -> dict:
@@ -40,6 +32,12 @@ def _curate(run_dir: Path, cfg: RunConfig) -> dict:
     from actors.curate import run_curate  # Ray loads only when curating
 
     return run_curate(run_dir, cfg)
+
+
+def _synthesize(run_dir: Path, cfg: RunConfig) -> dict:
+    from actors.synthesize import run_synthesize  # Ray and vLLM load only when synthesizing
+
+    return run_synthesize(run_dir, cfg)
 
 
 def _tokenize(run_dir: Path, cfg: RunConfig) -> dict:
@@ -88,16 +86,16 @@ def _eval(run_dir: Path, cfg: RunConfig) -> dict:
 
 
 STAGES: list[Stage] = [
-    Stage("init", "tokenizer + freshly initialised model of the preset, exported in HF layout", run=_init),
-    Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", run=_curate),
-    Stage("synthesize", "synthetic data: rewrites, self-revision, instruction reversal, sandboxed code, plurality filter", 5),
-    Stage("tokenize", "tokenize and pack the weighted source mixture into token shards (Ray Data)", run=_tokenize),
-    Stage("pretrain", "FSDP2 pretraining on Ray Train (4K context in the report)", run=_pretrain),
-    Stage("midtrain", "long-context midtraining: context x4, RoPE base 250K, 30% long / 70% recall", run=_midtrain),
-    Stage("sft", "supervised fine-tuning in the Phi-4 chat format, loss on assistant tokens only", run=_sft),
-    Stage("pts", "Pivotal Token Search against the Serve samplers -> token-level DPO pairs", run=_pts),
-    Stage("dpo", "DPO on PTS pairs and judge-guided full pairs (reference log-probs precomputed)", run=_dpo),
-    Stage("eval", "verifiable suites (math, choice, code, IFEval) against each stage's model on the endpoint", run=_eval),
-    Stage("serve", "Ray Serve + vLLM sampler fleet, OpenAI-compatible endpoint with autoscaling", run=_serve),
+    Stage("init", "tokenizer + freshly initialised model of the preset, exported in HF layout", _init),
+    Stage("curate", "organic data on Ray Data: extraction, corruption filters, language ID, dedup, quality, decontamination", _curate),
+    Stage("synthesize", "synthetic data: rewrites, self-revision, instruction reversal, sandboxed code, plurality filter", _synthesize),
+    Stage("tokenize", "tokenize and pack the weighted source mixture into token shards (Ray Data)", _tokenize),
+    Stage("pretrain", "FSDP2 pretraining on Ray Train (4K context in the report)", _pretrain),
+    Stage("midtrain", "long-context midtraining: context x4, RoPE base 250K, 30% long / 70% recall", _midtrain),
+    Stage("sft", "supervised fine-tuning in the Phi-4 chat format, loss on assistant tokens only", _sft),
+    Stage("pts", "Pivotal Token Search against the Serve samplers -> token-level DPO pairs", _pts),
+    Stage("dpo", "DPO on PTS pairs and judge-guided full pairs (reference log-probs precomputed)", _dpo),
+    Stage("eval", "verifiable suites (math, choice, code, IFEval) against each stage's model on the endpoint", _eval),
+    Stage("serve", "Ray Serve + vLLM sampler fleet, OpenAI-compatible endpoint with autoscaling", _serve),
 ]
 BY_NAME = {s.name: s for s in STAGES}

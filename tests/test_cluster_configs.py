@@ -134,6 +134,7 @@ RAYJOB_SPEC = {"activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submi
                "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources", "entrypointNumCpus",
                "entrypointNumGpus", "ttlSecondsAfterFinished", "shutdownAfterJobFinishes", "suspend", "schedule"}
 GPU = "nvidia.com/gpu"
+IMAGE_REPO = "/home/ray/phi4ray"   # where the phi4ray image holds this repo (cluster/raycluster.yaml)
 
 
 def _unknown(obj: dict, known: set, where: str) -> list[str]:
@@ -217,7 +218,11 @@ def test_rayjob_runs_a_real_entrypoint_on_the_same_cluster_and_cleans_up():
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] >= 0
     assert spec["rayClusterSpec"] == _load("raycluster.yaml")["spec"]  # the two copies stay equal
     assert raycluster_problems(spec["rayClusterSpec"]) == []
-    RuntimeEnv(**yaml.safe_load(spec["runtimeEnvYAML"]))  # Ray's own runtime_env validation
+    # the job runs in the repo's copy inside the image; Ray's own runtime_env validation, with this
+    # checkout standing in for that copy (Ray checks that a local working_dir exists)
+    env = yaml.safe_load(spec["runtimeEnvYAML"])
+    assert env["working_dir"] == IMAGE_REPO
+    RuntimeEnv(**{**env, "working_dir": str(ROOT)})
     # the entrypoint: an existing jobs/ file, arguments its stage's parser and config accept
     python, script, *args = shlex.split(spec["entrypoint"])
     assert python == "python" and (ROOT / script).is_file() and script.startswith("jobs/")

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from phi4ray.config import ConfigError
 from phi4ray.curate.html import ExtractConfig, Extraction, decode_html, extract
+from phi4ray.overrides import apply_overrides
 
 FILLER = ("Gradient descent updates each parameter against the slope of the loss, and the step size "
           "decides whether training converges or oscillates around the minimum. ")
@@ -70,6 +71,17 @@ def test_mathml_prefers_its_tex_annotation_and_namespaced_tags():
     html = article("<p>See <m:math><m:semantics><m:mi>q</m:mi>"
                    "<m:annotation encoding='TeX'>q_{\\text{max}}</m:annotation></m:semantics></m:math>.</p>")
     assert "See $q_{\\text{max}}$." in extract(html).text
+
+
+def test_mathjax3_containers_and_math_images():
+    mjx = ("<mjx-container class='MathJax' jax='CHTML' display='true'><mjx-math><mjx-mi>x</mjx-mi></mjx-math>"
+           "<mjx-assistive-mml><math display='block'><msub><mi>x</mi><mi>n</mi></msub></math></mjx-assistive-mml>"
+           "</mjx-container>")
+    wiki = ("<span class='mwe-math-element'><span class='mwe-math-mathml-inline' style='display: none;'>"
+            "<math><mi>a</mi></math></span><img class='mwe-math-fallback-image-inline' alt='{\\displaystyle a^{2}}'></span>")
+    r = extract(article(f"<p>Sequence</p>{mjx}<p>and the square {wiki} of a.</p>"))
+    assert "\n$$x_n$$\n" in r.text and "the square ${\\displaystyle a^{2}}$ of a." in r.text
+    assert r.n_formulas == 2
 
 
 # -- code -----------------------------------------------------------------------------------------
@@ -189,6 +201,16 @@ def test_link_heavy_menu_without_telling_class_is_dropped():
     assert r.boilerplate_chars >= len("ProductsPricingDocsBlogCareers")
 
 
+def test_link_density_spares_linked_headings_and_short_api_tables():
+    api = ("<table><tr><td><a href='#f'>f()</a></td><td>see <a href='#g'>g()</a></td></tr>"
+           "<tr><td><a href='#h'>h()</a></td><td>like <a href='#f'>f()</a></td></tr></table>")
+    links = "".join(f"<a href='/{i}'>Section number {i}</a> " for i in range(20))
+    index = f"<table><tr><td>{links}</td><td>{links}</td></tr></table>"
+    r = extract(page(f"<div class='hd'><h1><a href='/post/1'>Linked title</a></h1></div><p>{FILLER}</p>{api}{index}"))
+    assert "# Linked title" in r.text and "| f() | see g() |" in r.text
+    assert "Section number" not in r.text
+
+
 def test_main_content_survives_false_positive_wrapper_class():
     html = page("<div class='site-container'><div class='content-sidebar-wrap'>"
                 f"<div class='content'><h1>Real article</h1><p>{FILLER}</p><p>{FILLER}</p></div>"
@@ -196,6 +218,13 @@ def test_main_content_survives_false_positive_wrapper_class():
     r = extract(html)
     assert "# Real article" in r.text and r.text.count(FILLER.strip()) == 2
     assert "Popular posts" not in r.text
+
+
+def test_page_wide_form_wrapper_kept_but_big_footer_still_dropped():
+    html = page(f"<form id='aspnetForm' action='/'><div class='c'><p>{FILLER}</p><p>{FILLER}</p></div>"
+                f"<footer><p>{FILLER.upper()}</p><p>{FILLER.upper()}</p><p>{FILLER.upper()}</p></footer></form>")
+    r = extract(html)
+    assert r.text.count(FILLER.strip()) == 2 and FILLER.upper().strip() not in r.text
 
 
 def test_hidden_elements_dropped_article_header_kept_site_header_dropped():
@@ -320,6 +349,14 @@ def test_fuzz_random_tag_soup_never_raises(parts):
 def test_config_validation_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         ExtractConfig(**kwargs)
+
+
+def test_config_takes_command_line_overrides():
+    cfg = apply_overrides(ExtractConfig(), ["drop_tags=nav,form", "max_depth=50", "max_link_density=0.6"])
+    assert (cfg.drop_tags, cfg.max_depth, cfg.max_link_density) == (("nav", "form"), 50, 0.6)
+    html = page(f"<nav><p>Menu text here</p></nav><main><p>{FILLER}</p></main><footer><p>Footer words</p></footer>")
+    assert extract(html).text == FILLER.strip()
+    assert extract(html, config=cfg).text == FILLER.strip() + "\n\nFooter words"
 
 
 def test_config_changes_behaviour():

