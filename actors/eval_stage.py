@@ -111,8 +111,30 @@ def plot_scores(summary: dict[str, dict[str, dict]], path: Path) -> Path:
     return path
 
 
+def model_groups(stages: list[str], cfg) -> list[list[str]]:
+    """The models to serve together: all of them if the cluster has room now, else as many at a
+    time as fit (a CPU model takes 2 logical CPUs: its replica and its engine's bundle; a GPU model
+    one GPU), so a small cluster evaluates in turns instead of waiting forever for a replica."""
+    import ray
+
+    from actors.ray_session import ensure_ray
+
+    ensure_ray(min_cpus=8)  # the one start() would make; here first, to see what it has
+    free = ray.available_resources()
+    if cfg.eval.models_at_once:
+        fit = cfg.eval.models_at_once
+    elif cfg.serve.device == "gpu":
+        fit = int(free.get("GPU", 0))
+    else:
+        fit = int(free.get("CPU", 0) - 1) // 2  # one CPU for the ingress
+    fit = max(1, fit)
+    return [stages[i:i + fit] for i in range(0, len(stages), fit)]
+
+
 def run_eval(run_dir: Path, cfg) -> dict:
     from ray import serve
+
+    from actors.serve_stage import start
 
     run_dir = Path(run_dir)
     e = cfg.eval
@@ -126,16 +148,18 @@ def run_eval(run_dir: Path, cfg) -> dict:
     t0 = time.time()
     suites = load_suites(suite_files(run_dir, cfg))
     out_dirs = {s: _stage_dir(run_dir, s, fp) for s, fp in fingerprints.items()}
-    from actors.serve_stage import start
-
     model_ids = {s: f"{cfg.serve.model_id}-{s}" for s in models}
-    info = start({model_ids[s]: str(d) for s, d in models.items()}, cfg, app="phi4ray-eval")
-    t_ready = time.time() - t0
-    try:
-        results = asyncio.run(evaluate_models(info["url"], model_ids, suites, out_dirs, e,
-                                              api_key_env=cfg.serve.api_key_env or NO_KEY_ENV))
-    finally:
-        serve.delete(info["app"])
+    results, t_ready = {}, 0.0
+    for group in model_groups(list(models), cfg):
+        t1 = time.time()
+        info = start({model_ids[s]: str(models[s]) for s in group}, cfg, app="phi4ray-eval")
+        t_ready += time.time() - t1
+        try:
+            results |= asyncio.run(evaluate_models(info["url"], {s: model_ids[s] for s in group}, suites,
+                                                   {s: out_dirs[s] for s in group}, e,
+                                                   api_key_env=cfg.serve.api_key_env or NO_KEY_ENV))
+        finally:
+            serve.delete(info["app"])
     summary = {stage: {r.suite: r.summary() for r in rs} for stage, rs in results.items()}
     (run_dir / "eval" / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_scores(summary, run_dir / "report" / "eval_scores.png")

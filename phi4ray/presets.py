@@ -131,7 +131,9 @@ def run_preset(name: str) -> RunConfig:
     if name == "tiny":  # minutes on a 2-core laptop, but every stage does real work
         return RunConfig(
             preset=name, model=model, export_dtype="float32",
-            data=DataConfig(seq_len=128, shard_sequences=128, builtin_max_docs=200),
+            # a fixed total: with 0 (the largest mix within epoch caps) a source as small as the tiny
+            # run's synthetic data would cap the whole mixture at a few thousand tokens
+            data=DataConfig(seq_len=128, shard_sequences=128, total_tokens=200_000, builtin_max_docs=200),
             pretrain=TrainConfig(batch_size=8, micro_batch_size=4, steps=40, lr=3e-3, warmup_steps=4,
                                  checkpoint_every=10, log_every=5),
             midtrain=MidtrainConfig(train=TrainConfig(batch_size=4, micro_batch_size=2, steps=12, lr=1e-3,

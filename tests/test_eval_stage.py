@@ -80,3 +80,19 @@ def test_lm_eval_harness_runs_a_local_task_against_our_endpoint(sampler_app, tmp
                     api_key_env="PHI4RAY_TEST_API_KEY", num_concurrent=4)
     assert m["n"] == 4  # every document went through the endpoint and came back scored
     assert 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["oracle_match"] <= 1.0
+
+
+def test_models_are_served_in_turns_when_the_cluster_cannot_hold_them_all(ray_cluster):
+    """Five stage models need 11 logical CPUs at once on CPU; a smaller cluster evaluates them in
+    groups that fit instead of waiting forever for a replica that cannot be placed."""
+    import ray
+
+    from actors.eval_stage import model_groups
+
+    stages = ["init", "pretrain", "midtrain", "sft", "dpo"]
+    cfg = run_preset("tiny")
+    groups = model_groups(stages, cfg)
+    assert [s for g in groups for s in g] == stages
+    assert all(2 * len(g) + 1 <= max(3, ray.available_resources()["CPU"]) for g in groups)
+    two = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, models_at_once=2))
+    assert model_groups(stages, two) == [["init", "pretrain"], ["midtrain", "sft"], ["dpo"]]

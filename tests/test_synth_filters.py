@@ -46,7 +46,9 @@ def seed_ids(rows):
 PASSAGE = ("A prime number is a natural number greater than one that has no positive divisors other than one "
            "and itself. Euclid proved that there are infinitely many primes by assuming a finite list, "
            "multiplying all of them together and adding one; the result is divisible by none of the listed primes.")
-FILLER = "We work through the idea carefully, checking every step against the definition before moving on. "
+FILLER = ("We work through the idea carefully, checking every step against the definition before moving on. "
+          "A divisor of a number leaves no remainder, so each candidate is tried in turn. "
+          "Only candidates up to the square root are needed, since divisors come in pairs. ")
 
 
 def rewrite_reply(prompt: str) -> str:
@@ -55,10 +57,10 @@ def rewrite_reply(prompt: str) -> str:
     if passage.startswith("COPY"):
         return passage
     if passage.startswith("NOPARTS"):  # long, original, but missing what its kind promises
-        return "Exercise:\nShow that 2, 3 and 5 are prime. " + FILLER * 3
-    return {"exercise": "Exercise:\nIs 91 prime?\n\nSolution:\n" + FILLER * 3 + "91 = 7 * 13, so it is not prime.",
-            "discussion": "Student: Why add one?\nTeacher: " + FILLER * 3,
-            "reasoning": "Problem:\nHow many primes are below 20?\n\nSolution:\nStep 1: " + FILLER * 3
+        return "Exercise:\nShow that 2, 3 and 5 are prime. " + FILLER
+    return {"exercise": "Exercise:\nIs 91 prime?\n\nSolution:\n" + FILLER + "91 = 7 * 13, so it is not prime.",
+            "discussion": "Student: Why add one?\nTeacher: " + FILLER,
+            "reasoning": "Problem:\nHow many primes are below 20?\n\nSolution:\nStep 1: " + FILLER
                          + "Final answer: \\boxed{8}"}[kind]
 
 
@@ -92,6 +94,26 @@ def test_copy_overlap_is_about_word_sequences_not_shared_vocabulary():
     rows = run(rewrite_step(ScriptedEngine(lambda p: "Student: hi\nTeacher: short."),
                             [{"seed_id": "s", "text": PASSAGE}], RewriteConfig(kinds=("discussion",)), FAST))
     assert [r["status"] for r in rows] == ["too_short"]
+
+
+def test_degenerate_teacher_output_is_dropped_as_corrupt():
+    """What an untrained or broken teacher writes: word salad and repetition loops. Long enough,
+    not a copy, but the corpus's corruption rules see it (the tiny pipeline's own model writes such
+    text); a fair math-heavy exercise passes them."""
+    salad = ("plaintiffgis Fortress mdb scalerWarningENCH Wax grat>this italicInfrastructureimer[ind MongoClient "
+             "lipid interestsHeavy rehearsal bridCACHE Query Inthings Buildsnels.Json UNIVERSsmith ragazzi "
+             "hurts<TSource truck}}OG.ObjectMapperatte(details deltbuiltin mot guitarsantaKEY_tilesasta " * 2)
+    loop = "Student: Why add one?\nTeacher: " + "Because the product is divisible by every prime. " * 12
+    math = ("Exercise:\nSolve 3x + 7 = 22 and 2y - 4 = 10.\n\nSolution:\n3x = 15, x = 5; 2y = 14, y = 7; "
+            "x + y = 12, x * y = 35, x - y = -2, 2x + 3y = 31, so the answers are x = 5 and y = 7, checked: "
+            "3(5) + 7 = 22 and 2(7) - 4 = 10. " + FILLER)
+    replies = {"exercise": math, "discussion": loop, "reasoning": salad}
+    rows = run(rewrite_step(ScriptedEngine(lambda p: replies["exercise" if "new exercise" in p else "discussion"
+                                                            if "Student" in p else "reasoning"]),
+                            [{"seed_id": "s", "text": PASSAGE}], RewriteConfig(), FAST))
+    status = {r["kind"]: r["status"] for r in rows}
+    assert status["exercise"] == "ok"
+    assert status["discussion"].startswith(("corrupt:dup_", "corrupt:top_")) and status["reasoning"].startswith("corrupt:")
 
 
 # --- self-revision -------------------------------------------------------------------------------------

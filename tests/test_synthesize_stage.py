@@ -62,8 +62,9 @@ def _between(prompt: str, tag: str) -> str:
 def teacher(prompt: str) -> str | list[str]:
     """A scripted teacher that answers every template well enough to be kept (or, for arithmetic,
     to be overruled): it lets the whole funnel show up in the outputs."""
-    words = " ".join(["The", "idea", "is", "that", "moving", "water", "sorts", "material", "by", "size,", "so",
-                      "we", "can", "reason", "from", "speed", "to", "what", "is", "left", "behind"] * 2)
+    words = ("The idea is that moving water sorts material by size, so we can reason from speed to what is "
+             "left behind. Faster currents lift heavier grains; as a river widens it slows, drops the coarse "
+             "sand first and carries fine clay further out to sea")
     if "Write ONE new exercise" in prompt:
         return f"Exercise:\nA stream slows down near its mouth. What settles first?\n\nSolution:\n{words}."
     if "discussion between a curious Student" in prompt:

@@ -21,6 +21,7 @@ class EvalConfig:
     temperature: float = 0.0
     samples: int = 1                           # > 1: pass@k is reported too
     concurrency: int = 16                      # requests in flight per model
+    models_at_once: int = 0                    # models served together; 0 = as many as the cluster fits
     seed: int = 1234                           # the built-in suites' generator seed (not the run's:
     # a changed training seed must not change the test set)
 
@@ -33,6 +34,8 @@ class EvalConfig:
             raise ConfigError(f"eval.models: unknown stage(s) {bad_models}; choose from {list(MODEL_STAGES)}")
         if self.mode not in ("chat", "completion"):
             raise ConfigError(f"eval.mode={self.mode!r} must be 'chat' or 'completion'")
+        if self.models_at_once < 0:
+            raise ConfigError(f"eval.models_at_once={self.models_at_once} must be >= 0 (0: as many as fit)")
         for name in ("size", "max_tokens", "samples", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")

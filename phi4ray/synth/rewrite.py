@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from phi4ray.curate.filters import CorruptionConfig, corruption_reason, corruption_scores
 from phi4ray.oracles import last_boxed
 from phi4ray.synth.llm import CallConfig, Engine, Request, Sampling, call_all, make_row, require, seed_value
 from phi4ray.synth.templates import load_template
@@ -32,6 +33,11 @@ class RewriteConfig:
     max_copy_overlap: float = 0.5  # most of the output's n-grams that may occur in the seed
     copy_ngram: int = 5
     min_words: int = 30
+    # the organic corpus's corruption filters, minus the rules fair rewrites can break (short
+    # outputs, math-heavy exercises with few alphabetic words, no English stop words): what is
+    # left catches degenerate teacher output (word salad, repetition loops, broken bytes)
+    corruption: CorruptionConfig = field(default_factory=lambda: CorruptionConfig(
+        min_words=None, min_alpha_word_frac=None, min_stop_words=None))
 
     def __post_init__(self) -> None:
         require("RewriteConfig", self, {
@@ -72,6 +78,9 @@ def check_rewrite(kind: str, text: str, seed: str, config: RewriteConfig) -> tup
         return "empty", answer, overlap
     if len(words(text)) < config.min_words:
         return "too_short", answer, overlap
+    corrupt = corruption_reason(corruption_scores(text), config.corruption)
+    if corrupt:
+        return f"corrupt:{corrupt}", answer, overlap
     if overlap > config.max_copy_overlap:
         return "copy_of_seed", answer, overlap
     if kind == "exercise":
