@@ -117,9 +117,9 @@ def model_groups(stages: list[str], cfg) -> list[list[str]]:
     one GPU), so a small cluster evaluates in turns instead of waiting forever for a replica."""
     import ray
 
-    from actors.ray_session import ensure_ray
+    from actors.ray_session import SERVE_CPUS, ensure_ray
 
-    ensure_ray(min_cpus=8)  # the one start() would make; here first, to see what it has
+    ensure_ray(min_cpus=SERVE_CPUS)  # the one start() would make; here first, to see what it has
     free = ray.available_resources()
     if cfg.eval.models_at_once:
         fit = cfg.eval.models_at_once

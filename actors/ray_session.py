@@ -6,6 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 
+# logical CPUs of a local cluster that serves models: room for eval's five stage models at once
+# (each a replica plus its engine's bundle) and the ingress; they mostly wait, so more than cores
+SERVE_CPUS = 12
+
 
 def ensure_ray(min_cpus: int = 1) -> bool:
     """Connect or start Ray if nobody has; True if this call did (so the caller may stop it).

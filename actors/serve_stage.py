@@ -28,12 +28,12 @@ def start(model_dir: str | dict[str, str], cfg, app: str | None = None) -> dict:
     behind one endpoint. Another `app` name serves beside the main fleet, under /<app>/v1."""
     from ray import serve
 
-    from actors.ray_session import ensure_ray
+    from actors.ray_session import SERVE_CPUS, ensure_ray
     from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
 
     s = cfg.serve
     models = model_dir if isinstance(model_dir, dict) else {s.model_id: model_dir}
-    ensure_ray(min_cpus=8)  # kept running: the app serves until the caller deletes it
+    ensure_ray(min_cpus=SERVE_CPUS)  # kept running: the app serves until the caller deletes it
     serve.start(http_options={"host": s.host, "port": s.port})
     llm_configs = [sampler_llm_config(
         folder, model_id=mid, device=s.device, engine=s.engine, min_replicas=s.min_replicas,

@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -20,6 +22,21 @@ def test_help_lists_every_stage():
     assert [s.name for s in STAGES if s.name != "init"] == DESIGN_STAGES
 
 
+def _run(argv: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """The CLI in its own process group, killed whole afterwards: if the run fails or times out,
+    the Ray cluster and vLLM engines it started must not outlive it and starve later tests."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.timeout(1500)  # the one test that runs the whole product; the rest stay under 900 s
 def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     """`phi4ray run --preset tiny` as a user runs it: every built stage, ending with the model
     served on Ray Serve + vLLM and a chat answered; the rerun skips what is complete."""
@@ -27,14 +44,14 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
 
     argv = [sys.executable, "-m", "phi4ray.cli", "run", "--preset", "tiny", "--run-dir", str(tmp_path),
             "model.n_layers=2", f"serve.port={free_port()}", "curate.builtin_docs=12",
-            "curate.quality.annotate_docs=8", "synth.seeds=1", "synth.arith_questions=1", "eval.size=2",
-            "eval.max_tokens=16",
+            "curate.quality.annotate_docs=8", "synth.seeds=1", "synth.steps=rewrite,reversal", "eval.size=2",
+            "eval.max_tokens=16", "eval.models=init,sft",
             "pretrain.steps=4", "pretrain.checkpoint_every=2", "pretrain.log_every=2",
             "midtrain.train.steps=2", "midtrain.train.checkpoint_every=2", "midtrain.train.log_every=1",
             "sft.problems=40", "sft.heldout=8", "sft.train.steps=4", "sft.train.checkpoint_every=2",
             "sft.train.log_every=2", "pts.queries=3", "pts.samples_per_estimate=4", "pts.max_tokens=12",
             "dpo.judge_prompts=2", "dpo.judge_responses=2"]
-    first = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+    first = _run(argv, timeout=1200)
     assert first.returncode == 0, first.stderr[-3000:]
     init = json.loads((tmp_path / "manifests" / "init.json").read_text())
     assert init["complete"] and init["config"]["model"]["n_layers"] == 2
@@ -57,9 +74,9 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     mix = json.loads((tmp_path / "manifests" / "tokenize.json").read_text())["config"]["sources"]
     assert {p for s in mix for p in s["paths"]} >= {"curated/web", "curated/code"}
     synth = json.loads((tmp_path / "synthesize" / "report.json").read_text())
-    assert set(synth["steps"]) == {"rewrite", "revise", "reversal", "qa", "plurality"}
+    assert set(synth["steps"]) == {"rewrite", "reversal"}  # every step: tests/test_synthesize_stage.py
     scores = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert {"init", "pretrain", "midtrain", "sft"} <= set(scores)  # no dpo model: DPO had no batch
+    assert set(scores) == {"init", "sft"}
     report = (tmp_path / "report" / "index.md").read_text()
     assert all(f"| {s.name} |" in report for s in STAGES if s.name != "serve")
     mid = json.loads((tmp_path / "models" / "midtrain" / "config.json").read_text())
@@ -69,7 +86,7 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     assert served["inputs"]["model"] == str((tmp_path / "models" / "sft").resolve())
     assert isinstance(served["outputs"]["smoke_answer"], str) and served["outputs"]["smoke_answer"]  # tiny model: any text
     assert "smoke chat" in first.stdout
-    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    again = _run(argv, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already complete") == len(STAGES) - 1  # serve serves again: it is the product
     assert json.loads((tmp_path / "manifests" / "init.json").read_text())["finished_at"] == init["finished_at"]

@@ -145,3 +145,23 @@ def test_rerun_is_a_no_op_and_a_crash_resumes_to_the_same_output(curated):
     assert {d: r["text"] for d, r in _kept(run_dir).items()} == before
     assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())  # finished shards were skipped
     assert again["counts"] == done["counts"]
+
+
+@pytest.mark.vllm
+def test_llm_judge_annotations_go_through_the_real_fleet(sampler_app, monkeypatch):
+    """annotator=endpoint against our vLLM sampler app over HTTP: every sampled document gets a
+    reply from the engine (the tiny random model's replies do not parse: they count as unannotated,
+    never as an error that stops the stage)."""
+    import phi4ray.curate.quality as quality
+    from actors.curate import annotate
+
+    replies = []
+    parse = quality.parse_annotation
+    monkeypatch.setattr(quality, "parse_annotation", lambda reply, *a: replies.append(reply) or parse(reply, *a))
+    cfg = dataclasses.replace(run_preset("tiny"), curate=CurateConfig(quality=QualityConfig(
+        annotator="endpoint", url=sampler_app["url"] + "/v1", name=sampler_app["model_id"],
+        api_key_env="PHI4RAY_TEST_API_KEY")))
+    texts = _prose(6)
+    notes = annotate(texts, cfg)
+    assert len(notes) == 6 and len(replies) == 6 and all(isinstance(r, str) and r for r in replies)
+    assert all(n is None or 0 <= n["educational_value"] <= 5 for n in notes)
