@@ -199,7 +199,8 @@ def _heuristic_annotations(texts: list[str]) -> list[dict]:
     return out
 
 
-async def _judge_annotations(texts: list[str], url: str, name: str, api_key_env: str) -> list[dict | None]:
+async def _judge_annotations(texts: list[str], url: str, name: str, api_key_env: str,
+                             max_tokens: int = 256) -> list[dict | None]:
     import asyncio
 
     from phi4ray.curate.quality import annotation_prompt, parse_annotation
@@ -210,7 +211,7 @@ async def _judge_annotations(texts: list[str], url: str, name: str, api_key_env:
         async def one(text: str):
             try:
                 reply = await judge.chat([{"role": "user", "content": annotation_prompt(text)}],
-                                         max_tokens=256, temperature=0.0)
+                                         max_tokens=max_tokens, temperature=0.0)
             except EndpointError:
                 return None  # counted as unannotated; the classifier trains on the rest
             return parse_annotation(reply["choices"][0]["message"]["content"])
@@ -225,7 +226,7 @@ def annotate(texts: list[str], cfg) -> list[dict | None]:
     if q.annotator == "heuristic":
         return _heuristic_annotations(texts)
     if q.annotator == "endpoint":
-        return asyncio.run(_judge_annotations(texts, q.url, q.name, q.api_key_env))
+        return asyncio.run(_judge_annotations(texts, q.url, q.name, q.api_key_env, q.judge_max_tokens))
     from ray import serve
 
     from actors.serve_stage import start
@@ -233,7 +234,7 @@ def annotate(texts: list[str], cfg) -> list[dict | None]:
     info = start({"phi4ray-annotator": q.model}, cfg, app="phi4ray-annotator")
     try:
         return asyncio.run(_judge_annotations(texts, info["url"], "phi4ray-annotator",
-                                              cfg.serve.api_key_env or "PHI4RAY_NO_KEY"))
+                                              cfg.serve.api_key_env or "PHI4RAY_NO_KEY", q.judge_max_tokens))
     finally:
         serve.delete(info["app"])
 

@@ -160,8 +160,9 @@ def test_llm_judge_annotations_go_through_the_real_fleet(sampler_app, monkeypatc
     monkeypatch.setattr(quality, "parse_annotation", lambda reply, *a: replies.append(reply) or parse(reply, *a))
     cfg = dataclasses.replace(run_preset("tiny"), curate=CurateConfig(quality=QualityConfig(
         annotator="endpoint", url=sampler_app["url"] + "/v1", name=sampler_app["model_id"],
-        api_key_env="PHI4RAY_TEST_API_KEY")))
-    texts = _prose(6)
+        api_key_env="PHI4RAY_TEST_API_KEY", judge_max_tokens=96)))
+    # the session app's context is 512 tokens: the ~250-token rubric, a short extract, the reply
+    texts = [t[:200] for t in _prose(6)]
     notes = annotate(texts, cfg)
     assert len(notes) == 6 and len(replies) == 6 and all(isinstance(r, str) and r for r in replies)
     assert all(n is None or 0 <= n["educational_value"] <= 5 for n in notes)

@@ -30,6 +30,7 @@ class QualityConfig:
     api_key_env: str = "OPENAI_API_KEY"
     model: str = ""                 # fleet: the judge model folder
     annotate_docs: int = 256
+    judge_max_tokens: int = 256     # the judge's reply: a justification and two scores
     label_threshold: float = 3.0    # educational value >= this is "keep" (FineWeb-Edu uses 3)
     min_score: float = 0.0          # drop documents whose p(keep) is below; 0 scores without dropping
     classifier: QualityClassifierConfig = QualityClassifierConfig()
