@@ -42,6 +42,8 @@ class QualityConfig:
             raise ConfigError("curate.quality.annotator=endpoint needs curate.quality.url and curate.quality.name")
         if self.annotator == "fleet" and not self.model:
             raise ConfigError("curate.quality.annotator=fleet needs curate.quality.model (an HF model folder)")
+        if self.judge_max_tokens < 1:
+            raise ConfigError(f"curate.quality.judge_max_tokens={self.judge_max_tokens} must be >= 1")
         if self.annotate_docs < 4:
             raise ConfigError(f"curate.quality.annotate_docs={self.annotate_docs} must be >= 4")
         if not 0.0 <= self.min_score <= 1.0:
