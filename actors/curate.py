@@ -200,7 +200,7 @@ def _heuristic_annotations(texts: list[str]) -> list[dict]:
 
 
 async def _judge_annotations(texts: list[str], url: str, name: str, api_key_env: str,
-                             max_tokens: int = 256) -> list[dict | None]:
+                             max_tokens: int) -> list[dict | None]:
     import asyncio
 
     from phi4ray.curate.quality import annotation_prompt, parse_annotation
