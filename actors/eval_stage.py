@@ -1,8 +1,11 @@
 """Stage `eval`: score the model each stage produced on the verifiable suites, through the endpoint.
 
-Every RUN/models/<stage> folder named in `eval.models` is served side by side in one Serve app
-(one vLLM deployment each, one OpenAI ingress routing by model id), and the suites go to each
-through the same HTTP API any user or lm-evaluation-harness would use. Output:
+Every RUN/models/<stage> folder named in `eval.models` is served on one Serve app, and the suites
+go to each through the same HTTP API any user or lm-evaluation-harness would use. Models of one
+engine shape (weights differ, config does not: init and pretrain; midtrain, SFT and DPO share
+midtraining's RoPE base) form a lane: one vLLM deployment serves them in turn, swapping weights in
+place (actors/weights.py), since an engine start costs far more than a reload. Lanes run side by
+side, one deployment each behind one OpenAI ingress routing by model id. Output:
 - RUN/eval/suites/<suite>.jsonl: the built-in suites as the model sees them (curation
   decontaminates against exactly these files), user suites are read where they are;
 - RUN/eval/<stage>/<suite>.jsonl (one graded record per item, appended as graded: a rerun resumes)
@@ -60,22 +63,41 @@ def _stage_dir(run_dir: Path, stage: str, fingerprint: str) -> Path:
     return d
 
 
-async def evaluate_models(url: str, model_ids: dict[str, str], suites: list[Suite], out_dirs: dict[str, Path],
-                          e, api_key_env: str = NO_KEY_ENV) -> dict[str, list]:
-    """All suites against every model at once ({stage: model id}); {stage: [SuiteResult]}."""
+def lanes(models: dict[str, Path]) -> list[list[str]]:
+    """Stages grouped by engine shape, in stage order: each lane is served by one deployment."""
+    from actors.weights import model_shape
+
+    out: dict[str, list[str]] = {}
+    for stage, folder in models.items():
+        out.setdefault(json.dumps(model_shape(str(folder)), sort_keys=True), []).append(stage)
+    return list(out.values())
+
+
+async def evaluate_lanes(info: dict, lane_ids: dict[str, list[str]], models: dict[str, Path], labels: dict[str, str],
+                         suites: list[Suite], out_dirs: dict[str, Path], e, api_key_env: str = NO_KEY_ENV
+                         ) -> dict[str, list]:
+    """All suites against every model: the lanes ({served model id: [stage, ...]}) side by side,
+    each lane's stages in turn with a weight swap between; {stage: [SuiteResult]}."""
+    from actors.weights import refresh_weights
     from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
     from phi4ray.evals.runner import run_suites
 
-    async def one(stage: str, mid: str):
-        cfg = EndpointConfig(base_url=url, model=mid, api_key_env=api_key_env, timeout_s=600,
-                             max_concurrency=e.concurrency)
-        async with OpenAIEndpoint(cfg) as endpoint:
-            return await run_suites(endpoint, suites, out_dir=out_dirs[stage], mode=e.mode, max_tokens=e.max_tokens,
-                                    temperature=e.temperature, samples=e.samples, concurrency=e.concurrency,
-                                    seed=e.seed)
+    results = {}
 
-    results = await asyncio.gather(*(one(stage, mid) for stage, mid in model_ids.items()))
-    return dict(zip(model_ids, results))
+    async def lane(mid: str, stages: list[str]):
+        cfg = EndpointConfig(base_url=info["url"], model=mid, api_key_env=api_key_env, timeout_s=600,
+                             max_concurrency=e.concurrency)
+        for i, stage in enumerate(stages):
+            if i:  # the deployment came up on the lane's first model
+                await asyncio.to_thread(refresh_weights, info["app"], info["models"][mid], str(models[stage]))
+            async with OpenAIEndpoint(cfg) as endpoint:
+                results[stage] = await run_suites(
+                    endpoint, suites, out_dir=out_dirs[stage], mode=e.mode, max_tokens=e.max_tokens,
+                    temperature=e.temperature, samples=e.samples, concurrency=e.concurrency, seed=e.seed,
+                    model_label=labels[stage])
+
+    await asyncio.gather(*(lane(mid, stages) for mid, stages in lane_ids.items()))
+    return results
 
 
 def plot_scores(summary: dict[str, dict[str, dict]], path: Path) -> Path:
@@ -111,10 +133,10 @@ def plot_scores(summary: dict[str, dict[str, dict]], path: Path) -> Path:
     return path
 
 
-def model_groups(stages: list[str], cfg) -> list[list[str]]:
-    """The models to serve together: all of them if the cluster has room now, else as many at a
-    time as fit (a CPU model takes 2 logical CPUs: its replica and its engine's bundle; a GPU model
-    one GPU), so a small cluster evaluates in turns instead of waiting forever for a replica."""
+def model_groups(stages: list, cfg) -> list[list]:
+    """The models (or lanes) to serve together: all of them if the cluster has room now, else as
+    many at a time as fit (a CPU deployment takes 2 logical CPUs: its replica and its engine's
+    bundle; a GPU one a GPU), so a small cluster evaluates in turns instead of waiting forever."""
     import ray
 
     from actors.ray_session import SERVE_CPUS, ensure_ray
@@ -148,18 +170,20 @@ def run_eval(run_dir: Path, cfg) -> dict:
     t0 = time.time()
     suites = load_suites(suite_files(run_dir, cfg))
     out_dirs = {s: _stage_dir(run_dir, s, fp) for s, fp in fingerprints.items()}
-    model_ids = {s: f"{cfg.serve.model_id}-{s}" for s in models}
+    labels = {s: f"{cfg.serve.model_id}-{s}" for s in models}  # the model named in the records
+    all_lanes = lanes(models)
     results, t_ready = {}, 0.0
-    for group in model_groups(list(models), cfg):
+    for group in model_groups(all_lanes, cfg):
+        lane_ids = {f"{cfg.serve.model_id}-eval-{all_lanes.index(lane)}": lane for lane in group}
         t1 = time.time()
-        info = start({model_ids[s]: str(models[s]) for s in group}, cfg, app="phi4ray-eval")
+        info = start({mid: str(models[lane[0]]) for mid, lane in lane_ids.items()}, cfg, app="phi4ray-eval")
         t_ready += time.time() - t1
         try:
-            results |= asyncio.run(evaluate_models(info["url"], {s: model_ids[s] for s in group}, suites,
-                                                   {s: out_dirs[s] for s in group}, e,
-                                                   api_key_env=cfg.serve.api_key_env or NO_KEY_ENV))
+            results |= asyncio.run(evaluate_lanes(info, lane_ids, models, labels, suites, out_dirs, e,
+                                                  api_key_env=cfg.serve.api_key_env or NO_KEY_ENV))
         finally:
             serve.delete(info["app"])
+    results = {s: results[s] for s in models}  # stage order
     summary = {stage: {r.suite: r.summary() for r in rs} for stage, rs in results.items()}
     (run_dir / "eval" / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_scores(summary, run_dir / "report" / "eval_scores.png")

@@ -19,12 +19,25 @@ import time
 import uuid
 
 from ray import serve
+from ray.llm._internal.common.callbacks.base import CallbackBase  # LLMConfig.callback_config's base
 from ray.serve.llm.deployment import LLMServer
 
-from actors.weights import model_shape, registry
+from actors.weights import model_shape, registry, target_key
 from phi4ray.sampling import SampleRequest
 
 logger = logging.getLogger("phi4ray.sampler")
+
+
+class LocalFolderCallback(CallbackBase):
+    """Skips Ray's node-initialisation task when the model is a folder this node can read: the
+    task only downloads, and its extra worker process costs ~10 s of a replica's start on a
+    laptop. A cloud URI (or a folder missing here) still goes through Ray's download."""
+
+    async def on_before_node_init(self) -> None:
+        from pathlib import Path
+
+        if Path(self.llm_config.model_loading_config.model_source).is_dir():
+            self.ctx.run_init_node = False
 
 
 class PhiSampler(LLMServer):
@@ -39,7 +52,7 @@ class PhiSampler(LLMServer):
         self._version = 0
         self._poll_s = 1.0
         ctx = serve.get_replica_context()
-        self._app, self._replica = ctx.app_name, ctx.replica_id.unique_id
+        self._key, self._replica = target_key(ctx.app_name, ctx.deployment), ctx.replica_id.unique_id
         self._registry = registry()
         # before the first request: a replica that autoscaling adds must serve the current weights
         await self._sync_weights()
@@ -75,8 +88,8 @@ class PhiSampler(LLMServer):
 
     # --- weight refresh (see actors/weights.py) ---------------------------------------------
     async def _sync_weights(self) -> None:
-        """Load the registry's target weights for this app if they are newer than ours."""
-        target = await self._registry.get.remote(self._app)
+        """Load the registry's target weights for this deployment if they are newer than ours."""
+        target = await self._registry.get.remote(self._key)
         if not target or target[0] <= self._version:
             return
         version, path = target
@@ -87,7 +100,7 @@ class PhiSampler(LLMServer):
             logger.error("weight refresh to %s failed: %s", path, e)
             error = f"{type(e).__name__}: {e}"
         self._version = version
-        await self._registry.ack.remote(self._app, self._replica, version, error)
+        await self._registry.ack.remote(self._key, self._replica, version, error)
 
     async def _watch_weights(self) -> None:
         while True:

@@ -17,7 +17,7 @@ from ray import serve
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
-from actors.sampler import PhiSampler
+from actors.sampler import LocalFolderCallback, PhiSampler
 
 APP_NAME = "phi4ray-sampler"
 DEPLOYMENT_PREFIX = "PhiSampler:"  # the same for either engine, so clients need not know which
@@ -84,6 +84,7 @@ def sampler_llm_config(
         placement_group_config=placement,
         runtime_env={"env_vars": env},
         server_cls=server_cls,
+        callback_config={"callback_class": LocalFolderCallback},
         deployment_config={
             "autoscaling_config": {
                 "min_replicas": min_replicas, "max_replicas": max_replicas,

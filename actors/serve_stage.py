@@ -30,6 +30,7 @@ def start(model_dir: str | dict[str, str], cfg, app: str | None = None) -> dict:
 
     from actors.ray_session import SERVE_CPUS, ensure_ray
     from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.weights import forget_targets
 
     s = cfg.serve
     models = model_dir if isinstance(model_dir, dict) else {s.model_id: model_dir}
@@ -41,6 +42,7 @@ def start(model_dir: str | dict[str, str], cfg, app: str | None = None) -> dict:
         max_model_len=s.max_model_len or None, kv_cache_gib=s.kv_cache_gib) for mid, folder in models.items()]
     app = app or APP_NAME
     prefix = "/" if app == APP_NAME else f"/{app}"
+    forget_targets(app, [sampler_deployment_name(c) for c in llm_configs])
     serve.run(build_sampler_app(llm_configs, api_key_env=s.api_key_env or None), name=app, route_prefix=prefix)
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     return {"url": f"http://{host}:{s.port}{prefix.rstrip('/')}/v1", "app": app,

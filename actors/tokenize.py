@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.ray_session import ray_session
+from actors.ray_session import data_cpus, ray_session
 from phi4ray import manifest
 from phi4ray.config import ConfigError
 from phi4ray.packing import (PHI4_MIXTURE, MixtureConfig, PackStats, Source, mixture_plan, pack, plan_shares,
@@ -202,7 +202,7 @@ def run_tokenize(run_dir: str | Path, mix: MixtureConfig, *, out_name: str = "to
         ctx.execution_options.preserve_order = True  # document order = file order: seeds reproduce
         try:
             if actors is None:
-                actors = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+                actors = max(1, data_cpus() - 1)
             distinct = _tokenize_sources({name: list(fs) for fs, name in first_with.items()}, actors)
             tokenized = {name: distinct[first_with[tuple(fs)]] for name, fs in files.items()}
         finally:

@@ -2,7 +2,8 @@
 
 Serve restarts replicas on any redeploy from Python (each `serve.run` gets a new code version), so
 a refresh would cost a full engine start and a window with fewer replicas. Instead a small
-detached registry actor holds the target weights per app; every `PhiSampler` replica watches it,
+detached registry actor holds the target weights per deployment (`target_key`: an app may serve
+several models, the eval stage's does); every `PhiSampler` replica watches it,
 reloads in place (vLLM `reload_weights` between `pause` and `resume`: in-flight requests finish,
 new ones wait, none fail) and acknowledges. Replicas that autoscaling starts later load the
 current target before taking traffic from the watch loop's first pass.
@@ -24,27 +25,45 @@ class WeightsRegistry:
         self._target: dict[str, tuple[int, str]] = {}
         self._acks: dict[str, dict[str, tuple[int, str | None]]] = {}
 
-    def set(self, app: str, path: str) -> int:
-        version = self._target.get(app, (0, ""))[0] + 1
-        self._target[app] = (version, path)
+    def set(self, key: str, path: str) -> int:
+        version = self._target.get(key, (0, ""))[0] + 1
+        self._target[key] = (version, path)
         return version
 
-    def get(self, app: str) -> tuple[int, str] | None:
-        return self._target.get(app)
+    def get(self, key: str) -> tuple[int, str] | None:
+        return self._target.get(key)
 
-    def ack(self, app: str, replica: str, version: int, error: str | None = None) -> None:
-        self._acks.setdefault(app, {})[replica] = (version, error)
+    def ack(self, key: str, replica: str, version: int, error: str | None = None) -> None:
+        self._acks.setdefault(key, {})[replica] = (version, error)
 
-    def acks(self, app: str) -> dict[str, tuple[int, str | None]]:
-        return dict(self._acks.get(app, {}))
+    def acks(self, key: str) -> dict[str, tuple[int, str | None]]:
+        return dict(self._acks.get(key, {}))
+
+    def forget(self, key: str) -> None:
+        self._target.pop(key, None)
+        self._acks.pop(key, None)
 
 
 def model_shape(model_dir: str) -> dict:
-    """The config fields that must match for new weights to load into a running engine."""
+    """The config fields that must match for new weights to load into a running engine: the
+    tensor shapes, and what the engine builds from the config once (RoPE tables, context), or
+    midtrained weights would load silently under the pretraining RoPE base."""
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "vocab_size")
+            "intermediate_size", "vocab_size", "rope_theta", "max_position_embeddings")
     return {k: cfg.get(k) for k in keys}
+
+
+def target_key(app: str, deployment: str) -> str:
+    """The registry key of one deployment's weights."""
+    return f"{app}/{deployment}"
+
+
+def forget_targets(app: str, deployments: list[str]) -> None:
+    """A newly deployed app serves the weights it was deployed with: drop the targets an earlier
+    app of the same names left (its replicas would otherwise load them on start)."""
+    reg = registry()
+    ray.get([reg.forget.remote(target_key(app, d)) for d in deployments])
 
 
 def registry():
@@ -75,15 +94,15 @@ def refresh_weights(app: str, deployment: str, weights: str, timeout_s: float = 
     if any(served[k] != v for k, v in shape.items()):
         raise ValueError(f"{weights}: model shape {shape} differs from the served one; "
                          "a new shape needs a new app, not a weight refresh")
-    reg = registry()
-    version = ray.get(reg.set.remote(app, weights))
+    reg, key = registry(), target_key(app, deployment)
+    version = ray.get(reg.set.remote(key, weights))
     t0 = time.time()
     while time.time() - t0 < timeout_s:
-        acks = ray.get(reg.acks.remote(app))
+        acks = ray.get(reg.acks.remote(key))
         errors = {r: err for r, (v, err) in acks.items() if v == version and err}
         if errors:
             # put the last good weights back as the target, so replicas that start later load them
-            ray.get(reg.set.remote(app, served["weights"]))
+            ray.get(reg.set.remote(key, served["weights"]))
             raise RuntimeError(f"weight refresh to {weights} refused: {errors}")
         done = [r for r, (v, _) in acks.items() if v >= version]
         if len(done) >= running_replicas(app, deployment):

@@ -79,6 +79,26 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
+    with _one_cluster(len(stages) > 1):
+        _run_stages(args, cfg, run_dir, stages)
+    print(f"phi4ray: ran {', '.join(s.name for s in stages)} in {time.time() - t_all:.1f}s; run dir {run_dir}; "
+          f"report {run_dir / 'report' / 'index.md'}")
+    return 0
+
+
+def _one_cluster(hold: bool):
+    """A pipeline's stages share one Ray cluster (actors.ray_session.one_cluster); importing it
+    imports no Ray, so a config error or a lone `init` still starts nothing."""
+    import contextlib
+
+    if not hold:
+        return contextlib.nullcontext()
+    from actors.ray_session import one_cluster
+
+    return one_cluster()
+
+
+def _run_stages(args, cfg, run_dir: Path, stages) -> None:
     for stage in stages:
         t0 = time.time()
         before = read_manifest(run_dir, stage.name)
@@ -95,9 +115,6 @@ def main(argv: list[str] | None = None) -> int:
               f"  counts={json.dumps(result.get('counts', {}))}")
         # rewritten after every stage: a run that stops anywhere still has its report so far
         write_report(run_dir, [s.name for s in STAGES])
-    print(f"phi4ray: ran {', '.join(s.name for s in stages)} in {time.time() - t_all:.1f}s; run dir {run_dir}; "
-          f"report {run_dir / 'report' / 'index.md'}")
-    return 0
 
 
 if __name__ == "__main__":

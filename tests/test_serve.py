@@ -11,7 +11,7 @@ import ray
 import torch
 
 from actors.sampler_client import FleetSampler
-from actors.weights import refresh_weights, registry, running_replicas
+from actors.weights import refresh_weights, registry, running_replicas, target_key
 from phi4ray import tokenizer as T
 from phi4ray.hf import export_hf
 from phi4ray.model import greedy_decode
@@ -168,12 +168,12 @@ def test_weight_refresh_in_place_without_failed_requests(sampler_app, tiny_model
     assert _greedy(sampler_app, PROMPT) == expected
 
 
-def test_refresh_to_other_shape_is_refused_and_old_weights_stay(sampler_app, tmp_path):
-    from phi4ray.config import model_preset
+@pytest.mark.parametrize("change", [{"n_layers": 1}, {"rope_theta": 250_000.0}])  # RoPE: midtrained weights
+def test_refresh_to_other_shape_is_refused_and_old_weights_stay(sampler_app, tiny_model, tmp_path, change):
     from phi4ray.model import build_model
 
     before = _greedy(sampler_app, PROMPT)
-    export_hf(build_model(model_preset("tiny").replace(n_layers=1), seed=0), tmp_path / "other")
+    export_hf(build_model(tiny_model.cfg.replace(**change), seed=0), tmp_path / "other")
     with pytest.raises(ValueError, match="differs from the served"):
         refresh_weights(sampler_app["app"], sampler_app["deployment"], str(tmp_path / "other"), timeout_s=60)
     assert _greedy(sampler_app, PROMPT) == before
@@ -204,8 +204,9 @@ def test_autoscaling_up_under_load_and_back_down(sampler_app):
     # each replica answers greedy with the same (refreshed) weights
     answers = {tuple(_greedy(sampler_app, PROMPT)) for _ in range(12)}
     assert answers == {tuple(before)}
-    acks = ray.get(registry().acks.remote(sampler_app["app"]))
-    latest = ray.get(registry().get.remote(sampler_app["app"]))[0]
+    key = target_key(sampler_app["app"], sampler_app["deployment"])
+    acks = ray.get(registry().acks.remote(key))
+    latest = ray.get(registry().get.remote(key))[0]
     assert sum(v == latest and err is None for v, err in acks.values()) >= 2  # the new replica too
     deadline = time.time() + 120
     while time.time() < deadline and _replicas(sampler_app) > 1:

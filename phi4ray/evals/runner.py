@@ -236,13 +236,15 @@ async def _ask(endpoint: OpenAIEndpoint, prompt: str, *, mode: str, samples: int
 async def run_suite(endpoint: OpenAIEndpoint, suite: Suite, *, mode: str = "chat", max_tokens: int = 1024,
                     temperature: float = 0.0, samples: int = 1, concurrency: int = 8,
                     sandbox_limits: SandboxLimits | None = None, records_path: str | os.PathLike | None = None,
-                    retry_errors: bool = True, seed: int | None = None, stop: list[str] | None = None
-                    ) -> SuiteResult:
+                    retry_errors: bool = True, seed: int | None = None, stop: list[str] | None = None,
+                    model_label: str | None = None) -> SuiteResult:
     """Send every item of `suite` to `endpoint` and grade the answers.
 
     With `records_path`, records already there from the same settings are reused (items with an
     endpoint error run again unless `retry_errors` is False) and each new record is appended as it
-    is graded. `samples` answers per item (pass@k); accuracy counts each item's first answer."""
+    is graded. `samples` answers per item (pass@k); accuracy counts each item's first answer.
+    `model_label` names the model in the records when the endpoint's model id does not (a
+    replica that serves several checkpoints in turn under one id)."""
     if mode not in MODES:
         raise EvalError(f"mode={mode!r} must be one of {MODES}")
     for name, value in (("samples", samples), ("concurrency", concurrency), ("max_tokens", max_tokens)):
@@ -250,7 +252,7 @@ async def run_suite(endpoint: OpenAIEndpoint, suite: Suite, *, mode: str = "chat
             raise EvalError(f"{name}={value!r} must be a positive integer")
     if temperature < 0:
         raise EvalError(f"temperature={temperature!r} must be >= 0")
-    model = endpoint.config.model
+    model = model_label or endpoint.config.model
     fingerprint = {"version": suite.version, "mode": mode, "model": model, "samples": samples,
                    "temperature": temperature, "max_tokens": max_tokens, "seed": seed}
     path = Path(records_path) if records_path is not None else None
