@@ -227,16 +227,14 @@ def annotate(texts: list[str], cfg) -> list[dict | None]:
         return _heuristic_annotations(texts)
     if q.annotator == "endpoint":
         return asyncio.run(_judge_annotations(texts, q.url, q.name, q.api_key_env, q.judge_max_tokens))
-    from ray import serve
-
-    from actors.serve_stage import start
+    from actors.serve_stage import release, start
 
     info = start({"phi4ray-annotator": q.model}, cfg, app="phi4ray-annotator")
     try:
         return asyncio.run(_judge_annotations(texts, info["url"], "phi4ray-annotator",
                                               cfg.serve.api_key_env or "PHI4RAY_NO_KEY", q.judge_max_tokens))
     finally:
-        serve.delete(info["app"])
+        release(info)
 
 
 def train_quality(files: list[str], drop: set[str], cfg, out: Path) -> tuple[str, dict]:

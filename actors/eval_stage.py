@@ -5,7 +5,9 @@ go to each through the same HTTP API any user or lm-evaluation-harness would use
 engine shape (weights differ, config does not: init and pretrain; midtrain, SFT and DPO share
 midtraining's RoPE base) form a lane: one vLLM deployment serves them in turn, swapping weights in
 place (actors/weights.py), since an engine start costs far more than a reload. Lanes run side by
-side, one deployment each behind one OpenAI ingress routing by model id. Output:
+side, one deployment each behind one OpenAI ingress routing by model id. In a pipeline run the lane
+ending on the newest model is the main fleet itself (PTS's, reused), left serving it for `serve`.
+Output:
 - RUN/eval/suites/<suite>.jsonl: the built-in suites as the model sees them (curation
   decontaminates against exactly these files), user suites are read where they are;
 - RUN/eval/<stage>/<suite>.jsonl (one graded record per item, appended as graded: a rerun resumes)
@@ -73,30 +75,29 @@ def lanes(models: dict[str, Path]) -> list[list[str]]:
     return list(out.values())
 
 
-async def evaluate_lanes(info: dict, lane_ids: dict[str, list[str]], models: dict[str, Path], labels: dict[str, str],
-                         suites: list[Suite], out_dirs: dict[str, Path], e, api_key_env: str = NO_KEY_ENV
-                         ) -> dict[str, list]:
-    """All suites against every model: the lanes ({served model id: [stage, ...]}) side by side,
-    each lane's stages in turn with a weight swap between; {stage: [SuiteResult]}."""
-    from actors.weights import refresh_weights
+async def evaluate_lanes(placed: list[tuple[dict, str, list[str]]], models: dict[str, Path],
+                         labels: dict[str, str], suites: list[Suite], out_dirs: dict[str, Path], e,
+                         api_key_env: str = NO_KEY_ENV) -> dict[str, list]:
+    """All suites against every model: the lanes ([(app info, served model id, [stage, ...])]) side
+    by side, each lane's stages in turn with a weight swap between; {stage: [SuiteResult]}."""
+    from actors.serve_stage import swap
     from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
     from phi4ray.evals.runner import run_suites
 
     results = {}
 
-    async def lane(mid: str, stages: list[str]):
+    async def lane(info: dict, mid: str, stages: list[str]):
         cfg = EndpointConfig(base_url=info["url"], model=mid, api_key_env=api_key_env, timeout_s=600,
                              max_concurrency=e.concurrency)
-        for i, stage in enumerate(stages):
-            if i:  # the deployment came up on the lane's first model
-                await asyncio.to_thread(refresh_weights, info["app"], info["models"][mid], str(models[stage]))
+        for stage in stages:
+            await asyncio.to_thread(swap, info, mid, str(models[stage]))  # no-op for the first
             async with OpenAIEndpoint(cfg) as endpoint:
                 results[stage] = await run_suites(
                     endpoint, suites, out_dir=out_dirs[stage], mode=e.mode, max_tokens=e.max_tokens,
                     temperature=e.temperature, samples=e.samples, concurrency=e.concurrency, seed=e.seed,
                     model_label=labels[stage])
 
-    await asyncio.gather(*(lane(mid, stages) for mid, stages in lane_ids.items()))
+    await asyncio.gather(*(lane(*p) for p in placed))
     return results
 
 
@@ -153,10 +154,28 @@ def model_groups(stages: list, cfg) -> list[list]:
     return [stages[i:i + fit] for i in range(0, len(stages), fit)]
 
 
-def run_eval(run_dir: Path, cfg) -> dict:
-    from ray import serve
-
+def place_lanes(group: list[list[str]], all_lanes: list[list[str]], models: dict[str, Path], cfg,
+                newest: Path | None) -> list[tuple[dict, str, list[str]]]:
+    """Serve a group of lanes: [(app info, model id, stages)]. The lane ending on `newest` (set in
+    a pipeline run) goes on the main fleet under serve.model_id, where the serve stage that comes
+    next finds it up and serving that model; the rest share the `phi4ray-eval` app."""
     from actors.serve_stage import start
+
+    main = next((lane for lane in group if newest and models[lane[-1]].resolve() == newest), None)
+    side = {f"{cfg.serve.model_id}-eval-{all_lanes.index(lane)}": lane for lane in group if lane is not main}
+    placed = []
+    if main:
+        placed.append((start(str(models[main[0]]), cfg), cfg.serve.model_id, main))
+    if side:
+        info = start({mid: str(models[lane[0]]) for mid, lane in side.items()}, cfg, app="phi4ray-eval")
+        placed += [(info, mid, lane) for mid, lane in side.items()]
+    return placed
+
+
+def run_eval(run_dir: Path, cfg) -> dict:
+    from actors.ray_session import holding
+    from actors.serve_app import APP_NAME
+    from actors.serve_stage import latest_model, release
 
     run_dir = Path(run_dir)
     e = cfg.eval
@@ -172,17 +191,18 @@ def run_eval(run_dir: Path, cfg) -> dict:
     out_dirs = {s: _stage_dir(run_dir, s, fp) for s, fp in fingerprints.items()}
     labels = {s: f"{cfg.serve.model_id}-{s}" for s in models}  # the model named in the records
     all_lanes = lanes(models)
+    newest = latest_model(run_dir).resolve() if holding() else None
     results, t_ready = {}, 0.0
     for group in model_groups(all_lanes, cfg):
-        lane_ids = {f"{cfg.serve.model_id}-eval-{all_lanes.index(lane)}": lane for lane in group}
         t1 = time.time()
-        info = start({mid: str(models[lane[0]]) for mid, lane in lane_ids.items()}, cfg, app="phi4ray-eval")
+        placed = place_lanes(group, all_lanes, models, cfg, newest)
         t_ready += time.time() - t1
         try:
-            results |= asyncio.run(evaluate_lanes(info, lane_ids, models, labels, suites, out_dirs, e,
+            results |= asyncio.run(evaluate_lanes(placed, models, labels, suites, out_dirs, e,
                                                   api_key_env=cfg.serve.api_key_env or NO_KEY_ENV))
         finally:
-            serve.delete(info["app"])
+            for info in {info["app"]: info for info, _, _ in placed}.values():
+                release(info, keep=info["app"] == APP_NAME)  # the serve stage, next, uses it
     results = {s: results[s] for s in models}  # stage order
     summary = {stage: {r.suite: r.summary() for r in rs} for stage, rs in results.items()}
     (run_dir / "eval" / "summary.json").write_text(json.dumps(summary, indent=2))

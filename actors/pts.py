@@ -180,9 +180,7 @@ def judge_round(run_dir: Path, cfg, info: dict) -> dict:
 
 
 def run_pts(run_dir: Path, cfg) -> dict:
-    from ray import serve
-
-    from actors.serve_stage import start
+    from actors.serve_stage import release, start
     from phi4ray import manifest
 
     run_dir = Path(run_dir).resolve()
@@ -198,7 +196,9 @@ def run_pts(run_dir: Path, cfg) -> dict:
         results = run_search(pts_queries(cfg), out, info["deployment"], info["app"], cfg.pts, str(model_dir))
         judged = judge_round(run_dir, cfg, info) if cfg.dpo.judge_prompts else None
     finally:
-        serve.delete(info["app"])
+        # eval serves this model shape on this fleet next; on CPU the idle replica through DPO
+        # costs memory only, on GPU it would hold a GPU the DPO trainer needs
+        release(info, keep=cfg.serve.device == "cpu")
     n_pairs = _write_pairs(results, out / "pairs")
     report = {**search_report(results, cfg.pts), "wall_s": round(time.time() - t0, 1), "fleet_ready_s": round(t_ready, 1)}
     if judged is not None:

@@ -66,10 +66,16 @@ def ray_session(min_cpus: int = 1):
             ray.shutdown()
 
 
+def holding() -> bool:
+    """Inside one_cluster(): stages leave their Serve apps up for the next (actors/serve_stage.py)."""
+    return _held
+
+
 @contextlib.contextmanager
 def one_cluster():
-    """Every stage inside shares one Ray cluster: started by the first stage that needs Ray, left
-    running between stages, stopped at the end (only if it was ours)."""
+    """Every stage inside shares one Ray cluster: started (or joined) by the first stage that needs
+    Ray, left running between stages with the Serve apps stages left up; at the end those apps are
+    deleted (only ours: on a cluster the user's own apps keep serving) and Ray is stopped or left."""
     global _held
     import sys
 
@@ -79,9 +85,9 @@ def one_cluster():
         yield
     finally:
         _held = False
-        if not was_up and "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            from ray import serve
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            from actors.serve_stage import release_all
 
-            with contextlib.suppress(Exception):
-                serve.shutdown()
-            sys.modules["ray"].shutdown()
+            release_all()
+            if not was_up:
+                sys.modules["ray"].shutdown()

@@ -364,9 +364,9 @@ class RayRunner:
 
     def close(self) -> None:
         if self.app_started:
-            from ray import serve
+            from actors.serve_stage import release
 
-            serve.delete(self.app_started["app"])
+            release(self.app_started)
             self.app_started = None
 
 

@@ -78,7 +78,7 @@ class SFTConfig:
     data: str = ""
     problems: int = 2000              # toy domain: training conversations
     heldout: int = 64                 # conversations held out for the before/after loss
-    train: TrainConfig = TrainConfig(seq_len=128, batch_size=8, micro_batch_size=4, steps=150, lr=3e-3,
+    train: TrainConfig = TrainConfig(seq_len=128, batch_size=8, micro_batch_size=4, steps=100, lr=3e-3,
                                      warmup_steps=10, checkpoint_every=50, log_every=10)
 
     def __post_init__(self) -> None:

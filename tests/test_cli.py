@@ -83,6 +83,8 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     assert (tmp_path / "report" / "loss_pretrain.png").is_file()
     served = json.loads((tmp_path / "manifests" / "serve.json").read_text())
     assert served["inputs"]["model"] == str((tmp_path / "models" / "sft").resolve())
+    # one fleet from pts through eval to serve: eval's lane ending on sft ran on it, serve found it up
+    assert served["counts"]["fleet_reused"] is True
     assert isinstance(served["outputs"]["smoke_answer"], str) and served["outputs"]["smoke_answer"]  # tiny model: any text
     assert "smoke chat" in first.stdout
     again = _run(argv, timeout=600)
