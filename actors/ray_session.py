@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 
-# logical CPUs of a local cluster that serves models: room for eval's five stage models at once
-# (each a replica plus its engine's bundle) and the ingress; they mostly wait, so more than cores
+# logical CPUs of a local cluster that serves models: room for several deployments at once (each
+# a replica plus its engine's bundle, and an ingress per app) beside a trainer; they mostly wait,
+# so more than cores. The price: Ray Data jobs run slower on such a cluster (see README)
 SERVE_CPUS = 12
 
 _held = False  # inside one_cluster(): stages leave Ray running for the next
