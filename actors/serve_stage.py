@@ -89,7 +89,7 @@ def swap(info: dict, model_id: str, folder: str) -> None:
     from actors.weights import refresh_weights
 
     folder = str(Path(folder).resolve())
-    live = _live.setdefault(info["app"], {"info": info, "folders": {}})
+    live = _live[info["app"]]  # an app start() deployed and nobody has released
     if live["folders"].get(model_id) != folder:
         refresh_weights(info["app"], info["models"][model_id], folder)
         live["folders"][model_id] = folder
