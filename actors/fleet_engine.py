@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import zlib
 
-from actors.judge import _decode_response, render_prompt
-from actors.serve_app import APP_NAME
+from actors.judge import decode_response, render_prompt
+from actors.sampler_client import FleetSampler
+from actors.serve_names import APP_NAME
 from phi4ray.sampling import SampleRequest
 from phi4ray.tokenizer import IM_END
 
@@ -24,8 +25,6 @@ from phi4ray.tokenizer import IM_END
 class FleetEngine:
     def __init__(self, deployment: str = "", app: str = APP_NAME, *, seed: int | None = None, sampler=None):
         if sampler is None:
-            from actors.sampler_client import FleetSampler
-
             sampler = FleetSampler(deployment, app)
         self.sampler, self.seed = sampler, seed
 
@@ -46,7 +45,7 @@ class FleetEngine:
             if isinstance(cause, Exception):
                 raise cause from None
             raise
-        return [_decode_response(s.token_ids) for s in samples]
+        return [decode_response(s.token_ids) for s in samples]
 
     async def generate(self, prompts: list[str], *, n: int, max_tokens: int,
                        temperature: float) -> list[list[str]]:

@@ -29,9 +29,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.serve_app import APP_NAME
-from phi4ray.judge import (JUDGE_TEMPLATE_V1, NO_PAIR_REASONS, Candidate, Template, best_of_n, judge_prompt, overall,
-                           score_candidates, shortfall_reason)
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actors.serve_names import APP_NAME
+from phi4ray.judge import (
+    JUDGE_TEMPLATE_V1,
+    NO_PAIR_REASONS,
+    Candidate,
+    Template,
+    best_of_n,
+    judge_prompt,
+    overall,
+    score_candidates,
+    shortfall_reason,
+)
+from phi4ray.manifest import read_checkpoint_lines
 from phi4ray.sampling import SampleRequest
 from phi4ray.tokenizer import IM_END, get_tokenizer
 
@@ -42,7 +55,7 @@ def render_prompt(question: str) -> list[int]:
     return get_tokenizer().render_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
 
 
-def _decode_response(ids: list[int]) -> str:
+def decode_response(ids: list[int]) -> str:
     return get_tokenizer().decode(ids[:-1] if ids and ids[-1] == IM_END else ids)
 
 
@@ -63,7 +76,7 @@ class FleetPolicy:
 
     def __post_init__(self) -> None:
         if self.sampler is None:
-            from actors.sampler_client import FleetSampler
+            from actors.sampler_client import FleetSampler  # deferred: Ray Serve loads only when no sampler is given
 
             self.sampler = FleetSampler(self.deployment, self.app)
 
@@ -73,7 +86,7 @@ class FleetPolicy:
             top_p=self.top_p, seed=self.seed, stop_ids=[IM_END]))
         # the sampled ids are the response, exactly: DPO then trains on the tokens the policy
         # produced (ending with <|im_end|> when it stopped), with no decode/re-encode drift
-        return [Candidate(self.model_id, list(s.token_ids), _decode_response(s.token_ids), s.finish_reason)
+        return [Candidate(self.model_id, list(s.token_ids), decode_response(s.token_ids), s.finish_reason)
                 for s in samples]
 
 
@@ -86,7 +99,7 @@ class EndpointPolicy:
         self._client = None
 
     def _endpoint(self):
-        from phi4ray.endpoint import OpenAIEndpoint
+        from phi4ray.endpoint import OpenAIEndpoint  # deferred: httpx loads only for endpoint policies
 
         if self._client is None:  # created inside the running loop: the client binds to it
             self._client = OpenAIEndpoint(self.config)
@@ -123,14 +136,14 @@ class FleetJudge:
 
     def __post_init__(self) -> None:
         if self.sampler is None:
-            from actors.sampler_client import FleetSampler
+            from actors.sampler_client import FleetSampler  # deferred: Ray Serve loads only when no sampler is given
 
             self.sampler = FleetSampler(self.deployment, self.app)
 
     async def __call__(self, prompt_text: str) -> str:
         req = SampleRequest(prompt_ids=render_prompt(prompt_text), n=1, max_tokens=self.max_tokens,
                             temperature=0.0, stop_ids=[IM_END])
-        return _decode_response((await self.sampler.sample(req))[0].token_ids)
+        return decode_response((await self.sampler.sample(req))[0].token_ids)
 
 
 class EndpointJudge:
@@ -140,7 +153,7 @@ class EndpointJudge:
         self.config, self.max_tokens, self._client = config, max_tokens, None
 
     async def __call__(self, prompt_text: str) -> str:
-        from phi4ray.endpoint import OpenAIEndpoint
+        from phi4ray.endpoint import OpenAIEndpoint  # deferred: httpx loads only for endpoint judges
 
         if self._client is None:
             self._client = OpenAIEndpoint(self.config)
@@ -156,8 +169,6 @@ class EndpointJudge:
 
 # --- resumable per-prompt driver ------------------------------------------------------------------
 def _load_checkpoint(path: Path, template_id: str) -> dict[str, dict]:
-    from phi4ray.manifest import read_checkpoint_lines
-
     # judged under another template: judge it again
     return read_checkpoint_lines(path, keep=lambda r: r.get("template_id") == template_id)
 
@@ -224,8 +235,6 @@ _SCORE_COLS = [f"{side}_{c}" for side in ("chosen", "rejected") for c in ("accur
 
 
 def pair_schema():
-    import pyarrow as pa
-
     ids = pa.list_(pa.int64())  # the same types as PTS pairs, so both rounds' files concatenate
     return pa.schema([("pair_id", pa.string()), ("query_id", pa.string()), ("model_id", pa.string()),
                       ("prompt_ids", ids), ("chosen_ids", ids), ("rejected_ids", ids),
@@ -291,9 +300,6 @@ def build_judged_pairs(prompts: list[dict], policies: list, judge, out_dir, conc
 
 def write_pair_outputs(results: list[dict], out_dir: Path, template: Template, policies: list[str],
                        wall_s: float) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     rows = [r["pair"] for r in results if r["status"] == "pair"]
     misses = [r for r in results if r["status"] != "pair"]
     pq.write_table(pa.Table.from_pylist(rows, schema=pair_schema()), out_dir / "pairs.parquet")

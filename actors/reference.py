@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import ray.data
+import torch
+
+from phi4ray.dpo import pair_logps
+from phi4ray.hf import import_hf
+from phi4ray.tokenizer import PAD
+
 
 class RefLogps:
     def __init__(self, model_dir: str, micro_batch: int = 16):
-        import torch
-
-        from phi4ray.hf import import_hf
-
         torch.set_num_threads(1)  # one actor per CPU
         self.model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
         self.micro = micro_batch
@@ -23,12 +27,6 @@ class RefLogps:
     def __call__(self, batch):
         # pyarrow batches in and out: id lists stay plain list<int> columns (numpy batches would
         # come back as Ray's tensor extension type, which readers without Ray cannot decode)
-        import pyarrow as pa
-        import torch
-
-        from phi4ray.dpo import pair_logps
-        from phi4ray.tokenizer import PAD
-
         cols = {k: batch.column(k).to_pylist() for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
         chosen, rejected = [], []
         with torch.no_grad():
@@ -44,8 +42,6 @@ class RefLogps:
 def add_reference_logps(pairs_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
                         concurrency: int = 2, batch_size: int = 64) -> int:
     """pairs_dir/*.parquet -> out_dir/*.parquet with REF_COLUMNS added; returns the pair count."""
-    import ray
-
     out = Path(out_dir)
     ds = ray.data.read_parquet(str(Path(pairs_dir).resolve()))
     ds = ds.map_batches(RefLogps, fn_constructor_args=(str(Path(model_dir).resolve()),), batch_size=batch_size,

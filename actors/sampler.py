@@ -17,10 +17,14 @@ import logging
 import os
 import time
 import uuid
+from pathlib import Path
 
 from ray import serve
 from ray.llm._internal.common.callbacks.base import CallbackBase  # LLMConfig.callback_config's base
 from ray.serve.llm.deployment import LLMServer
+from vllm import SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
 
 from actors.weights import model_shape, registry, target_key
 from phi4ray.sampling import SampleRequest
@@ -34,8 +38,6 @@ class LocalFolderCallback(CallbackBase):
     laptop. A cloud URI (or a folder missing here) still goes through Ray's download."""
 
     async def on_before_node_init(self) -> None:
-        from pathlib import Path
-
         if Path(self.llm_config.model_loading_config.model_source).is_dir():
             self.ctx.run_init_node = False
 
@@ -61,10 +63,6 @@ class PhiSampler(LLMServer):
     # --- token-level sampling ----------------------------------------------------------------
     async def sample(self, request: dict) -> list[dict]:
         """SampleRequest (as a dict) -> [{"token_ids", "logprobs", "finish_reason"}] * n."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
-
         req = SampleRequest.from_dict(request).validate(self._shape["vocab_size"], self._max_model_len)
         params = SamplingParams(
             n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,

@@ -15,7 +15,7 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from actors.serve_app import APP_NAME
+from actors.serve_names import APP_NAME
 from phi4ray.sampling import Sample, SampleRequest
 
 logger = logging.getLogger("phi4ray.sampler_client")

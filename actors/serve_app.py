@@ -13,14 +13,16 @@ import json
 import os
 from pathlib import Path
 
+from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve.llm import LLMConfig
+from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
+from ray.llm._internal.serve.core.server.builder import _get_deployment_name  # Ray's own naming rule
+from ray.serve.llm import LLMConfig, build_llm_deployment
 from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
 from actors.sampler import LocalFolderCallback, PhiSampler
-
-APP_NAME = "phi4ray-sampler"
-DEPLOYMENT_PREFIX = "PhiSampler:"  # the same for either engine, so clients need not know which
+from actors.serve_names import DEPLOYMENT_PREFIX
 
 
 def sampler_llm_config(
@@ -74,7 +76,7 @@ def sampler_llm_config(
         placement = {"bundles": [{"GPU": 1, "CPU": 1}]}
     server_cls = PhiSampler
     if engine == "sglang":
-        from actors.sampler_sglang import PhiSGLangSampler
+        from actors.sampler_sglang import PhiSGLangSampler  # deferred: SGLang is a GPU-only extra
 
         server_cls = PhiSGLangSampler
         engine_kwargs = {"model_path": model_dir, "dtype": "bfloat16", "context_length": max_model_len}
@@ -100,8 +102,6 @@ def sampler_llm_config(
 def _api_key_middleware(app, key_sha256: str) -> None:
     """Bearer-key check on every route. Only the key's SHA-256 travels to the replicas, so the
     key itself is in no actor spec, dashboard or log."""
-    from fastapi.responses import JSONResponse
-
     @app.middleware("http")
     async def check_key(request, call_next):
         auth = request.headers.get("authorization", "")
@@ -122,9 +122,6 @@ def build_sampler_app(llm_config: LLMConfig | list[LLMConfig], api_key_env: str 
     api_key_env names an environment variable (read here, on the driver) holding the HTTP API key.
     """
     configs = llm_config if isinstance(llm_config, list) else [llm_config]
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
-    from ray.serve.llm import build_llm_deployment
 
     fastapi_app = init_fastapi()  # Ray's app: error handling, CORS, request ids
     if api_key_env:
@@ -140,8 +137,6 @@ def build_sampler_app(llm_config: LLMConfig | list[LLMConfig], api_key_env: str 
 
 def sampler_deployment_name(llm_config: LLMConfig) -> str:
     """The name `build_llm_deployment` gives the sampler deployment (Ray's own naming rule)."""
-    from ray.llm._internal.serve.core.server.builder import _get_deployment_name
-
     return DEPLOYMENT_PREFIX + _get_deployment_name(llm_config)
 
 

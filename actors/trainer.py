@@ -10,61 +10,48 @@ The per-worker loop is phi4ray.train's step plus what a cluster needs:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import ray.train
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
-from phi4ray.config import ModelConfig
-from phi4ray.dpo import DPOConfig
-from phi4ray.train import TrainConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainJob:
-    stage: str                      # "pretrain" | "midtrain" | "sft" | "dpo"
-    model: ModelConfig
-    train: TrainConfig
-    tokens_dir: str                 # packed Parquet rows (phi4ray.packing / phi4ray.sft), or DPO pairs
-    run_dir: str
-    init_from: str | None = None    # HF folder to start from (the previous stage's model)
-    loss_mask: bool = False         # rows carry a loss_mask column (SFT: assistant tokens only)
-    dpo: DPOConfig | None = None    # set: the objective is DPO over pairs with stored reference log-probs
-    # fault injection for resume tests: raise once when this step is reached (a marker file in
-    # the stage dir makes it one-shot across restarts)
-    fail_once_at_step: int | None = None
+from phi4ray.dpo import PairLoader, dpo_step, load_pairs
+from phi4ray.hf import export_hf, import_hf
+from phi4ray.model import Phi4, build_model
+from phi4ray.packing import load_rows
+from phi4ray.parallelize import parallelize
+from phi4ray.tokenizer import PAD
+from phi4ray.train import SequenceLoader, make_optimizer, peak_flops, train_step
+from phi4ray.train_jobs import TrainJob, prepare_checkpoints
+from phi4ray.train_metrics import truncate_metrics
 
 
 def _rank_world():
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def _all_reduce(t: torch.Tensor) -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
 
 
 def _state_dicts(model, optimizer):
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     msd, osd = get_state_dict(model, optimizer)
     return {"model": msd, "optim": osd}
 
 
 def _save(ckpt_dir: str, model, optimizer, trainer_state: dict) -> None:
-    import torch.distributed.checkpoint as dcp
-
     dcp.save(_state_dicts(model, optimizer), checkpoint_id=ckpt_dir)
     rank, _ = _rank_world()
     if rank == 0:
@@ -72,9 +59,6 @@ def _save(ckpt_dir: str, model, optimizer, trainer_state: dict) -> None:
 
 
 def _load(ckpt_dir: str, model, optimizer) -> dict:
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
     state = _state_dicts(model, optimizer)
     dcp.load(state, checkpoint_id=ckpt_dir)  # reshards to the current world size
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
@@ -83,11 +67,6 @@ def _load(ckpt_dir: str, model, optimizer) -> dict:
 
 def _export_full(model, job: TrainJob, out: Path) -> None:
     """Gather the full state on rank 0 and write the HF folder (all ranks must call this)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from phi4ray.hf import export_hf
-    from phi4ray.model import Phi4
-
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rank, _ = _rank_world()
     if rank == 0:
@@ -97,10 +76,6 @@ def _export_full(model, job: TrainJob, out: Path) -> None:
 
 
 def build_for_training(job: TrainJob, device: torch.device, distributed: bool):
-    from phi4ray.hf import import_hf
-    from phi4ray.model import build_model
-    from phi4ray.parallelize import parallelize
-
     torch.manual_seed(job.train.seed)  # same init on every rank before sharding
     if job.init_from:
         model = import_hf(job.init_from, device=device, dtype=torch.float32)
@@ -111,32 +86,10 @@ def build_for_training(job: TrainJob, device: torch.device, distributed: bool):
     return parallelize(model, job.train, distributed)
 
 
-def load_rows(tokens_dir: str, seq_len: int, loss_mask: bool = False) -> tuple[np.ndarray, ...]:
-    """All packed rows of a token folder (phi4ray.packing's shards), checked against seq_len:
-    (tokens, doc_ids) or, with loss_mask, (tokens, doc_ids, loss_mask)."""
-    from phi4ray.packing import load_token_shards
-
-    d = Path(tokens_dir)
-    shards = list(load_token_shards(d.parent, d.name, loss_mask=loss_mask))
-    width = seq_len + 1
-    for tokens, *_ in shards:
-        if tokens.shape[1] != width:
-            raise ValueError(f"{tokens_dir}: rows are {tokens.shape[1]} tokens long, not {width} "
-                             f"(train.seq_len={seq_len} + 1); re-run tokenize with this seq_len")
-    if not sum(len(s[0]) for s in shards):
-        raise ValueError(f"{tokens_dir}: no packed rows")
-    return tuple(np.concatenate([s[i] for s in shards]) for i in range(len(shards[0])))
-
-
 def make_data(job: TrainJob, device):
     """(loader, step function) for the job's objective; both loaders resume from state_dict()."""
-    from phi4ray.train import SequenceLoader, train_step
-
     tc = job.train
     if job.dpo is not None:
-        from phi4ray.dpo import PairLoader, dpo_step, load_pairs
-        from phi4ray.tokenizer import PAD
-
         loader = PairLoader(load_pairs(job.tokens_dir), tc.batch_size, seed=tc.seed)
         return loader, lambda model, opt, batch, step, all_reduce: dpo_step(
             model, opt, batch, step, job.dpo, PAD, device, all_reduce)
@@ -146,11 +99,6 @@ def make_data(job: TrainJob, device):
 
 
 def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    from ray.train import Checkpoint
-
-    from phi4ray.train import make_optimizer, peak_flops
-
     job: TrainJob = config["job"]
     tc = job.train
     rank, world = _rank_world()
@@ -171,13 +119,14 @@ def train_loop_per_worker(config: dict) -> None:
         loader.load_state_dict(state["loader"])
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
 
-    stage_dir = Path(job.run_dir) / "checkpoints" / job.stage
+    stage_dir = job.metrics_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = stage_dir / "metrics.jsonl"
+    metrics_path = stage_dir / "metrics.jsonl"
     writer = None
     if rank == 0:
+        truncate_metrics(metrics_path, step)  # steps past the checkpoint are trained (and logged) again
         try:  # tensorboardX comes with Ray; metrics.jsonl always has everything anyway
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # deferred: optional, and only rank 0 writes
 
             writer = SummaryWriter(str(stage_dir / "tensorboard"))
         except ImportError:
@@ -204,7 +153,7 @@ def train_loop_per_worker(config: dict) -> None:
                    **{k: v for k, v in out.items() if k.startswith("reward_")}}
         t_last, tok_since = time.perf_counter(), 0
         if rank == 0:
-            with open(metrics_file, "a") as f:
+            with open(metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")
             if writer:
                 for k in ("loss", "lr", "grad_norm", "tokens_per_s", "reward_margin", "reward_accuracy"):
@@ -227,15 +176,14 @@ def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu:
                  max_failures: int = 3, resources_per_worker: dict | None = None,
                  resize_check_s: float = 60.0):
     """Fit on Ray Train. Rerunning the same stage in the same run dir resumes from its last
-    checkpoint; a finished stage is a no-op at the pipeline level (its manifest).
+    checkpoint when that checkpoint is of the same training (phi4ray.train_jobs.resume_key: a
+    longer `train.steps` trains on from the last one; another model, data or starting model starts
+    fresh, the old checkpoints moved aside); a finished stage is a no-op at the pipeline level.
 
     num_workers=(lo, hi) is elastic: training runs on as many workers as the cluster holds, resumes
     on fewer from the last checkpoint when a node goes, and grows again (checked every
     resize_check_s) when nodes come back."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    _fresh_if_changed(job)
+    prepare_checkpoints(job)  # a checkpoint of another training is moved aside, never resumed
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
@@ -250,58 +198,4 @@ def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu:
     return trainer.fit()
 
 
-def _fresh_if_changed(job: TrainJob) -> None:
-    """Resume only what this job started: checkpoints of the same stage made under another
-    job (another config, data or starting model) are removed, with their metrics, first."""
-    import shutil
-
-    key = json.dumps(dataclasses.asdict(dataclasses.replace(job, fail_once_at_step=None)), sort_keys=True, default=str)
-    ckpts = Path(job.run_dir).resolve() / "ray_train" / job.stage
-    marker = ckpts / "phi4ray_job.json"
-    if ckpts.exists() and (not marker.exists() or marker.read_text() != key):
-        print(f"{job.stage}: checkpoints in {ckpts} belong to another configuration; starting fresh")
-        shutil.rmtree(ckpts)
-        shutil.rmtree(Path(job.run_dir) / "checkpoints" / job.stage, ignore_errors=True)
-    ckpts.mkdir(parents=True, exist_ok=True)
-    marker.write_text(key)
-
-
-def plot_loss(run_dir: str | Path, stage: str) -> Path | None:
-    """RUN/report/loss_<stage>.png: loss against step, one colour per worker count (resizes show)."""
-    metrics = read_metrics(run_dir, stage)
-    if not metrics:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    segments: list[list[dict]] = []  # contiguous runs on one worker count (a resize starts a new one)
-    for m in metrics:
-        if not segments or segments[-1][-1]["world_size"] != m["world_size"]:
-            segments.append([])
-        segments[-1].append(m)
-    colors, seen = {}, set()
-    for seg in segments:
-        world = seg[0]["world_size"]
-        colors.setdefault(world, f"C{len(colors)}")
-        ax.plot([m["step"] for m in seg], [m["loss"] for m in seg], marker=".", color=colors[world],
-                label=None if world in seen else f"{world} worker(s)")
-        seen.add(world)
-    ax.set(xlabel="step", ylabel="loss", title=f"{stage} loss")
-    ax.legend()
-    out = Path(run_dir) / "report" / f"loss_{stage}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def read_metrics(run_dir: str | Path, stage: str) -> list[dict]:
-    p = Path(run_dir) / "checkpoints" / stage / "metrics.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
-
-
-__all__ = ["TrainJob", "run_training", "train_loop_per_worker", "read_metrics"]
+__all__ = ["TrainJob", "run_training", "train_loop_per_worker"]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import ray
+from ray import serve
 
 REGISTRY_NAME, REGISTRY_NAMESPACE = "phi4ray-weights", "phi4ray"
 
@@ -72,8 +73,6 @@ def registry():
 
 
 def running_replicas(app: str, deployment: str) -> int:
-    from ray import serve
-
     status = serve.status().applications[app].deployments[deployment]
     return int(status.replica_states.get("RUNNING", 0))
 
@@ -83,8 +82,6 @@ def refresh_weights(app: str, deployment: str, weights: str, timeout_s: float = 
 
     Returns when all running replicas acknowledged the new version; raises if one refused it.
     """
-    from ray import serve
-
     weights = str(Path(weights).resolve())
     try:
         shape = model_shape(weights)

@@ -41,13 +41,18 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+import xxhash  # noqa: E402
+
+from phi4ray.corpus import builtin_sources  # noqa: E402
+from phi4ray.curate.filters import corruption_reason, corruption_scores  # noqa: E402
+from phi4ray.curate.langid import LanguageID  # noqa: E402
+from phi4ray.curate.minhash import MinHashConfig, signatures  # noqa: E402
+from tests.test_curate_filters import man_pages  # noqa: E402
+
 
 def corpus(n_docs: int) -> list[tuple[str, str, str]]:
     """(text, content_type, kind): up to 35% prose (as many docstring documents as the stdlib
     yields), 35% code, man pages for the rest, round-robin over nine languages."""
-    from phi4ray.corpus import builtin_sources
-    from tests.test_curate_filters import man_pages
-
     share = int(n_docs * 0.35)
     src = builtin_sources(share)
     docs = [(d["text"], "text", "prose") for d in src["web"][:share]]
@@ -62,6 +67,7 @@ def corpus(n_docs: int) -> list[tuple[str, str, str]]:
 
 
 def regex_tokenizer():
+    # deferred: datatrove loads after --extra-site has joined sys.path (it looks for spaCy there)
     from datatrove.utils.word_tokenizers import WordTokenizer
 
     class RegexWordTokenizer(WordTokenizer):
@@ -101,13 +107,10 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
+    # deferred: datatrove loads after --extra-site has joined sys.path (it looks for spaCy there)
     from datatrove.data import Document
     from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupSignature
     from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
-
-    from phi4ray.curate.filters import corruption_reason, corruption_scores
-    from phi4ray.curate.langid import LanguageID
-    from phi4ray.curate.minhash import MinHashConfig, signatures
 
     docs = corpus(args.docs)
     texts = [t for t, _, _ in docs]
@@ -116,7 +119,7 @@ def main() -> None:
         kinds[k.split("/")[0]] = kinds.get(k.split("/")[0], 0) + 1
     mb = sum(len(t.encode()) for t in texts) / 2**20
     try:
-        import spacy  # noqa: F401
+        import spacy  # noqa: F401  # deferred: optional, not a project dependency
 
         tok, tok_note = "en", f"spaCy {spacy.__version__} blank 'en' (datatrove's own choice)"
     except ImportError:
@@ -128,7 +131,7 @@ def main() -> None:
     verdict = {}
 
     lid = LanguageID()
-    model = lid._model  # the same lid.176.ftz, loaded once
+    model = lid.model  # the same lid.176.ftz, loaded once
     # as in the pipeline, the filters get each document's language (stop words for English only,
     # no word-count rules for Japanese); found once here, outside the timed block
     langs = [lang if ct == "text" else "" for (lang, _), (_, ct, _) in zip(lid.predict(texts), docs)]
@@ -164,8 +167,6 @@ def main() -> None:
         signer._hash_func("probe")
         hash_note = ""
     except TypeError:  # xxhash >= 4 takes bytes only; datatrove 0.10.1 passes str
-        import xxhash
-
         signer._hash_func = lambda s: xxhash.xxh64_intdigest(s.encode("utf-8"))
         hash_note = ("\ndatatrove MinHash: its xxhash64 helper passes str, which xxhash 4.x refuses; it is "
                      "called with the UTF-8 bytes instead (what xxhash 3.x did inside)")

@@ -51,7 +51,7 @@ def ours(html: bytes, url: str) -> str:
 
 
 def trafilatura_md(html: bytes, url: str) -> str:
-    import trafilatura
+    import trafilatura  # deferred: a benchmark-only dependency, loaded when its extractor runs
     return trafilatura.extract(html, url=url, output_format="markdown", include_tables=True,
                                include_formatting=True, include_comments=True) or ""
 
@@ -196,7 +196,8 @@ def forum_page(kind: str, rng: random.Random) -> tuple[str, dict]:
         paras = "".join(f"<p>{s}</p>" for s in body)
         if kind == "forum-div":
             posts.append(f"<div class='post' id='p{i}'><div class='post-meta'><a class='username' href='/u'>{author}</a>"
-                         f"<time datetime='2024-03-0{i + 1}'>March {i + 1}</time></div><div class='post-body'>{quote}{paras}</div>"
+                         f"<time datetime='2024-03-0{i + 1}'>March {i + 1}</time></div>"
+                         f"<div class='post-body'>{quote}{paras}</div>"
                          "<div class='signature'>Sent from my phone</div>"
                          "<div class='post-footer'><a href='#'>Reply</a> <a href='#'>Report post</a></div></div>")
         else:

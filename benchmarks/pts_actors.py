@@ -35,7 +35,8 @@ def main() -> None:
     from ray import serve
 
     from actors.pts import run_search
-    from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve_app import build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve_names import APP_NAME
     from phi4ray.config import model_preset
     from phi4ray.hf import export_hf
     from phi4ray.model import build_model

@@ -100,7 +100,8 @@ def main() -> None:
     from ray import serve
 
     from actors.sampler_client import FleetSampler
-    from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve_app import build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve_names import APP_NAME
     from phi4ray.sampling import SampleRequest
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)

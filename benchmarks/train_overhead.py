@@ -48,7 +48,9 @@ def main() -> None:
 
     import ray
 
-    from actors.trainer import TrainJob, read_metrics, run_training
+    from actors.trainer import run_training
+    from phi4ray.train_jobs import TrainJob
+    from phi4ray.train_metrics import read_metrics
 
     run = Path(tempfile.mkdtemp(prefix="phi4ray-overhead-"))
     (run / "tokens").mkdir()

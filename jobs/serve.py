@@ -4,7 +4,7 @@ Joins the cluster in RAY_ADDRESS (set by `ray job submit`) and serves until the 
 """
 import sys
 
-from phi4ray.cli import main
+from jobs.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["serve", *sys.argv[1:]]))

@@ -4,7 +4,7 @@ Not jobs/tokenize.py: `python jobs/X.py` puts jobs/ first on sys.path, and that 
 the standard library's tokenize module (imported by inspect, linecache, ...)."""
 import sys
 
-from phi4ray.cli import main
+from jobs.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["tokenize", *sys.argv[1:]]))

@@ -17,7 +17,14 @@ question's reference answer is the word "prime" (check_answer tests primality).
 from __future__ import annotations
 
 import random
+import zlib
 from dataclasses import dataclass
+
+import torch
+
+from phi4ray.config import ConfigError
+from phi4ray.oracles import MathOracle, extract_answer
+from phi4ray.tokenizer import IM_END, get_tokenizer
 
 
 @dataclass(frozen=True)
@@ -29,8 +36,6 @@ class ArithConfig:
     teacher_accuracy: float = 0.5  # how often the SFT teacher's number is really prime
 
     def __post_init__(self) -> None:
-        from phi4ray.config import ConfigError
-
         if not 0 <= self.prime_share <= 1 or not 0 <= self.teacher_accuracy <= 1:
             raise ConfigError(f"arith.prime_share={self.prime_share} and arith.teacher_accuracy="
                               f"{self.teacher_accuracy} must be in [0, 1]")
@@ -95,8 +100,6 @@ def make_prime_questions(n: int, seed: int, cfg: ArithConfig, split: str) -> lis
 
 def check_answer(text: str, reference: str) -> bool:
     """The domain's oracle: primality for prime questions, the math oracle otherwise."""
-    from phi4ray.oracles import MathOracle, extract_answer
-
     if reference == "prime":
         a = extract_answer(text)
         return a is not None and a.strip().isdigit() and int(a) in PRIMES
@@ -125,8 +128,6 @@ def make_arithmetic(n: int, seed: int, cfg: ArithConfig = ArithConfig(), split: 
 
 
 def _split_of(question: str) -> str:
-    import zlib
-
     # 80% train, 20% held out, decided by the text so that any seed keeps the sets disjoint
     return "train" if zlib.crc32(question.encode()) % 5 else "test"
 
@@ -141,10 +142,6 @@ def success_rate(model, problems: list[dict], samples: int = 4, max_tokens: int 
     """Mean oracle success of `samples` sampled answers per problem: p(success) averaged over the
     problems, the quantity PTS raises. Plain torch (no KV cache: fine for tiny models and
     short answers); the eval stage measures served models through the endpoint instead."""
-    import torch
-
-    from phi4ray.tokenizer import IM_END, get_tokenizer
-
     tok = get_tokenizer()
     gen = torch.Generator().manual_seed(seed)
     jobs = [(p, tok.render_chat([{"role": "user", "content": p["question"]}], add_generation_prompt=True).ids)

@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from phi4ray.errors import UserError
+
 # Vocabulary of the Phi-4 tokenizer: cl100k (100,256 ranks) + specials + dummies, padded to a
 # multiple of 128 so the embedding and output matmuls tile well on GPUs.
 PHI4_VOCAB_SIZE = 100_352
 
 
-class ConfigError(ValueError):
-    """A config that cannot describe a model; the message names the field."""
+class ConfigError(UserError, ValueError):
+    """A config value that cannot work; the message names the field."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ import sysconfig
 import warnings
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 LICENSES_DIR = Path("/usr/share/common-licenses")
 MAX_FILE_BYTES = 256 * 1024  # a few generated tables in the stdlib are huge and not very codelike
 MIN_PROSE_CHARS = 200
@@ -28,7 +31,7 @@ def stdlib_files() -> list[Path]:
                   if "site-packages" not in p.parts and "__pycache__" not in p.parts and p.is_file())
 
 
-def _spread(items: list, k: int) -> list:
+def spread(items: list, k: int) -> list:
     """k items evenly spaced over the list (all of them when k >= len)."""
     if k >= len(items):
         return list(items)
@@ -78,7 +81,7 @@ def builtin_sources(max_docs_per_source: int = 200) -> dict[str, list[dict]]:
     files = [(p, p.relative_to(root).as_posix()) for p in stdlib_files()]
     code_files, prose_files = files[0::2], files[1::2]
     # oversample the candidate list: some files are skipped (too big, no docstrings)
-    code = _take(_spread(code_files, 2 * max_docs_per_source), max_docs_per_source, "code", _read)
+    code = _take(spread(code_files, 2 * max_docs_per_source), max_docs_per_source, "code", _read)
 
     licenses = []
     if LICENSES_DIR.is_dir():
@@ -89,7 +92,7 @@ def builtin_sources(max_docs_per_source: int = 200) -> dict[str, list[dict]]:
                 seen.add(real)
                 licenses.append((real, f"licenses/{p.name}"))
     web = _take(licenses, max_docs_per_source, "web", _read)
-    web += _take(_spread(prose_files, 4 * max_docs_per_source), max_docs_per_source - len(web), "web",
+    web += _take(spread(prose_files, 4 * max_docs_per_source), max_docs_per_source - len(web), "web",
                  lambda p: (_docstrings(src) if (src := _read(p)) else None))
     return {name: docs for name, docs in (("code", code), ("web", web)) if docs}
 
@@ -97,9 +100,6 @@ def builtin_sources(max_docs_per_source: int = 200) -> dict[str, list[dict]]:
 def write_builtin_corpus(out_dir: str | Path, max_docs_per_source: int = 200) -> dict[str, Path]:
     """Write each built-in source as `out_dir/<source>/part-00000.parquet` (columns text, id, source,
     path); returns {source: folder}. A folder already written with the same size is reused."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out = Path(out_dir)
     marker = out / "_SUCCESS.json"
     if marker.is_file():

@@ -18,14 +18,21 @@ Loss variants follow TRL's DPOTrainer (checked against it in tests/test_dpo.py):
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from phi4ray.arith import make_problems, success_rate
 from phi4ray.config import ConfigError
-from phi4ray.train import TrainConfig, apply_optimizer
+from phi4ray.hf import import_hf
+from phi4ray.tokenizer import PAD
+from phi4ray.train import RowOrder, TrainConfig, apply_optimizer
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo")
 
@@ -162,8 +169,6 @@ class PairLoader:
     """SequenceLoader's resumable global cursor over a table of pairs (dict of column lists)."""
 
     def __init__(self, pairs: dict, batch_size: int, seed: int = 0):
-        from phi4ray.train import RowOrder
-
         self.pairs = pairs
         self.order = RowOrder(len(pairs["prompt_ids"]), batch_size, seed)
 
@@ -189,10 +194,6 @@ REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp")
 def load_pairs(folder: str, need_ref: bool = True) -> dict[str, list]:
     """All pairs of a folder of Parquet files as columns of lists, checked: every side non-empty
     and the reference log-probs present (DPO training never runs a reference model)."""
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
-
     files = sorted(Path(folder).glob("*.parquet"))
     if not files:
         raise FileNotFoundError(f"{folder}: no pair files")
@@ -210,4 +211,45 @@ def load_pairs(folder: str, need_ref: bool = True) -> dict[str, list]:
     for i, (p, c, r) in enumerate(zip(*(out[k] for k in PAIR_COLUMNS))):
         if not len(p) or not len(c) or not len(r):
             raise ValueError(f"{folder}: pair {i} has an empty prompt, chosen or rejected side")
+    return out
+
+
+# --- the dpo stage's data and measures ----------------------------------------------------------
+def heldout_query(key: str) -> bool:
+    """The pairs of one query in five, by a stable hash of the query id, are held out."""
+    return zlib.crc32(key.encode()) % 5 == 0
+
+
+def split_pairs(src_dirs: list[Path], train_dir: Path, held_dir: Path) -> tuple[int, int]:
+    """All pairs of `src_dirs` into train_dir/pairs.parquet and held_dir/pairs.parquet (held out by
+    query id, or pair id where a file has none); returns (train, held-out) counts."""
+    if not src_dirs:
+        raise FileNotFoundError("no DPO pair folders (RUN/pts/pairs, RUN/dpo/pairs_full): run `phi4ray pts` first")
+    # PTS and judge pairs carry different extra columns: promote to one schema, drop nothing
+    tables = [pq.read_table(f) for d in src_dirs for f in sorted(d.glob("*.parquet"))]
+    table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    keys = [str(q) for q in (table.column("query_id") if "query_id" in table.column_names
+                             else table.column("pair_id")).to_pylist()] if tables else []
+    held_mask = [heldout_query(k) for k in keys]
+    held = table.filter(pa.array(held_mask, pa.bool_())) if keys else table
+    train = table.filter(pa.array([not h for h in held_mask], pa.bool_())) if keys else table
+    for d, part in ((train_dir, train), (held_dir, held)):
+        d.mkdir(parents=True, exist_ok=True)
+        if part.num_rows:
+            pq.write_table(part, d / "pairs.parquet")
+    return train.num_rows, held.num_rows
+
+
+def evaluate_policy(model_dir: Path, pairs_dir: Path, cfg) -> dict:
+    """One load of the model for both figures: the log-prob margin log pi(chosen) - log pi(rejected)
+    on held-out pairs (and how often it is > 0), and the success rate on held-out toy-domain
+    questions (cfg: the RunConfig)."""
+    model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
+    out = {"success": success_rate(model, make_problems(cfg.sft.heldout, cfg.seed, cfg.arith, split="test"),
+                                   samples=4, seed=cfg.seed)}
+    if list(pairs_dir.glob("*.parquet")):
+        with torch.no_grad():
+            c, r = pair_logps(model, load_pairs(str(pairs_dir), need_ref=False), PAD, "cpu")
+        m = c - r
+        out.update(margin=m.mean().item(), accuracy=(m > 0).float().mean().item())
     return out

@@ -19,7 +19,7 @@ from phi4ray import tokenizer as tok
 from phi4ray.config import ConfigError, ModelConfig
 from phi4ray.model import Phi4
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CheckpointError(ValueError):
@@ -219,7 +219,7 @@ def import_hf(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
     cfg = config_from_hf(hf, where=str(d / "config.json"))
     sd = from_hf_state_dict(cfg, load_hf_state_dict(d), where=str(d))
     if dtype is None:
-        dtype = _DTYPES.get(str(hf.get("torch_dtype", "float32")), torch.float32)
+        dtype = TORCH_DTYPES.get(str(hf.get("torch_dtype", "float32")), torch.float32)
     with torch.device("meta"):
         model = Phi4(cfg)
     model.load_state_dict({k: v.to(device, dtype) for k, v in sd.items()}, assign=True)

@@ -1,27 +1,26 @@
 """Stage `init`: the freshly initialised Phi-4 model of the preset, exported in HF layout.
 
 RUN/models/init is what pretraining starts from and the first model the sampler fleet can serve.
+The one stage without Ray: a plain function of the model config and the seed.
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
-from phi4ray import manifest
-from phi4ray.hf import _DTYPES, export_hf, import_hf
+from phi4ray.hf import TORCH_DTYPES, export_hf, import_hf
 from phi4ray.model import build_model
-from phi4ray.presets import RunConfig
+from phi4ray.runs import model_dir
+from phi4ray.stage import Stage, StageResult
 
 
-def run_init(run_dir: str | Path, cfg: RunConfig) -> dict:
-    if manifest.is_complete(run_dir, "init", cfg):
-        return manifest.read_manifest(run_dir, "init")
+def run(ctx) -> StageResult:
+    cfg = ctx.cfg
     t0 = time.time()
-    out = Path(run_dir) / "models" / "init"
+    out = model_dir(ctx.run_dir, "init")
     model = build_model(cfg.model, seed=cfg.seed)
-    dtype = _DTYPES[cfg.export_dtype]
+    dtype = TORCH_DTYPES[cfg.export_dtype]
     export_hf(model, out, dtype=dtype)
     t_export = time.time() - t0
     # read it back: what we wrote must be exactly what we hold (in the exported dtype)
@@ -29,10 +28,12 @@ def run_init(run_dir: str | Path, cfg: RunConfig) -> dict:
     for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
         if not torch.equal(a.to(dtype), b):
             raise RuntimeError(f"{out}: tensor {name} changed on export/import")
-    manifest.write_manifest(
-        run_dir, "init", cfg, inputs={}, outputs={"model": str(out)},
-        counts={"params": cfg.model.num_params(),
-                "flops_per_token": cfg.model.flops_per_token(cfg.model.max_seq_len)},
-        timings={"export_s": round(t_export, 2), "total_s": round(time.time() - t0, 2)},
-    )
-    return manifest.read_manifest(run_dir, "init")
+    return StageResult(outputs={"model": str(out)},
+                       counts={"params": cfg.model.num_params(),
+                               "flops_per_token": cfg.model.flops_per_token(cfg.model.max_seq_len)},
+                       timings={"export_s": round(t_export, 2)})
+
+
+STAGE = Stage(name="init", summary="tokenizer + freshly initialised model of the preset, exported in HF layout",
+              run=run, sections=("model", "seed", "export_dtype"), outputs=("models/init",), headline=("params",),
+              needs_ray=False)

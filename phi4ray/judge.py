@@ -68,18 +68,18 @@ JUDGE_TEMPLATE_V1 = Template(
 
 # Lines may carry markdown dressing ("**Accuracy**: 8", "- style = 7/10"); the last occurrence
 # wins, so a judge that thinks aloud before its final lines still parses.
-_DRESS = r"^[ \t>*#_-]*"
+LINE_DRESS = r"^[ \t>*#_-]*"
 # (one optional group, then one class: no two adjacent overlapping repeats, so a long blank run
 # costs linear time, not quadratic)
-_VALUE = r"[ \t*_]*[:=][ \t*_]*(\d{1,2}(?:\.\d+)?)(?:[ \t]*/[ \t]*10)?[ \t\r*_.]*$"
-_SINGLE = re.compile(_DRESS + r"(accuracy|style|detail)" + _VALUE, re.I | re.M)
-_PAIRED = re.compile(_DRESS + r"(?:response[ \t]+)?([AB])[ \t'_-]*(?:s[ \t]+)?(accuracy|style|detail)" + _VALUE,
+SCORE_VALUE = r"[ \t*_]*[:=][ \t*_]*(\d{1,2}(?:\.\d+)?)(?:[ \t]*/[ \t]*10)?[ \t\r*_.]*$"
+_SINGLE = re.compile(LINE_DRESS + r"(accuracy|style|detail)" + SCORE_VALUE, re.I | re.M)
+_PAIRED = re.compile(LINE_DRESS + r"(?:response[ \t]+)?([AB])[ \t'_-]*(?:s[ \t]+)?(accuracy|style|detail)" + SCORE_VALUE,
                      re.I | re.M)
-_BETTER = re.compile(_DRESS + r"better[ \t*_]*[:=][ \t*_]*(?:response[ \t]+)?(A|B|tie)\b[ \t\r*_.]*$", re.I | re.M)
+_BETTER = re.compile(LINE_DRESS + r"better[ \t*_]*[:=][ \t*_]*(?:response[ \t]+)?(A|B|tie)\b[ \t\r*_.]*$", re.I | re.M)
 _MAX_CHARS = 20_000  # judge output past this is junk; keeps the regex work bounded
 
 
-def _score(value: str) -> float | None:
+def score_value(value: str) -> float | None:
     v = float(value)
     return v if SCORE_MIN <= v <= SCORE_MAX else None
 
@@ -89,7 +89,7 @@ def parse_scores(text) -> dict | None:
     criterion is missing or out of range, or `text` is not a string."""
     if not isinstance(text, str):
         return None
-    found = {m.group(1).lower(): _score(m.group(2)) for m in _SINGLE.finditer(text[-_MAX_CHARS:])}
+    found = {m.group(1).lower(): score_value(m.group(2)) for m in _SINGLE.finditer(text[-_MAX_CHARS:])}
     if set(found) != set(CRITERIA) or any(v is None for v in found.values()):
         return None
     return {c: found[c] for c in CRITERIA}
@@ -101,14 +101,13 @@ def parse_verdict(text) -> dict | None:
     if not isinstance(text, str):
         return None
     text = text[-_MAX_CHARS:]
-    better = None
-    for better in _BETTER.finditer(text):
-        pass
-    if better is None:
+    found = list(_BETTER.finditer(text))
+    if not found:
         return None
+    better = found[-1]  # the last "better:" line wins, as the last score lines do
     sides: dict[str, dict] = {"A": {}, "B": {}}
     for m in _PAIRED.finditer(text):
-        sides[m.group(1).upper()][m.group(2).lower()] = _score(m.group(3))
+        sides[m.group(1).upper()][m.group(2).lower()] = score_value(m.group(3))
     scores = {s: ({c: d[c] for c in CRITERIA} if set(d) == set(CRITERIA) and None not in d.values() else None)
               for s, d in sides.items()}
     choice = better.group(1)

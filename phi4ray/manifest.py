@@ -1,6 +1,8 @@
 """Per-stage manifests under RUN/manifests: what ran, on what, with which config, and the counts.
 
-A stage whose manifest says it completed with the same config is a no-op on rerun.
+A manifest carries a `key`; a stage whose manifest says it completed under the key it would have
+now is a no-op on rerun (phi4ray.stage computes stage keys; a finer-grained step inside a stage,
+such as midtraining's own tokenize pass, may key its manifest by the hash of its own config).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 
 
-def _jsonable(value):
+def jsonable(value):
     # sets print in hash order, which changes from process to process: sort them, or the same
     # config would hash differently on every run and no stage would ever be complete
     return sorted(value, key=str) if isinstance(value, (set, frozenset)) else str(value)
@@ -19,7 +21,7 @@ def _jsonable(value):
 
 def config_hash(config) -> str:
     blob = json.dumps(dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
-                      sort_keys=True, default=_jsonable)
+                      sort_keys=True, default=jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -34,23 +36,23 @@ def read_manifest(run_dir: str | Path, stage: str) -> dict | None:
     return json.loads(p.read_text())
 
 
-def is_complete(run_dir: str | Path, stage: str, config) -> bool:
+def is_complete(run_dir: str | Path, stage: str, config=None, *, key: str | None = None) -> bool:
     m = read_manifest(run_dir, stage)
-    return bool(m and m.get("complete") and m.get("config_hash") == config_hash(config))
+    return bool(m and m.get("complete") and m.get("key") == (key or config_hash(config)))
 
 
 def write_manifest(run_dir: str | Path, stage: str, config, *, inputs: dict, outputs: dict,
-                   counts: dict, timings: dict) -> Path:
+                   counts: dict, timings: dict, key: str | None = None) -> Path:
     p = manifest_path(run_dir, stage)
     p.parent.mkdir(parents=True, exist_ok=True)
     body = {
         "stage": stage, "complete": True, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config_hash": config_hash(config),
+        "key": key or config_hash(config),
         "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
         "inputs": inputs, "outputs": outputs, "counts": counts, "timings": timings,
     }
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=_jsonable))
+    tmp.write_text(json.dumps(body, indent=2, default=jsonable))
     tmp.replace(p)  # atomic: a crash never leaves a half-written "complete" manifest
     return p
 

@@ -21,7 +21,8 @@ linear in the input or capped by a length guard.
 - expressions by exact sympy arithmetic, then evaluation at fixed points when variables remain
   (2\sqrt{2} = \sqrt{8}, x^2-1 = (x-1)(x+1)), when both sides are at most 200 characters of digits,
   + - * / ^, brackets, \frac \sqrt \pi \cdot \times \div \ln \sin \cos \tan \exp and one-letter
-  variables (adjacent letters are a word, not a product: "yes" != "sey").
+  variables (adjacent letters are a word, not a product: "yes" != "sey"), parsed by the whitelist
+  grammar of `phi4ray.mathexpr`.
 Not handled (normalized strings must match): equations beyond an "x =" prefix, inequalities,
 "x = 1 or 2", unit conversion (10 cm vs 0.1 m), multi-letter names, matrices, \log with a base.
 """
@@ -29,10 +30,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+
+from phi4ray.mathexpr import parse_expr
+from phi4ray.sandbox import CodeOracle
 
 __all__ = ["last_boxed", "extract_answer", "normalize_answer", "parse_number", "math_equal",
            "extract_choice", "MathOracle", "ChoiceOracle", "get_oracle"]
@@ -56,11 +61,15 @@ def _group_end(s: str, i: int) -> int:
     return -1
 
 
+def _last(matches: Iterator[re.Match]) -> re.Match | None:
+    """The last match (None if none), in constant memory."""
+    tail = deque(matches, maxlen=1)
+    return tail[0] if tail else None
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last \\boxed{..} / \\fbox{..} (or "\\boxed 5"); None if absent or unclosed."""
-    last = None
-    for last in _BOX.finditer(text if isinstance(text, str) else ""):
-        pass
+    last = _last(_BOX.finditer(text if isinstance(text, str) else ""))
     if last is None:
         return None
     j = last.end()
@@ -84,16 +93,13 @@ def extract_answer(text: str) -> str | None:
     box = last_boxed(text)
     if box is not None and box.strip():
         return box.strip()
-    marker = number = None
-    for marker in _MARKER.finditer(text if isinstance(text, str) else ""):
-        pass
+    marker = _last(_MARKER.finditer(text if isinstance(text, str) else ""))
     if marker is not None:
         rest = text[marker.end():marker.end() + 1000].lstrip(" \t\r\n:*").split("\n", 1)[0]
         answer = re.split(r"\.(?=\s|$)", rest, maxsplit=1)[0].strip().strip("*$ ").rstrip(".").strip()
         if answer:
             return answer
-    for number in _NUMBER.finditer(text if isinstance(text, str) else ""):
-        pass
+    number = _last(_NUMBER.finditer(text if isinstance(text, str) else ""))
     return number.group() if number else None
 
 
@@ -340,120 +346,15 @@ def math_equal(pred: str | None, ref: str | None, rel_tol: float = 1e-6) -> bool
         return False
 
 
-# --- symbolic: a whitelist tokenizer feeding a recursive-descent parser that builds sympy objects
-_TOKEN = re.compile(r"\d+\.?\d*|\.\d+|\\[A-Za-z]+|[A-Za-z]|\*\*|[-+*/^(){}\[\]]")
-_FUNCS = {"\\ln": "log", "\\sin": "sin", "\\cos": "cos", "\\tan": "tan", "\\exp": "exp"}
-_ATOM_START = {"(", "{", "[", "\\frac", "\\sqrt", "\\pi", *_FUNCS}
-_COMMANDS = _ATOM_START | {"\\cdot", "\\times", "\\div"}
-
-
-class _Bad(Exception):
-    pass
-
-
-class _Parser:
-    def __init__(self, sp, tokens: list[str]):
-        self.sp, self.toks, self.i = sp, tokens, 0
-
-    def peek(self) -> str:
-        return self.toks[self.i] if self.i < len(self.toks) else ""
-
-    def take(self, want: str | None = None) -> str:
-        tok = self.peek()
-        if not tok or (want is not None and tok != want):
-            raise _Bad
-        self.i += 1
-        return tok
-
-    def expr(self):
-        v = self.term()
-        while self.peek() in ("+", "-"):
-            v = v + self.term() if self.take() == "+" else v - self.term()
-        return v
-
-    def term(self):
-        v = self.unary()
-        while tok := self.peek():
-            if tok in ("*", "\\cdot", "\\times", "/", "\\div"):
-                v = v * self.unary() if self.take() not in ("/", "\\div") else v / self.unary()
-            elif tok in _ATOM_START or tok[0].isalnum() or tok[0] == ".":
-                v = v * self.power()  # implicit product: 2x, 2\sqrt{2}, (x-1)(x+1)
-            else:
-                break
-        return v
-
-    def unary(self):
-        if self.peek() in ("-", "+"):
-            return -self.unary() if self.take() == "-" else self.unary()
-        return self.power()
-
-    def power(self):
-        base = self.atom()
-        if self.peek() not in ("^", "**"):
-            return base
-        self.take()
-        e = self.unary()
-        # exact arithmetic must stay small: 9^{9^{9}} would be computed digit by digit
-        if e.is_number and (abs(float(e.evalf(15))) > 64 or (e.is_Rational and e.q > 64)):
-            raise _Bad
-        return self.sp.Pow(base, e)
-
-    def atom(self):
-        sp, tok = self.sp, self.take()
-        if tok[0].isdigit() or tok[0] == ".":
-            return sp.Rational(tok)
-        if tok.isalpha():
-            if self.peek().isalpha():  # a word, not a product of one-letter variables
-                raise _Bad
-            return sp.Symbol(tok)
-        if tok in ("(", "{", "["):
-            v = self.expr()
-            self.take(")}]"["({[".index(tok)])
-            return v
-        if tok == "\\pi":
-            return sp.pi
-        if tok == "\\frac":
-            return self.atom() / self.atom()
-        if tok == "\\sqrt" and self.peek() == "[":
-            self.take()
-            n = self.expr()
-            self.take("]")
-            if not (n.is_Integer and 2 <= n <= 64):
-                raise _Bad
-            x = self.atom()  # the real cube root of -8 is -2; symbolic radicands keep the principal one
-            return sp.real_root(x, n) if x.is_number else sp.root(x, n)
-        if tok == "\\sqrt":
-            return sp.sqrt(self.atom())
-        if tok in _FUNCS:
-            return getattr(sp, _FUNCS[tok])(self.power())
-        raise _Bad
-
-
 def _to_sympy(s: str, sp):
     v = _value(s)
-    if v is not None:  # the exact parser knows mixed numbers and percent; the grammar does not
+    if v is not None:  # the exact parser knows mixed numbers and percent; the expression grammar does not
         return sp.Rational(v.numerator, v.denominator)
-    tokens, pos, depth = [], 0, 0
-    for m in _TOKEN.finditer(s):
-        tok = m.group()
-        depth += (tok in "({[") - (tok in ")}]")
-        # unknown commands, towers (which overflow even numerically) and deep nesting (recursion)
-        if m.start() != pos or (tok[0] == "\\" and tok not in _COMMANDS) or depth > 20:
-            return None
-        tokens.append(tok)
-        pos = m.end()
-    if pos != len(s) or sum(t in ("^", "**", "\\exp") for t in tokens) > 2:
-        return None
-    p = _Parser(sp, tokens)
-    try:
-        v = p.expr()
-    except (_Bad, TypeError, ValueError, ZeroDivisionError):
-        return None
-    return v if p.i == len(tokens) else None
+    return parse_expr(s, sp)
 
 
 def _sym_equal(a: str, b: str, tol: Fraction) -> bool:
-    import sympy as sp  # about a second to import: paid only once an answer is not a plain number
+    import sympy as sp  # deferred: about a second to import, paid only once an answer is not a plain number
 
     ea, eb = _to_sympy(a, sp), _to_sympy(b, sp)
     if ea is None or eb is None:
@@ -507,9 +408,7 @@ def extract_choice(text: str, letters: str = "ABCD") -> str | None:
         if m and m[1].upper() in upper:
             return m[1].upper()
     for pattern in _choice_patterns(upper):  # in order of trust: phrase, bold, any lone letter
-        last = None
-        for last in pattern.finditer(text):
-            pass
+        last = _last(pattern.finditer(text))
         if last is not None:
             return (last[1] or last[last.lastindex]).upper()
     return None
@@ -548,7 +447,5 @@ def get_oracle(kind: str, **kw):
     if kind == "choice":
         return ChoiceOracle(**kw)
     if kind == "code":
-        from phi4ray.sandbox import CodeOracle  # another module's, and heavier: only when asked for
-
         return CodeOracle(**kw)
     raise ValueError(f"unknown oracle kind {kind!r}; known kinds: {', '.join(_KINDS)}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from phi4ray.errors import UserError
 
-class OverrideError(ValueError):
-    pass
+
+class OverrideError(UserError, ValueError):
+    """A key=value the config has no place for, or a value of the wrong type."""
 
 
 def _convert(raw: str, typ, key: str):

@@ -27,6 +27,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from phi4ray.config import ConfigError
 
@@ -263,9 +266,6 @@ def token_files(run_dir: str | Path, folder: str = "tokens") -> list[Path]:
 
 
 def _column_2d(table, name: str, path: Path) -> np.ndarray:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if name not in table.column_names:
         raise ValueError(f"{path}: token shard has no column {name!r} (columns: {table.column_names})")
     col = table.column(name).combine_chunks()
@@ -284,8 +284,6 @@ def load_token_shards(run_dir: str | Path, folder: str = "tokens",
     order: int32 arrays of shape (rows, seq_len + 1). Inputs are tokens[:, :-1], targets
     tokens[:, 1:], doc_ids[:, :-1] goes with the inputs. pyarrow only: usable by a trainer that has no Ray.
     loss_mask=True adds the shard's `loss_mask` (SFT rows, phi4ray.sft) as a third array."""
-    import pyarrow.parquet as pq
-
     for path in token_files(run_dir, folder):
         table = pq.read_table(path)
         tokens, doc_ids = _column_2d(table, "tokens", path), _column_2d(table, "doc_ids", path)
@@ -298,3 +296,18 @@ def load_token_shards(run_dir: str | Path, folder: str = "tokens",
         if mask.shape != tokens.shape:
             raise ValueError(f"{path}: loss_mask {mask.shape} and tokens {tokens.shape} differ in shape")
         yield tokens, doc_ids, mask.astype(np.int8)
+
+
+def load_rows(tokens_dir: str | Path, seq_len: int, loss_mask: bool = False) -> tuple[np.ndarray, ...]:
+    """All packed rows of a token folder, checked against seq_len: (tokens, doc_ids) or, with
+    loss_mask, (tokens, doc_ids, loss_mask)."""
+    d = Path(tokens_dir)
+    shards = list(load_token_shards(d.parent, d.name, loss_mask=loss_mask))
+    width = seq_len + 1
+    for tokens, *_ in shards:
+        if tokens.shape[1] != width:
+            raise ValueError(f"{tokens_dir}: rows are {tokens.shape[1]} tokens long, not {width} "
+                             f"(train.seq_len={seq_len} + 1); re-run tokenize with this seq_len")
+    if not sum(len(s[0]) for s in shards):
+        raise ValueError(f"{tokens_dir}: no packed rows")
+    return tuple(np.concatenate([s[i] for s in shards]) for i in range(len(shards[0])))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from phi4ray.model import Phi4
 from phi4ray.train import TrainConfig
@@ -21,8 +22,6 @@ def parallelize(model: Phi4, cfg: TrainConfig, distributed: bool) -> Phi4:
         for block in model.layers.values():
             block.compile()
     if distributed:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
         mp = None
         if cfg.dtype == "bfloat16":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

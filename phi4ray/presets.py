@@ -12,6 +12,7 @@ from phi4ray.config import ConfigError, ModelConfig, model_preset
 from phi4ray.curate.config import CurateConfig
 from phi4ray.dpo import DPOConfig
 from phi4ray.evals.config import EvalConfig
+from phi4ray.overrides import OverrideError, apply_overrides, read_config_file
 from phi4ray.pts import PTSConfig
 from phi4ray.sft import SFTConfig
 from phi4ray.synth.config import SynthesizeConfig
@@ -175,3 +176,21 @@ def run_preset(name: str) -> RunConfig:
                      data=DataConfig(seq_len=model.max_seq_len // 4), pretrain=bf16,
                      midtrain=MidtrainConfig(train=dataclasses.replace(bf16, steps=2000, lr=1e-4)),
                      train_workers=8, train_workers_min=1)
+
+
+def resolve_config(preset: str | None, config_file: str | None, overrides: list[str]) -> tuple[str, RunConfig]:
+    """(preset name, RunConfig): the preset, then the config file's lines, then the command line's
+    key=value overrides; every value is checked here, before any work starts."""
+    file_overrides: list[str] = []
+    if config_file:
+        file_preset, file_overrides = read_config_file(config_file)
+        if preset and file_preset and preset != file_preset:
+            raise ConfigError(f"--preset {preset} but {config_file} is a config of preset {file_preset!r}")
+        preset = preset or file_preset
+    preset = preset or "tiny"
+    cfg = run_preset(preset)
+    try:
+        cfg = apply_overrides(cfg, file_overrides)
+    except OverrideError as e:
+        raise OverrideError(f"{config_file}: {e}") from None
+    return preset, apply_overrides(cfg, overrides)

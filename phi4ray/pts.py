@@ -25,10 +25,16 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from phi4ray.arith import check_answer, make_problems
 from phi4ray.config import ConfigError
 from phi4ray.sampling import Sample, SampleRequest
+from phi4ray.tokenizer import get_tokenizer
 
 
 @dataclass(frozen=True)
@@ -232,3 +238,78 @@ async def search_query(sampler, oracle: Callable[[list[int]], bool], query_ids: 
                     result.pairs.append(pair)
     result.samples, result.estimates = ps.stats.samples, ps.stats.estimates
     return result
+
+
+# --- the pts stage: queries, oracle, result records and outputs ---------------------------------------
+def pts_queries(cfg) -> list[dict]:
+    """The toy domain's training questions for a RunConfig (held-out ones stay for evaluation)."""
+    return make_problems(cfg.pts.queries, cfg.seed + 1, cfg.arith)
+
+
+def answer_oracle(query: dict):
+    """The default oracle: the toy domain's answer check (the math oracle, or primality) on the
+    decoded solution against query["answer"] (decoded only to read the final answer; the search
+    itself stays in token ids)."""
+    tok = get_tokenizer()
+
+    def oracle(ids: list[int]) -> bool:
+        return check_answer(tok.decode([t for t in ids if t < tok.eot_id]), query["answer"])
+    return oracle
+
+
+def query_record(query: dict, query_ids: list[int], res: QueryResult, model_id: str, wall_s: float) -> dict:
+    """One finished query as RUN/pts/queries.jsonl holds it: the funnel's figures and its pairs
+    (token ids for the DPO trainer plus texts for reading, p estimates, query and model ids)."""
+    tok = get_tokenizer()
+    pairs = [{
+        "pair_id": f"{query['id']}:{p.position}:{p.chosen}:{p.rejected}", "query_id": query["id"],
+        "model_id": model_id, "prompt_ids": query_ids + p.prefix, "chosen_ids": [p.chosen],
+        "rejected_ids": [p.rejected], "prompt_text": tok.decode(query_ids + p.prefix),
+        "chosen_text": tok.decode([p.chosen]), "rejected_text": tok.decode([p.rejected]),
+        "position": p.position, "p_query": res.p_query, "p_before": p.p_before, "p_after": p.p_after,
+        "p_chosen": p.p_chosen, "p_rejected": p.p_rejected} for p in res.pairs]
+    return {"query_id": query["id"], "p_query": res.p_query, "kept": res.kept, "pivots": res.pivots,
+            "no_alternative": res.no_alternative, "samples": res.samples, "estimates": res.estimates,
+            "wall_s": wall_s, "pairs": pairs}
+
+
+def search_report(results: list[dict], pts: PTSConfig) -> dict:
+    """The search's funnel and cost; queries = kept + too_hard + too_easy."""
+    kept = [r for r in results if r["kept"]]
+    pivots = sum(r["pivots"] for r in results)
+    samples = sum(r["samples"] for r in results)
+    return {"queries": len(results), "kept": len(kept),
+            "too_hard": sum(r["p_query"] < pts.p_min for r in results),
+            "too_easy": sum(r["p_query"] > pts.p_max for r in results),
+            "pivots": pivots, "pairs": sum(len(r["pairs"]) for r in results),
+            "pivots_without_alternative": sum(r["no_alternative"] for r in results),
+            "samples": samples, "p_estimates": sum(r["estimates"] for r in results),
+            "samples_per_pivot": samples / pivots if pivots else None,
+            "mean_p_query": sum(r["p_query"] for r in results) / max(1, len(results))}
+
+
+def write_pairs(results: list[dict], out: Path) -> int:
+    """out/pairs.parquet: every result's pairs; returns how many."""
+    rows = [p for r in results for p in r["pairs"]]
+    out.mkdir(parents=True, exist_ok=True)
+    if rows:
+        pq.write_table(pa.Table.from_pylist(rows), out / "pairs.parquet")
+    return len(rows)
+
+
+def plot_p_query(results: list[dict], pts: PTSConfig, path: Path) -> None:
+    """A histogram of p(success | query), with the kept band's edges."""
+    import matplotlib  # deferred: plotting libraries load only when a plot is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist([r["p_query"] for r in results], bins=20, range=(0, 1))
+    for x in (pts.p_min, pts.p_max):
+        ax.axvline(x, color="k", ls="--")
+    ax.set(xlabel="p(success | query)", ylabel="queries", title="PTS: queries kept between the lines")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

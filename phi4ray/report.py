@@ -11,18 +11,6 @@ from pathlib import Path
 
 from phi4ray.manifest import read_manifest
 
-# what the table shows per stage: the few counts a reader checks first
-HEADLINE = {
-    "init": ("params",), "curate": ("read", "kept", "dropped", "quarantined"),
-    "synthesize": ("seeds", "kept", "dropped"), "tokenize": ("sequences", "tokens_packed"),
-    "pretrain": ("steps", "first_loss", "final_loss", "tokens_per_s"),
-    "midtrain": ("steps", "first_loss", "final_loss", "tokens_per_s"),
-    "sft": ("steps", "heldout_loss_before", "heldout_loss_after"),
-    "pts": ("queries", "kept", "pivots", "pairs", "samples"),
-    "dpo": ("train_pairs", "heldout_margin_before", "heldout_margin_after"),
-    "eval": ("models", "suites", "items", "endpoint_errors"), "serve": (),
-}
-
 
 def _fmt(v) -> str:
     if isinstance(v, float):
@@ -36,10 +24,10 @@ def _wall(m: dict) -> float:
 
 
 def plot_funnel(stats: dict, path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # deferred: matplotlib loads in ~1 s, and only a run with a curation funnel plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # no display on a cluster node; must precede pyplot's import
+    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
 
     labels = ["read"] + [f"- {k}" for k in stats["dropped_by_filter"]] + ["- quarantined", "kept"]
     values = [stats["read"]] + list(stats["dropped_by_filter"].values()) + [stats["quarantined"], stats["kept"]]
@@ -57,22 +45,23 @@ def plot_funnel(stats: dict, path: Path) -> Path:
     return path
 
 
-def write_report(run_dir: str | Path, stages: list[str]) -> Path:
+def write_report(run_dir: str | Path, stages: list) -> Path:
+    """`stages`: the pipeline's stages in order (phi4ray.stage.Stage: name and headline counts)."""
     run_dir = Path(run_dir)
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# phi4ray run report: {run_dir.name}", "", "| stage | finished | wall (s) | counts |", "|---|---|---|---|"]
     total = 0.0
     for stage in stages:
-        m = read_manifest(run_dir, stage)
+        m = read_manifest(run_dir, stage.name)
         if not m:
-            lines.append(f"| {stage} | not run | | |")
+            lines.append(f"| {stage.name} | not run | | |")
             continue
         wall = _wall(m)
         total += wall
         counts = m.get("counts", {})
-        shown = ", ".join(f"{k} {_fmt(counts[k])}" for k in HEADLINE.get(stage, ()) if k in counts)
-        lines.append(f"| {stage} | {m.get('finished_at', '')} | {wall:.1f} | {shown} |")
+        shown = ", ".join(f"{k} {_fmt(counts[k])}" for k in stage.headline if k in counts)
+        lines.append(f"| {stage.name} | {m.get('finished_at', '')} | {wall:.1f} | {shown} |")
     lines += [f"| total | | {total:.1f} | |", ""]
     stats_file = run_dir / "curate" / "stats.json"
     if stats_file.is_file():

@@ -224,7 +224,8 @@ sys.modules["__main__"] = _main
 exec(compile(_src, _cfg["main"], "exec"), _main.__dict__)
 """
 
-_ISOLATION = {
+# isolation mode -> the layers it stacks, as SandboxResult.isolation reports them
+ISOLATION = {
     "ns-root": "unshare(mount,net,pid)+tmpfs-chroot+random-uid+rlimits+preamble",
     "ns-userns": "unshare(user,mount,net,pid)+tmpfs-chroot+no-caps+rlimits+preamble",
     "preamble": "rlimits+process-group+preamble",
@@ -343,7 +344,9 @@ def _status(timed_out: bool, rc: int, stderr: str) -> str:
     return "killed" if rc < 0 else "error"
 
 
-def _run(code: str, limits: SandboxLimits, stdin: str, files: dict[str, str] | None, mode: str) -> SandboxResult:
+def run_in_mode(code: str, limits: SandboxLimits, stdin: str, files: dict[str, str] | None, mode: str
+                ) -> SandboxResult:
+    """`run_python` in a given isolation mode (a key of ISOLATION), as probed or as a test forces it."""
     tmp = tempfile.mkdtemp(prefix="phi4ray-sandbox-")
     try:
         work = os.path.join(tmp, "work")
@@ -380,7 +383,7 @@ def _run(code: str, limits: SandboxLimits, stdin: str, files: dict[str, str] | N
         if mode != "preamble" and rc > 128:  # the launcher reports death by signal N as 128 + N
             rc = 128 - rc
         return SandboxResult(_status(timed_out, rc, err), None if timed_out else rc, out, err, wall,
-                             _ISOLATION[mode], out_dropped, err_dropped)
+                             ISOLATION[mode], out_dropped, err_dropped)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -396,7 +399,7 @@ def isolation_mode() -> str:
                 cands = []
             _mode = "preamble"
             for mode in cands:
-                probe = _run("print(6 * 7)", SandboxLimits(wall_s=10), "", None, mode)
+                probe = run_in_mode("print(6 * 7)", SandboxLimits(wall_s=10), "", None, mode)
                 if probe.ok and probe.stdout == "42\n":
                     _mode = mode
                     break
@@ -407,7 +410,7 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), stdin: str = 
                files: dict[str, str] | None = None) -> SandboxResult:
     """Run `code` as the main script of a fresh sandboxed interpreter; `files` (relative name ->
     text) are placed in its working directory. Never raises for anything the code does."""
-    return _run(code, limits, stdin, files, isolation_mode())
+    return run_in_mode(code, limits, stdin, files, isolation_mode())
 
 
 _FENCE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)

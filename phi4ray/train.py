@@ -48,6 +48,13 @@ class TrainConfig:
             raise ConfigError(f"train.dtype={self.dtype!r} must be float32 or bfloat16")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if not (self.warmup_steps >= 0 and self.weight_decay >= 0 and self.grad_clip > 0):
+            raise ConfigError(f"train: need warmup_steps >= 0 ({self.warmup_steps}), weight_decay >= 0 "
+                              f"({self.weight_decay}) and grad_clip > 0 ({self.grad_clip})")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"train: betas ({self.beta1}, {self.beta2}) must be in [0, 1)")
 
     def grad_accum_steps(self, world_size: int) -> int:
         per_worker, rest = divmod(self.batch_size, world_size)

@@ -84,7 +84,8 @@ def sampler_app(ray_cluster, tiny_export):
     """The sampler fleet on the tiny export: 1..2 replicas, API key on HTTP."""
     from ray import serve
 
-    from actors.serve_app import APP_NAME, build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve_app import build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve_names import APP_NAME
 
     os.environ["PHI4RAY_TEST_API_KEY"] = TEST_API_KEY
     cfg = sampler_llm_config(str(tiny_export), max_model_len=512, min_replicas=1, max_replicas=2,

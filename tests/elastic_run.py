@@ -10,9 +10,11 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from actors.trainer import TrainJob, read_metrics, run_training
+from actors.trainer import run_training
 from phi4ray.config import model_preset
 from phi4ray.train import TrainConfig
+from phi4ray.train_jobs import TrainJob
+from phi4ray.train_metrics import read_metrics
 from tests.test_trainer import SEQ, _write_rows
 
 

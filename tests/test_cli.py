@@ -6,17 +6,17 @@ import sys
 
 import pytest
 
-from phi4ray.cli import main
+from jobs.cli import main
+from jobs.registry import STAGES
 from phi4ray.overrides import OverrideError, apply_overrides
-from phi4ray.presets import run_preset
-from phi4ray.stages import STAGES
+from phi4ray.presets import resolve_config, run_preset
 from tests.test_eval_stage import check_eval_outputs
 
 DESIGN_STAGES = ["curate", "synthesize", "tokenize", "pretrain", "midtrain", "sft", "pts", "dpo", "eval", "serve"]
 
 
 def test_help_lists_every_stage():
-    out = subprocess.run([sys.executable, "-m", "phi4ray.cli", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "--help"], capture_output=True, text=True,
                          check=True).stdout
     for name in DESIGN_STAGES + ["run", "init"]:
         assert f"\n    {name}" in out
@@ -43,7 +43,7 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     served on Ray Serve + vLLM and a chat answered; the rerun skips what is complete."""
     from tests.conftest import free_port
 
-    argv = [sys.executable, "-m", "phi4ray.cli", "run", "--preset", "tiny", "--run-dir", str(tmp_path),
+    argv = [sys.executable, "-m", "jobs.cli", "run", "--preset", "tiny", "--run-dir", str(tmp_path),
             "model.n_layers=2", f"serve.port={free_port()}", "curate.builtin_docs=12",
             "curate.quality.annotate_docs=8", "synth.seeds=1", "synth.steps=rewrite,reversal", "eval.size=2",
             "eval.max_tokens=16", "eval.models=init,sft,dpo",
@@ -130,8 +130,6 @@ def test_relative_run_dir_is_made_absolute(tmp_path, monkeypatch):
 def test_config_file_round_trips_every_preset(preset, tmp_path, capsys):
     """`phi4ray config` writes the preset as a file; reading it back gives the same config, and
     key=value arguments still win over the file."""
-    from phi4ray.cli import resolve_config
-
     assert main(["config", "--preset", preset]) == 0
     path = tmp_path / f"{preset}.conf"
     path.write_text(capsys.readouterr().out)

@@ -207,7 +207,7 @@ def test_raycluster_manifest_is_well_formed_and_autoscales():
 def test_rayjob_runs_a_real_entrypoint_on_the_same_cluster_and_cleans_up():
     from ray.runtime_env import RuntimeEnv
 
-    from phi4ray.cli import _parser
+    from jobs.cli import build_parser
     from phi4ray.overrides import apply_overrides
     from phi4ray.presets import run_preset
 
@@ -227,7 +227,7 @@ def test_rayjob_runs_a_real_entrypoint_on_the_same_cluster_and_cleans_up():
     python, script, *args = shlex.split(spec["entrypoint"])
     assert python == "python" and (ROOT / script).is_file() and script.startswith("jobs/")
     stage = re.search(r'main\(\["(\w+)"', (ROOT / script).read_text()).group(1)
-    parsed = _parser().parse_args([stage, *args])
+    parsed = build_parser().parse_args([stage, *args])
     apply_overrides(run_preset(parsed.preset), parsed.overrides)  # raises ConfigError / OverrideError
     assert (stage, parsed.preset, parsed.run_dir) == ("run", "small", "/data/run")
     # RUN is on the volume every pod mounts

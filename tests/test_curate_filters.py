@@ -15,17 +15,38 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phi4ray.config import ConfigError
 from phi4ray.corpus import builtin_sources
-from phi4ray.curate.filters import (SCORE_COLUMNS, CorruptionConfig, corruption_reason, corruption_reasons,
-                                    corruption_scores, corruption_scores_batch)
+from phi4ray.curate.config import CurateConfig
+from phi4ray.curate.documents import DocumentFilters
+from phi4ray.curate.filters import (
+    SCORE_COLUMNS,
+    CorruptionConfig,
+    corruption_reason,
+    corruption_reasons,
+    corruption_scores,
+    corruption_scores_batch,
+)
 from phi4ray.curate.langid import LanguageID
-from phi4ray.curate.minhash import (SENTINEL, MinHashConfig, band_keys, estimate_jaccard, normalize,
-                                    shingle_hashes, signatures)
+from phi4ray.curate.minhash import (
+    PRIME,
+    SENTINEL,
+    MinHashConfig,
+    band_keys,
+    estimate_jaccard,
+    normalize,
+    permutations,
+    shingle_hashes,
+    signatures,
+)
+from phi4ray.curate.registry import FILTERS, DocumentFilter, register
+from phi4ray.overrides import apply_overrides
+from phi4ray.presets import run_preset
 
 LICENSES = Path("/usr/share/common-licenses")
 MAN = Path("/usr/share/man")
@@ -420,9 +441,8 @@ def test_signatures_do_not_depend_on_the_batch(long_docs):
         alone = signatures([d])[0]
         assert (together[i] == alone).all() and (together[-1 - i] == alone).all()
     # reference: the plain definition over all distinct shingles at once
-    from phi4ray.curate.minhash import PRIME, _permutations
     x = shingle_hashes(big)
-    a, b = _permutations(1, 112)
+    a, b = permutations(1, 112)
     ref = ((x[:, None] * a + b) % np.uint64(PRIME)).min(axis=0)
     assert len(x) > 10_000 and (together[5] == ref).all()
     assert (signatures([big], MinHashConfig(seed=2)) != together[5]).mean() > 0.9
@@ -433,3 +453,86 @@ def test_minhash_config_validates():
     for bad in ({"ngram": 0}, {"bands": -1}, {"rows": 1.5}, {"seed": -3}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             MinHashConfig(**bad)
+
+
+# ---- the document filter protocol: a filter defined here, enabled through config ------------------
+
+@register
+class ShoutFilter(DocumentFilter):
+    """An example filter: the fraction of letters in upper case; shouting documents are dropped."""
+    name = "test_shout"
+    columns = {"upper_frac": pa.float32(), "upper_words": pa.int32()}
+    max_upper_frac = 0.5
+
+    def score(self, rows: list[dict]) -> None:
+        for row in rows:
+            letters = [c for c in row["text"] if c.isalpha()]
+            row["upper_frac"] = sum(c.isupper() for c in letters) / max(1, len(letters))
+            row["upper_words"] = sum(w.isupper() for w in row["text"].split())
+
+    def decide(self, row: dict) -> str:
+        return f"upper_frac>{self.max_upper_frac}" if row["upper_frac"] > self.max_upper_frac else ""
+
+
+def test_a_filter_defined_outside_the_package_runs_in_document_filters(tmp_path):
+    cfg = apply_overrides(run_preset("tiny"), ["curate.filters=html,corruption,test_shout,language,decontam",
+                                               "curate.languages=en"]).curate
+    prose = [(LICENSES / name).read_text() for name in ("GPL-3", "Apache-2.0", "MPL-2.0", "GPL-2")]
+    russian = man_pages("ru", 1)[0]
+    suite = tmp_path / "suite.jsonl"
+    item = ("A farmer has 17 sheep and buys 5 more each week for 9 weeks; then he sells a third of the flock "
+            "at the autumn market. How many sheep does he keep through the winter?")
+    suite.write_text(json.dumps({"id": "q1", "prompt": item}) + "\n")
+    rows = [{"doc_id": f"d{i}", "text": t, "content_type": "text"} for i, t in enumerate(prose)]
+    rows += [{"doc_id": "shout", "text": prose[0].upper(), "content_type": "text"},
+             {"doc_id": "junk", "text": "ab" * 4000, "content_type": "text"},
+             {"doc_id": "ru", "text": russian, "content_type": "text"},
+             {"doc_id": "leak", "text": prose[1] + "\n\nExercise. " + item, "content_type": "text"},
+             {"doc_id": "bad", "text": "{broken", "quarantine": "invalid json"}]
+    table = DocumentFilters(cfg, [str(suite)])(rows)
+    names = table.schema.names
+    # the schema is assembled from the enabled filters, in their order
+    assert names.index("dup_10gram_char_frac") < names.index("upper_frac") < names.index("lang")
+    assert table.schema.field("upper_words").type == pa.int32()
+    out = {r["doc_id"]: r for r in table.to_pylist()}
+    assert out["shout"]["status"] == "dropped" and out["shout"]["reason"] == "test_shout:upper_frac>0.5"
+    assert out["shout"]["upper_frac"] > 0.9 and out["shout"]["upper_words"] > 100
+    assert out["junk"]["reason"].startswith("corruption:") and out["junk"]["upper_frac"] == 0.0  # never reached it
+    # corruption's decision read the language (scored first: `requires`), so the Russian page is
+    # not dropped by the English stop-word rule but by the language filter after the example filter
+    assert out["ru"]["reason"] == "language:ru" and 0 < out["ru"]["upper_frac"] < 0.5
+    assert out["leak"]["reason"] == "contaminated:suite" and out["leak"]["contaminated_item"] == "suite/q1"
+    assert out["bad"]["status"] == "quarantined" and out["bad"]["reason"] == "invalid json"
+    kept = [r for r in out.values() if r["status"] == "kept"]
+    assert {r["doc_id"] for r in kept} == {"d0", "d1", "d2", "d3"}
+    assert all(r["upper_frac"] < 0.5 and r["exact_key"] and r["bands"] for r in kept)
+    status = collections.Counter(r["status"] for r in out.values())
+    assert len(rows) == status["kept"] + status["dropped"] + status["quarantined"]
+    by_filter = collections.Counter(r["reason"].split(":")[0] for r in out.values() if r["status"] == "dropped")
+    assert by_filter == {"test_shout": 1, "corruption": 1, "language": 1, "contaminated": 1}
+    # disabled, its column is gone and the shouting document goes through
+    plain = DocumentFilters(apply_overrides(run_preset("tiny"), ["curate.filters=corruption"]).curate)(rows[:5])
+    assert "upper_frac" not in plain.schema.names and "lang" not in plain.schema.names
+    assert plain.column("status").to_pylist() == ["kept"] * 5
+
+
+def test_filter_names_are_checked_with_the_config():
+    with pytest.raises(ConfigError, match="unknown filter 'nope'"):
+        CurateConfig(filters=("corruption", "nope"))
+    with pytest.raises(ConfigError, match="twice"):
+        CurateConfig(filters=("corruption", "corruption"))
+    # a filter named by import path, as a Ray worker finds it without the registration
+    assert CurateConfig(filters=("tests.test_curate_filters:ShoutFilter",)).filters
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        CurateConfig(filters=("tests.no_such_module:Filter",))
+
+    class Clash(DocumentFilter):
+        name = "test_clash"
+        columns = {"lang": pa.string()}
+
+    register(Clash)
+    try:
+        with pytest.raises(ConfigError, match="'lang' is written by both"):
+            CurateConfig(filters=("language", "test_clash"))
+    finally:
+        FILTERS.pop("test_clash")

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from phi4ray.config import ConfigError
 from phi4ray.corpus import builtin_sources
-from phi4ray.curate.quality import (ANNOTATION_TEMPLATE_V1, ClassifierFileError, QualityClassifier,
-                                    QualityClassifierConfig, annotation_prompt, labels_from_annotations,
-                                    parse_annotation, passage_scores, segment_passages, train_classifier)
+from phi4ray.curate.annotate import ANNOTATION_TEMPLATE_V1, annotation_prompt, labels_from_annotations, parse_annotation
+from phi4ray.curate.classifier import ClassifierFileError, QualityClassifier, QualityClassifierConfig, train_classifier
+from phi4ray.passages import passage_scores, segment_passages
 
 MAN = Path("/usr/share/man")
 

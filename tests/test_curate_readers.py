@@ -9,6 +9,7 @@ import json
 import random
 import tracemalloc
 import uuid
+from pathlib import Path
 
 import fsspec
 import pyarrow as pa
@@ -21,10 +22,14 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from phi4ray.config import ConfigError
-from phi4ray.curate.readers import (COLUMNS, ROW_SCHEMA, Input, ReaderConfig, decode_bytes, list_inputs,
-                                    read_input)
+from phi4ray.curate.documents import DocumentFilters
+from phi4ray.curate.readers import COLUMNS, ROW_SCHEMA, Input, ReaderConfig, decode_bytes, list_inputs, read_input
+from phi4ray.curate.shards import filter_shard, plan_shards, shard_file
+from phi4ray.overrides import OverrideError, apply_overrides, flatten
+from phi4ray.presets import run_preset
 
 MEM = fsspec.filesystem("memory")
+LICENSES = Path("/usr/share/common-licenses")
 
 
 @pytest.fixture
@@ -99,7 +104,7 @@ def test_code_repositories_by_prefix_or_config(mem):
         ("Makefile", "code"), ("lib/a.js", "code"), ("src/main.py", "code"), ("src/util.rs", "code")]
     assert all(i.root == f"{root}/repo" for i in listing.inputs)
     assert [s.removeprefix(root + "/") for s in listing.skipped] == ["repo/README.md"]
-    config = ReaderConfig(formats={f"{root}/repo": "code", f"{root}/dump.txt": "jsonl"})
+    config = ReaderConfig(formats=(f"{root}/repo=code", f"{root}/dump.txt=jsonl"))
     assert list_inputs([f"{root}/repo"], config).inputs == listing.inputs
     assert list_inputs([f"{root}/dump.txt"], config).inputs[0].format == "jsonl"
     rows = [r for i in listing.inputs for r in rows_of(i.uri, "code", root=i.root)]
@@ -140,7 +145,8 @@ def test_jsonl_bad_lines_each_become_one_quarantined_row(mem):
     assert rows[8]["text"] == "no newline at end"
     custom = rows_of(write("b.jsonl", jsonl({"content": "c", "link": "u"}, {"text": "t"})), "jsonl",
                      ReaderConfig(text_field="content", url_field="link"))
-    assert [(r["text"], r["url"], r["quarantine"]) for r in custom] == [("c", "u", ""), ('{"text": "t"}', "", "no field 'content'")]
+    assert [(r["text"], r["url"], r["quarantine"]) for r in custom] == [
+        ("c", "u", ""), ('{"text": "t"}', "", "no field 'content'")]
 
 
 def test_invalid_utf8_threshold(mem):
@@ -328,8 +334,47 @@ def test_reader_config_validates():
     with pytest.raises(ConfigError, match="text_field"):
         ReaderConfig(text_field="")
     with pytest.raises(ConfigError, match="formats"):
-        ReaderConfig(formats={"/x": "csv"})
+        ReaderConfig(formats=("/x=csv",))
     with pytest.raises(ConfigError, match="max_invalid_utf8_frac"):
         ReaderConfig(max_invalid_utf8_frac=2)
     with pytest.raises(ValueError, match="unknown format"):
         list(read_input(Input("memory:///x", "csv"), "s"))
+
+
+def test_text_under_another_field_curates_through_the_reader_config(tmp_path):
+    """`curate.reader.*` reaches the reader the curate stage uses: a JSONL with its text under
+    `content` is quarantined as a whole by default and curated with curate.reader.text_field=content."""
+    docs = [(LICENSES / name).read_text() for name in ("GPL-3", "Apache-2.0", "MPL-2.0")]
+    path = tmp_path / "in" / "docs.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(jsonl(*({"content": d, "link": f"https://x.test/{i}"} for i, d in enumerate(docs))))
+    base = [f"curate.inputs=web={path}", "curate.filters=corruption,language"]
+    for extra, want in (([], ["quarantined"] * 3),
+                        (["curate.reader.text_field=content", "curate.reader.url_field=link"], ["kept"] * 3)):
+        cfg = apply_overrides(run_preset("tiny"), base + extra)
+        shards, skipped = plan_shards(tmp_path / "run", cfg)
+        assert len(shards) == 1 and not skipped
+        out = tmp_path / "shards" / str(len(extra))
+        out.mkdir(parents=True)
+        assert filter_shard(shards[0], DocumentFilters(cfg.curate), out) == 3
+        rows = pq.read_table(shard_file(out, shards[0])).to_pylist()
+        assert [r["status"] for r in rows] == want
+        if extra:
+            assert [r["text"] for r in rows] == docs and rows[1]["url"] == "https://x.test/1"
+            assert all(r["lang"] == "en" and r["n_words"] > 100 for r in rows)
+        else:
+            assert {r["reason"] for r in rows} == {"no field 'text'"}
+
+
+def test_reader_config_round_trips_as_overrides():
+    """Every reader setting is a config key (tables as key=value entries), so a dumped config reads back."""
+    cfg = apply_overrides(run_preset("tiny"), ["curate.reader.formats=/data/a=b/dump.txt=jsonl",
+                                               "curate.reader.code_languages=pyx=cython,m=",
+                                               "curate.reader.ignore_dirs=.git,build"])
+    r = cfg.curate.reader
+    assert r.format_table == {"/data/a=b/dump.txt": "jsonl"}
+    assert r.language_table["pyx"] == "cython" and "m" not in r.language_table and r.language_table["py"] == "python"
+    keys = [f"{k}={v}" for k, v in flatten(cfg).items() if k.startswith("curate.")]
+    assert apply_overrides(run_preset("tiny"), keys) == cfg
+    with pytest.raises(OverrideError, match="not one of"):
+        apply_overrides(cfg, ["curate.reader.formats=/x=csv"])

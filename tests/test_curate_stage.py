@@ -1,20 +1,30 @@
-"""The curate stage on a real local Ray cluster: every reader, every filter, both dedups, the
-quality classifier and decontamination on small real inputs with planted faults; the funnel adds
-up; a rerun is a no-op; a crash mid-way resumes to the same output."""
+"""The curate stage on a real local Ray cluster, through the stage runner: every reader, every
+filter, both dedups, the quality classifier and decontamination on small real inputs with planted
+faults; the funnel adds up; a rerun is a no-op; a crash mid-way resumes to the same output."""
 import dataclasses
 import gzip
-from html import escape
 import io
 import json
 import os
 import shutil
+from html import escape
 
 import pyarrow.parquet as pq
 import pytest
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
 
+import phi4ray.curate.annotate as annotate_module
+from actors.context import RunContext
+from actors.curate import STAGE
 from phi4ray.corpus import builtin_sources
+from phi4ray.curate.annotate import annotate
+from phi4ray.curate.builtin import MAN_ROOT, man_to_text
 from phi4ray.curate.config import CurateConfig, QualityConfig
+from phi4ray.evals.generators import arith_suite
+from phi4ray.overrides import apply_overrides
 from phi4ray.presets import run_preset
+from phi4ray.stage import run_stage, stage_key
 
 pytestmark = pytest.mark.ray
 
@@ -25,11 +35,6 @@ def _prose(k: int) -> list[str]:
 
 def make_inputs(root) -> tuple[list[str], dict]:
     """Small raw inputs in every format, with faults planted; returns curate inputs and what was planted."""
-    from warcio.statusandheaders import StatusAndHeaders
-    from warcio.warcwriter import WARCWriter
-
-    from phi4ray.evals.suites import arith_suite
-
     docs = _prose(24)
     planted = {"exact": docs[0], "near": docs[1], "contaminated_item": arith_suite(1234, 12).items[0].prompt}
     near = docs[1].replace(" the ", " a ", 3)  # a near-duplicate: a few words changed
@@ -58,8 +63,6 @@ def make_inputs(root) -> tuple[list[str], dict]:
     (html / "page.html").write_text(page.format(p=escape(docs[17])))
     (html / "deep.html").write_text("<div>" * 20000 + "deep" + "</div>" * 20000)
     (html / "binary.html").write_bytes(os.urandom(4096))
-    from phi4ray.curate.builtin import MAN_ROOT, man_to_text
-
     russian = man_to_text(gzip.decompress(sorted((MAN_ROOT / "ru" / "man1").glob("*.gz"))[0].read_bytes()).decode())
     planted["russian"] = russian[:200]
     with open(root / "ru.jsonl", "w") as f:  # a real Russian man page: language ID must drop it
@@ -74,10 +77,13 @@ def make_inputs(root) -> tuple[list[str], dict]:
     return list(inputs), planted
 
 
+def run_curate(run_dir, cfg) -> dict:
+    with RunContext.local(run_dir, cfg) as ctx:  # joins the session's Ray, leaves it running
+        return run_stage(STAGE, ctx, echo=lambda line: None)[0]
+
+
 @pytest.fixture(scope="module")
 def curated(ray_cluster, tmp_path_factory):
-    from actors.curate import run_curate
-
     root = tmp_path_factory.mktemp("curate_inputs")
     inputs, planted = make_inputs(root)
     run_dir = tmp_path_factory.mktemp("curate_run")
@@ -129,8 +135,6 @@ def test_funnel_adds_up_and_every_filter_did_its_job(curated):
 
 
 def test_rerun_is_a_no_op_and_a_crash_resumes_to_the_same_output(curated):
-    from actors.curate import run_curate
-
     run_dir, cfg, planted, done = curated
     assert run_curate(run_dir, cfg)["finished_at"] == done["finished_at"]
     before = {d: r["text"] for d, r in _kept(run_dir).items()}
@@ -152,17 +156,24 @@ def test_llm_judge_annotations_go_through_the_real_fleet(sampler_app, monkeypatc
     """annotator=endpoint against our vLLM sampler app over HTTP: every sampled document gets a
     reply from the engine (the tiny random model's replies do not parse: they count as unannotated,
     never as an error that stops the stage)."""
-    import phi4ray.curate.quality as quality
-    from actors.curate import annotate
-
     replies = []
-    parse = quality.parse_annotation
-    monkeypatch.setattr(quality, "parse_annotation", lambda reply, *a: replies.append(reply) or parse(reply, *a))
+    parse = annotate_module.parse_annotation
+    monkeypatch.setattr(annotate_module, "parse_annotation", lambda reply, *a: replies.append(reply) or parse(reply, *a))
     cfg = dataclasses.replace(run_preset("tiny"), curate=CurateConfig(quality=QualityConfig(
         annotator="endpoint", url=sampler_app["url"] + "/v1", name=sampler_app["model_id"],
         api_key_env="PHI4RAY_TEST_API_KEY", judge_max_tokens=96)))
     # the session app's context is 512 tokens: the ~250-token rubric, a short extract, the reply
     texts = [t[:200] for t in _prose(6)]
-    notes = annotate(texts, cfg)
+    notes = annotate(texts, cfg.curate.quality)
     assert len(notes) == 6 and len(replies) == 6 and all(isinstance(r, str) and r for r in replies)
     assert all(n is None or 0 <= n["educational_value"] <= 5 for n in notes)
+
+
+def test_eval_size_and_suites_do_not_rerun_curate(tmp_path):
+    """Curate depends on the decontamination set, which is every built-in suite at its largest size:
+    the eval size and the suites evaluated change eval's key, not curate's; the eval seed does."""
+    cfg = run_preset("tiny")
+    key = stage_key(STAGE, cfg, tmp_path)
+    assert stage_key(STAGE, apply_overrides(cfg, ["eval.size=20", "eval.suites=arith"]), tmp_path) == key
+    assert stage_key(STAGE, apply_overrides(cfg, ["eval.seed=7"]), tmp_path) != key
+    assert stage_key(STAGE, apply_overrides(cfg, ["curate.reader.text_field=content"]), tmp_path) != key

@@ -6,7 +6,11 @@ import json
 
 import pytest
 
+from phi4ray.errors import MissingInput
 from phi4ray.evals.config import EvalConfig
+from phi4ray.evals.generators import arith_suite
+from phi4ray.evals.lm_eval_task import run_lm_eval, write_lm_eval_task
+from phi4ray.evals.models import graded_dir, model_fingerprint
 from phi4ray.presets import run_preset
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -29,37 +33,35 @@ def check_eval_outputs(run_dir, stages, size: int) -> None:
     assert (run_dir / "report" / "eval_scores.png").stat().st_size > 1000
     done = json.loads((run_dir / "manifests" / "eval.json").read_text())
     assert done["counts"]["endpoint_errors"] == 0 and done["counts"]["models"] == len(stages)
-    # the built-in suites were written where curation's decontamination reads them
-    assert {p.name for p in (run_dir / "eval" / "suites").iterdir()} == {"arith.jsonl", "choice.jsonl",
-                                                                       "code.jsonl", "ifeval.jsonl"}
+    # the built-in suites as the model saw them, and the (larger) ones curation decontaminated against
+    suites = {"arith.jsonl", "choice.jsonl", "code.jsonl", "ifeval.jsonl"}
+    assert {p.name for p in (run_dir / "eval" / "suites").iterdir()} == suites
+    assert {p.name for p in (run_dir / "eval" / "decontam").iterdir()} == suites
     # a retrained model (another file, another size or mtime) must not reuse the old grades
-    from actors.eval_stage import _stage_dir, model_fingerprint
-
     stage = stages[-1]
     (run_dir / "models" / stage / "extra.txt").write_text("a new file changes the model's fingerprint")
     fp = model_fingerprint(run_dir / "models" / stage)
     assert fp != done["inputs"]["models"][stage]
     assert (run_dir / "eval" / stage / "arith.jsonl").is_file()
-    assert not (_stage_dir(run_dir, stage, fp) / "arith.jsonl").exists()
+    assert not (graded_dir(run_dir, stage, fp) / "arith.jsonl").exists()
     assert (run_dir / "eval" / stages[0] / "arith.jsonl").is_file()  # an unchanged model keeps its grades
 
 
 def test_no_stage_model_at_all_fails_naming_the_setting(tmp_path):
-    from actors.eval_stage import run_eval
+    # deferred: the actors modules load Ray, which only these tests (marked ray) may pay for
+    from actors import eval_stage
+    from actors.context import RunContext
 
     cfg = run_preset("tiny")
     cfg = dataclasses.replace(cfg, eval=EvalConfig(models=("dpo",)))
-    with pytest.raises(FileNotFoundError, match="none of eval.models"):
-        run_eval(tmp_path, cfg)
+    with RunContext.local(tmp_path, cfg) as ctx, pytest.raises(MissingInput, match="none of eval.models"):
+        eval_stage.run(ctx)
 
 
 @pytest.mark.parametrize("chat", [False, True])
 def test_lm_eval_harness_runs_a_local_task_against_our_endpoint(sampler_app, tmp_path, chat):
     """lm-evaluation-harness's own `local-completions` / `local-chat-completions` models, one task
     from a local file, against the real Serve + vLLM endpoint (API key on, no hub access)."""
-    from phi4ray.evals.lm_eval_task import run_lm_eval, write_lm_eval_task
-    from phi4ray.evals.suites import arith_suite
-
     task_yaml = write_lm_eval_task(arith_suite(seed=3, size=4), tmp_path / "task", max_gen_toks=16)
     m = run_lm_eval(sampler_app["url"] + "/v1", sampler_app["model_id"], task_yaml.parent, chat=chat,
                     api_key_env="PHI4RAY_TEST_API_KEY", num_concurrent=4)
@@ -67,17 +69,21 @@ def test_lm_eval_harness_runs_a_local_task_against_our_endpoint(sampler_app, tmp
     assert 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["oracle_match"] <= 1.0
 
 
-def test_models_are_served_in_turns_when_the_cluster_cannot_hold_them_all(ray_cluster):
+def test_models_are_served_in_turns_when_the_cluster_cannot_hold_them_all(ray_cluster, tmp_path):
     """Five stage models need 11 logical CPUs at once on CPU; a smaller cluster evaluates them in
     groups that fit instead of waiting forever for a replica that cannot be placed."""
+    # deferred: the actors modules load Ray, which only these tests (marked ray) may pay for
     import ray
 
+    from actors.context import RunContext
     from actors.eval_stage import model_groups
 
     stages = ["init", "pretrain", "midtrain", "sft", "dpo"]
     cfg = run_preset("tiny")
-    groups = model_groups(stages, cfg)
-    assert [s for g in groups for s in g] == stages
-    assert all(2 * len(g) + 1 <= max(3, ray.available_resources()["CPU"]) for g in groups)
     two = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, models_at_once=2))
-    assert model_groups(stages, two) == [["init", "pretrain"], ["midtrain", "sft"], ["dpo"]]
+    with RunContext.local(tmp_path, cfg) as ctx:
+        groups = model_groups(ctx, stages)
+        assert [s for g in groups for s in g] == stages
+        assert all(2 * len(g) + 1 <= max(3, ray.available_resources()["CPU"]) for g in groups)
+    with RunContext.local(tmp_path, two) as ctx:
+        assert model_groups(ctx, stages) == [["init", "pretrain"], ["midtrain", "sft"], ["dpo"]]

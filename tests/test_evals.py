@@ -19,17 +19,32 @@ from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from phi4ray.config import ConfigError
 from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
+from phi4ray.errors import MissingInput
 from phi4ray.evals import ifeval
+from phi4ray.evals.config import EvalConfig
+from phi4ray.evals.files import check_eval_files, decontam_files, load_suites, suite_files
+from phi4ray.evals.generators import BUILTIN_SUITES, MAX_SIZE, arith_suite, builtin_suites, is_prime, write_builtin_suites
+from phi4ray.evals.jsonl import load_suite_jsonl
+from phi4ray.evals.kinds import REGISTRY, Grade, ItemKind, is_empty, render_completion, render_prompt
 from phi4ray.evals.lm_eval_task import run_lm_eval, write_lm_eval_task
-from phi4ray.evals.runner import (EvalError, grade, pass_at_k, run_suite, run_suites, wilson_interval,
-                                  write_results)
-from phi4ray.evals.suites import (BUILTIN_SUITES, EvalItem, Suite, SuiteError, arith_suite, builtin_suites,
-                                  is_prime, load_suite_jsonl, render_completion, render_prompt,
-                                  write_builtin_suites)
+from phi4ray.evals.models import (
+    deployments_that_fit,
+    graded_dir,
+    in_groups,
+    lanes,
+    model_fingerprint,
+    split_main_lane,
+    stage_models,
+)
+from phi4ray.evals.runner import EvalError, grade, pass_at_k, run_suite, run_suites, wilson_interval, write_results
+from phi4ray.evals.schema import EvalItem, Suite, SuiteError
+from phi4ray.evals.scores import score_lines, stage_counts
 from phi4ray.oracles import ChoiceOracle, MathOracle, math_equal
 from phi4ray.sandbox import CodeOracle
 
@@ -105,6 +120,43 @@ def test_builtin_suites_are_deterministic_and_sized():
     assert all("seed3" in s.version for s in a)
     with pytest.raises(SuiteError, match="size"):
         builtin_suites(size=0)
+
+
+def test_builtin_suites_are_prefix_stable_and_capped():
+    """The first n items of a size-N suite are the size-n suite's items: the suites generated at
+    MAX_SIZE cover every eval.size, which curation's decontamination relies on."""
+    big = builtin_suites(seed=7, size=MAX_SIZE)
+    for n in (1, 5, 40, 333):
+        for small, full in zip(builtin_suites(seed=7, size=n), big):
+            assert [i.to_json() for i in small.items] == [i.to_json() for i in full.items[:len(small.items)]] \
+                or small.name == "code"  # code: a seeded subset of its (few) tasks, all in the full suite
+            assert {i.id for i in small.items} <= {i.id for i in full.items}
+            if small.name == "choice":  # correct letters balanced within one in every prefix
+                counts = Counter(i.reference for i in small.items)
+                assert max(counts[x] for x in "ABCD") - min(counts[x] for x in "ABCD") <= 1
+    with pytest.raises(SuiteError, match="size"):
+        builtin_suites(size=MAX_SIZE + 1)
+    with pytest.raises(ConfigError, match="eval.size"):
+        EvalConfig(size=MAX_SIZE + 1)
+
+
+def test_decontam_files_do_not_depend_on_eval_size_or_suites(tmp_path):
+    user = tmp_path / "mine.jsonl"
+    user.write_text(json.dumps({"id": "q", "kind": "math", "prompt": "1+1?", "reference": "2"}) + "\n")
+    configs = [SimpleNamespace(eval=EvalConfig(size=size, suites=names, files=(str(user),)))
+               for size, names in ((12, ("arith", "choice", "code", "ifeval")), (MAX_SIZE, ("arith",)), (3, ("code",)))]
+    found = []
+    for i, cfg in enumerate(configs):
+        paths = decontam_files(tmp_path / f"run{i}", cfg)
+        assert paths[-1] == user and {p.name for p in paths[:-1]} == {f"{n}.jsonl" for n in BUILTIN_SUITES}
+        found.append([p.read_text() for p in paths])
+        # every item the eval stage runs at this size is among them
+        prompts = {json.loads(line)["prompt"] for text in found[-1] for line in text.splitlines()}
+        evaluated = load_suites(suite_files(tmp_path / f"run{i}", cfg))
+        assert all(item.prompt in prompts for s in evaluated for item in s.items)
+    assert found[0] == found[1] == found[2]
+    with pytest.raises(MissingInput, match="eval.files"):
+        check_eval_files(SimpleNamespace(eval=EvalConfig(files=(str(tmp_path / "nope.jsonl"),))), tmp_path, {})
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -262,6 +314,51 @@ def test_empty_and_unreadable_files(tmp_path):
         load_suite_jsonl(tmp_path / "missing.jsonl")
 
 
+# --- the run's models (the eval stage's Ray-free part) --------------------------------------------
+def _cfg(device="cpu", **eval_kw):
+    return SimpleNamespace(eval=EvalConfig(**eval_kw), serve=SimpleNamespace(device=device))
+
+
+def test_lanes_groups_and_the_main_lane(tmp_path):
+    shapes = {"init": {"rope": 1}, "pretrain": {"rope": 1}, "midtrain": {"rope": 2}, "sft": {"rope": 2}}
+    all_lanes = lanes(shapes)
+    assert all_lanes == [["init", "pretrain"], ["midtrain", "sft"]]
+    # a CPU deployment takes 2 logical CPUs, plus one for the ingress; a GPU one a GPU
+    assert deployments_that_fit({"CPU": 8}, _cfg()) == 3 and deployments_that_fit({"CPU": 2}, _cfg()) == 1
+    assert deployments_that_fit({"CPU": 8, "GPU": 2}, _cfg("gpu")) == 2
+    assert deployments_that_fit({"CPU": 100}, _cfg(models_at_once=2)) == 2
+    assert in_groups(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+    models = {s: tmp_path / "models" / s for s in shapes}
+    main, side = split_main_lane(all_lanes, all_lanes, models, models["sft"].resolve(), "phi4ray")
+    assert main == ["midtrain", "sft"] and side == {"phi4ray-eval-0": ["init", "pretrain"]}
+    main, side = split_main_lane(all_lanes, all_lanes, models, None, "phi4ray")
+    assert main is None and side == {"phi4ray-eval-0": ["init", "pretrain"], "phi4ray-eval-1": ["midtrain", "sft"]}
+
+
+def test_stage_models_and_grades_kept_only_for_an_unchanged_model(tmp_path):
+    with pytest.raises(MissingInput, match="none of eval.models"):
+        stage_models(tmp_path, _cfg(models=("sft", "dpo")))
+    model = tmp_path / "models" / "sft"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    assert stage_models(tmp_path, _cfg(models=("sft", "dpo"))) == {"sft": model}
+    fp = model_fingerprint(model)
+    (graded_dir(tmp_path, "sft", fp) / "arith.jsonl").write_text("{}\n")
+    assert (graded_dir(tmp_path, "sft", fp) / "arith.jsonl").is_file()  # same model: a rerun resumes
+    (model / "extra.txt").write_text("a retrained model")
+    assert model_fingerprint(model) != fp
+    assert not (graded_dir(tmp_path, "sft", model_fingerprint(model)) / "arith.jsonl").exists()
+
+
+def test_score_lines_and_counts():
+    row = {"accuracy": 0.5, "ci_low": 0.25, "ci_high": 0.75, "errors": 1}
+    summary = {"sft": {"arith": row, "code": {**row, "accuracy": None, "errors": 0}}}
+    assert score_lines(summary) == ["eval sft: arith 0.50 [0.25, 0.75], code n/a"]
+    suites = [Suite("arith", "1", (EvalItem("a", "math", "1+1?", "2"),))]
+    assert stage_counts(summary, suites) == {"models": 1, "suites": 1, "items": 1, "endpoint_errors": 1,
+                                             "accuracy": {"sft": {"arith": 0.5, "code": None}}}
+
+
 # --- statistics -----------------------------------------------------------------------------
 def test_wilson_interval_known_values():
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
@@ -296,6 +393,62 @@ def test_grade_reasons():
     bad = grade(k, "```python\ndef f():\n    return 2\n```")
     assert (bad.correct, bad.reason, bad.detail["status"]) == (False, "tests failed", "error")
     assert "AssertionError" in bad.detail["error"]
+
+
+class WordKind(ItemKind):
+    """A kind defined outside the library: answer with one word, graded case-insensitively."""
+    name, uses = "word", ("reference",)
+
+    def validate(self, item):
+        if not re.fullmatch(r"[A-Za-z]+", item.get("reference") or ""):
+            return f"reference={item.get('reference')!r} must be one word {self.where(item)}"
+        return super().validate(item)
+
+    def instruction(self, item):
+        return "Answer with one word only."
+
+    def grade(self, item, response, sandbox_limits=None):
+        if is_empty(response):
+            return Grade(False, "empty response")
+        said = response.strip().strip(".!").lower()
+        return Grade(said == item.reference.lower(), "correct" if said == item.reference.lower() else "wrong answer",
+                     {"extracted": said})
+
+
+def test_a_registered_kind_validates_renders_and_grades(tmp_path, monkeypatch):
+    """A new kind is one class and one registry entry: its suite file loads (and a bad line is
+    refused by the kind's own rule), renders with its instruction, and grades, with no Ray."""
+    line = {"id": "w1", "kind": "word", "prompt": "The opposite of hot?", "reference": "cold"}
+    path = tmp_path / "words.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(SuiteError, match="kind='word'"):
+        load_suite_jsonl(path)  # unknown until registered
+    monkeypatch.setitem(REGISTRY, "word", WordKind())
+    suite = load_suite_jsonl(path)
+    item = suite.items[0]
+    assert render_prompt(item) == "The opposite of hot?\n\nAnswer with one word only."
+    assert render_completion(item) == render_prompt(item) + "\n\n"
+    assert grade(item, "Cold.") == Grade(True, "correct", {"extracted": "cold"})
+    assert grade(item, "warm").reason == "wrong answer" and grade(item, None).reason == "empty response"
+    path.write_text(json.dumps({**line, "reference": "two words"}) + "\n")
+    with pytest.raises(SuiteError, match=f"{path}:1: reference='two words' must be one word"):
+        load_suite_jsonl(path)
+    path.write_text(json.dumps({**line, "tests": "assert True"}) + "\n")
+    with pytest.raises(SuiteError, match="tests is not used by word items"):
+        load_suite_jsonl(path)
+
+
+def test_scripted_endpoint_grades_a_registered_kind(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "word", WordKind())
+    suite = Suite("words", "1", (EvalItem("w1", "word", "Opposite of hot?", "cold"),
+                                 EvalItem("w2", "word", "Opposite of up?", "down")))
+    server = Scripted({render_prompt(suite.items[0]): _always("Cold"), render_prompt(suite.items[1]): _always("left")})
+    try:
+        result = _run(server.url, suite)
+    finally:
+        server.close()
+    assert (result.n, result.correct, result.by_kind) == (2, 1, {"word": {"n": 2, "correct": 1}})
+    assert result.instructions is None
 
 
 # --- the scripted OpenAI-compatible server ----------------------------------------------------
@@ -532,7 +685,7 @@ def loopback_only(monkeypatch):
 def _tiny_tokenizer(folder: Path) -> None:
     """A two-word HF tokenizer folder: lm-eval only needs it to load and to name an EOS (the real
     Phi-4 one takes seconds to build, and the endpoint tokenizes anyway)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers  # deferred: only the lm-eval tokenizer test needs it
 
     tok = Tokenizer(models.WordLevel({"<unk>": 0, "<|im_end|>": 1}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -4,7 +4,8 @@ import random
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phi4ray.config import ConfigError
 from phi4ray.curate.html import ExtractConfig, Extraction, decode_html, extract
@@ -57,7 +58,8 @@ def test_katex_uses_the_tex_annotation_and_drops_the_visual_copy():
 
 def test_mathml_fraction_superscript_and_friends_convert_to_latex():
     frac = "<math><mfrac><mrow><mi>a</mi><mo>+</mo><mn>1</mn></mrow><mi>b</mi></mfrac></math>"
-    sup = "<math display='block'><msup><mi>x</mi><mn>2</mn></msup><mo>+</mo><msubsup><mi>y</mi><mi>i</mi><mn>3</mn></msubsup></math>"
+    sup = ("<math display='block'><msup><mi>x</mi><mn>2</mn></msup><mo>+</mo>"
+           "<msubsup><mi>y</mi><mi>i</mi><mn>3</mn></msubsup></math>")
     more = ("<math><msqrt><mi>α</mi></msqrt><mo>≤</mo><mroot><mi>z</mi><mn>3</mn></mroot>"
             "<mover><mi>v</mi><mo>→</mo></mover><mtext>if</mtext><mi>sin</mi><mi>θ</mi></math>")
     r = extract(article(f"<p>Ratio {frac} here.</p>{sup}<p>And {more}.</p>"))

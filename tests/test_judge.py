@@ -16,11 +16,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 import pytest
 
-from actors.judge import (EndpointJudge, EndpointPolicy, FleetJudge, FleetPolicy, best_of_n_sft, build_judged_pairs,
-                          pair_schema, render_prompt)
+from actors.judge import (
+    EndpointJudge,
+    EndpointPolicy,
+    FleetJudge,
+    FleetPolicy,
+    best_of_n_sft,
+    build_judged_pairs,
+    pair_schema,
+    render_prompt,
+)
 from phi4ray.endpoint import EndpointConfig
-from phi4ray.judge import (JUDGE_TEMPLATE_V1, Candidate, best_of_n, judge_pair, judge_prompt, parse_scores,
-                           parse_verdict, select_pair)
+from phi4ray.judge import (
+    JUDGE_TEMPLATE_V1,
+    Candidate,
+    best_of_n,
+    judge_pair,
+    judge_prompt,
+    parse_scores,
+    parse_verdict,
+    select_pair,
+)
 from phi4ray.oracles import MathOracle
 from phi4ray.sft import read_conversations
 from phi4ray.tokenizer import IM_END, get_tokenizer

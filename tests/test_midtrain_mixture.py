@@ -1,17 +1,29 @@
 """The midtraining mixture (long + recall) through the tokenize stage on a real local Ray."""
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.tokenize import TOO_SHORT, midtrain_mixture_for_run, mixture_for_run, run_tokenize
-from phi4ray import manifest
+from actors.cluster import RayCluster
+from actors.tokenize import tokenize_mixture
 from phi4ray.config import ConfigError
+from phi4ray.mixtures import midtrain_mixture_for_run, mixture_for_run
 from phi4ray.packing import load_token_shards
+from phi4ray.token_shards import RECORD, TOO_SHORT
 from phi4ray.tokenizer import ENDOFTEXT, get_tokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 L = 16  # pretraining seq_len: long documents have >= 2L tokens, the up-weighted ones >= 4L
+
+
+def run_tokenize(run_dir, mix, out_name="tokens"):
+    return tokenize_mixture(run_dir, mix, RayCluster(), out_name=out_name)
+
+
+def record(run_dir, out):
+    return json.loads((run_dir / out / RECORD).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +52,7 @@ def run(tmp_path_factory):
 def midtrained(ray_local, run):
     root, _ = run
     mix = midtrain_mixture_for_run(root, seq_len=4 * L, pretrain_seq_len=L, seed=2, shard_sequences=32)
-    return mix, run_tokenize(root, mix, out_name="tokens_midtrain", manifest_stage="tokenize_midtrain")
+    return mix, run_tokenize(root, mix, out_name="tokens_midtrain")
 
 
 def test_midtrain_mixture_is_long_plus_recall(run):
@@ -55,9 +67,9 @@ def test_midtrain_mixture_is_long_plus_recall(run):
 def test_midtrain_rows_shares_and_counts(run, midtrained):
     root, lengths = run
     mix, m = midtrained
-    assert manifest.is_complete(root, "tokenize_midtrain", mix) and m["stage"] == "tokenize_midtrain"
-    assert not (root / "tokens").exists() and manifest.read_manifest(root, "tokenize") is None
-    c = m["counts"]
+    assert record(root, "tokens_midtrain")["counts"] == m.counts
+    assert not (root / "tokens").exists()
+    c = m.counts
     long, recall = c["sources"]["long"], c["sources"]["recall"]
     n_short, n_up = sum(n < 2 * L for n in lengths), sum(n >= 4 * L for n in lengths)
     assert 0 < n_short < len(lengths) and 0 < n_up
@@ -86,11 +98,12 @@ def test_midtrain_rows_shares_and_counts(run, midtrained):
 def test_rerun_is_a_no_op_and_pretraining_tokens_live_beside(run, midtrained):
     root, _ = run
     mix, first = midtrained
-    again = run_tokenize(root, mix, out_name="tokens_midtrain", manifest_stage="tokenize_midtrain")
-    assert again["finished_at"] == first["finished_at"]
+    finished = record(root, "tokens_midtrain")["finished_at"]
+    again = run_tokenize(root, mix, out_name="tokens_midtrain")
+    assert again.counts == first.counts and record(root, "tokens_midtrain")["finished_at"] == finished
     pre = run_tokenize(root, mixture_for_run(root, seq_len=L))
-    assert pre["stage"] == "tokenize" and next(load_token_shards(root))[0].shape[1] == L + 1
-    assert manifest.read_manifest(root, "tokenize_midtrain") == first
+    assert pre.counts["seq_len"] == L and next(load_token_shards(root))[0].shape[1] == L + 1
+    assert record(root, "tokens_midtrain")["finished_at"] == finished
 
 
 def test_no_long_document_fails_naming_the_threshold(ray_local, run, tmp_path):
@@ -98,8 +111,8 @@ def test_no_long_document_fails_naming_the_threshold(ray_local, run, tmp_path):
     mix = midtrain_mixture_for_run(root, seq_len=1024, pretrain_seq_len=256)
     with pytest.raises(ValueError, match=rf"'long' keeps no document of >= min_tokens=512 tokens "
                                          rf"\(240 documents, the longest {max(lengths)} tokens\)"):
-        run_tokenize(root, mix, out_name="tokens_x", manifest_stage="tokenize_x")
-    assert manifest.read_manifest(root, "tokenize_x") is None and not (root / "tokens_x").exists()
+        run_tokenize(root, mix, out_name="tokens_x")
+    assert not (root / "tokens_x").exists()
 
 
 @pytest.mark.parametrize("kw, needle", [

@@ -7,8 +7,17 @@ import torch
 
 from phi4ray.config import ConfigError
 from phi4ray.model import document_causal_mask, positions_from_doc_ids
-from phi4ray.packing import (PHI4_MIXTURE, MixtureConfig, PackStats, Source, load_token_shards, mixture_plan, pack,
-                             plan_shares, sample_documents)
+from phi4ray.packing import (
+    PHI4_MIXTURE,
+    MixtureConfig,
+    PackStats,
+    Source,
+    load_token_shards,
+    mixture_plan,
+    pack,
+    plan_shares,
+    sample_documents,
+)
 
 EOT = 100257
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actors.trainer import TrainJob, read_metrics, run_training
+from actors.trainer import run_training
 from phi4ray.arith import ArithConfig, make_problems, sft_conversation
 from phi4ray.config import model_preset
 from phi4ray.dpo import DPOConfig, PairLoader, completion_logps, dpo_step, load_pairs
@@ -16,6 +16,8 @@ from phi4ray.model import build_model
 from phi4ray.sft import pack_conversations
 from phi4ray.tokenizer import PAD, get_tokenizer
 from phi4ray.train import TrainConfig, make_optimizer
+from phi4ray.train_jobs import TrainJob
+from phi4ray.train_metrics import read_metrics
 
 pytestmark = pytest.mark.ray
 CFG = model_preset("tiny").replace(n_layers=2, dim=128, n_heads=4, n_kv_heads=2, ffn_dim=256, max_seq_len=128)

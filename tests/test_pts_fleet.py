@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from actors.pts import run_search, search_report
-from phi4ray.pts import PTSConfig
+from actors.pts import run_search
+from phi4ray.pts import PTSConfig, search_report
 
 pytestmark = pytest.mark.ray
 PIVOT = 2

@@ -41,7 +41,7 @@ PRETRAIN_ARGS = ["--preset", "tiny", "model.n_layers=1", "model.dim=64", "model.
 
 
 def summary_line(stage: str) -> str:
-    return f"[{stage:>10}] done in"   # what phi4ray.cli prints for a stage that ran
+    return f"[{stage:>10}] done in"   # what phi4ray.stage.run_stage prints for a stage that ran
 
 
 class LocalHead:
@@ -212,16 +212,21 @@ def test_pretrain_asking_for_two_workers_makes_two_nodes_appear(tmp_path):
     """A head with no CPUs and a node type of 1 CPU (0..3 nodes). The real `pretrain` stage,
     submitted as a Ray job, asks Ray Train for 2 workers of 1 CPU: the autoscaler launches the 2
     nodes they need and training runs across both."""
-    from phi4ray.init_model import run_init
+    from actors.context import RunContext
+    from phi4ray import init_model, manifest
     from phi4ray.overrides import apply_overrides
     from phi4ray.presets import run_preset
+    from phi4ray.stage import run_stage
     from tests.test_trainer import SEQ, _write_rows
 
     run = tmp_path / "run"
     cfg = apply_overrides(run_preset("tiny"), PRETRAIN_ARGS[2:])
     assert cfg.data.seq_len == SEQ and cfg.num_workers == 2
-    run_init(run, cfg)                   # the stage before: the model pretraining starts from
-    _write_rows(run / "tokens", n=16)    # packed rows in the tokenize stage's layout
+    with RunContext.local(run, cfg) as ctx:
+        run_stage(init_model.STAGE, ctx)  # the stage before: the model pretraining starts from
+    _write_rows(run / "tokens", n=16)    # packed rows in the tokenize stage's layout, recorded as its output
+    manifest.write_manifest(run, "tokenize", {}, key="rows-written-by-the-test", inputs={}, outputs={},
+                            counts={"sequences": 16}, timings={})
     node_types = {"cpu_worker": {"resources": {"CPU": 1, "object_store_memory": OBJECT_STORE},
                                  "node_config": {}, "min_workers": 0, "max_workers": 3}}
     with LocalHead(num_cpus=0, worker_node_types=node_types) as head:

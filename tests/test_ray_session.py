@@ -1,4 +1,4 @@
-"""One Ray cluster for a whole pipeline run: stages inside `one_cluster` share it, Ray Data keeps to
+"""One Ray cluster for a whole pipeline run: stages of a holding run context share it, Ray Data keeps to
 the real cores of a local cluster whose logical CPUs are oversubscribed, and it stops at the end.
 Run in a subprocess: this test process may hold the session's cluster already."""
 import json
@@ -12,24 +12,28 @@ pytestmark = pytest.mark.ray
 
 SCRIPT = """
 import json, os, ray, ray.data
-from actors.ray_session import SERVE_CPUS, one_cluster, ray_session
+from actors.cluster import SERVE_CPUS
+from actors.context import RunContext
+from phi4ray.presets import run_preset
+cfg = run_preset("tiny")
 
 def inside():
     return {"node": ray.get_runtime_context().get_node_id(), "cpus": ray.cluster_resources()["CPU"],
             "data_cpus": ray.data.DataContext.get_current().execution_options.resource_limits.cpu}
 
 out = {}
-with one_cluster():
-    with ray_session():
+with RunContext.local("/tmp/unused", cfg, hold=True) as ctx:
+    with ctx.cluster.session():
         out["first"] = inside()
     out["up_between"] = ray.is_initialized()
-    with ray_session(min_cpus=4):
+    with ctx.cluster.session(min_cpus=4):
         out["second"] = inside()
 out["up_after"] = ray.is_initialized()
 out["data_cpus_after"] = ray.data.DataContext.get_current().execution_options.resource_limits.cpu
-with ray_session():  # a lone stage starts and stops its own
-    out["lone"] = inside()
-out["lone_up_after"] = ray.is_initialized()
+with RunContext.local("/tmp/unused", cfg) as ctx:  # a lone stage starts and stops its own
+    with ctx.cluster.session():
+        out["lone"] = inside()
+    out["lone_up_after"] = ray.is_initialized()
 out["serve_cpus"] = SERVE_CPUS
 print("RESULT " + json.dumps(out))
 """

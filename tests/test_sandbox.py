@@ -66,7 +66,7 @@ def test_normal_code_stdout_stdin_files():
     r = run_python(code, FAST, stdin="abc\n", files={"data/x.txt": "hello"})
     assert r.ok and r.returncode == 0, r
     assert r.stdout == "cba\nhello\n45\n" and r.stderr == ""
-    assert r.isolation == sandbox._ISOLATION[MODE] and r.wall_s < 3
+    assert r.isolation == sandbox.ISOLATION[MODE] and r.wall_s < 3
 
 
 def test_errors():
@@ -219,7 +219,10 @@ def test_grandchildren_die_with_the_run():
     # one stays in the process group, one escapes it with setsid (only namespaces catch that one)
     code = "import subprocess, time\nsubprocess.Popen(['sleep', '987.125'])\n" \
            f"subprocess.Popen(['sleep', '987.126'], start_new_session={NS})\ntime.sleep(1)\nprint('spawned')"
-    sleeper = lambda argv: argv[0] == "sleep" and argv[1:2] in (["987.125"], ["987.126"])
+
+    def sleeper(argv):
+        return argv[0] == "sleep" and argv[1:2] in (["987.125"], ["987.126"])
+
     r, most = run_watched(code, FAST, sleeper)
     assert r.ok and r.stdout == "spawned\n" and most == 2, (r, most)
     assert gone_soon(sleeper)
@@ -250,8 +253,8 @@ def test_preamble_only_mode():
            "for f in (lambda: socket.socket(), lambda: open('/etc/hostname'), lambda: os.kill(os.getppid(), 9)):\n" \
            "    try:\n        f(); print('ALLOWED')\n    except OSError as e:\n        print(type(e).__name__)\n" \
            "open('out.txt', 'w').write('ok')\nprint(open('out.txt').read())"
-    r = sandbox._run(code, FAST, "", None, "preamble")
-    assert r.ok and r.isolation == sandbox._ISOLATION["preamble"], r
+    r = sandbox.run_in_mode(code, FAST, "", None, "preamble")
+    assert r.ok and r.isolation == sandbox.ISOLATION["preamble"], r
     assert r.stdout.split("\n")[1:] == ["PermissionError"] * 3 + ["ok", ""], r
     assert r.stdout.startswith("True ['HOME', 'LANG', 'PATH', 'TMPDIR']")
 

@@ -5,8 +5,9 @@ from actors.serve_app import sampler_llm_config
 
 
 def test_sglang_sampler_imports_and_is_selected(tiny_export):
-    from actors.sampler_sglang import PhiSGLangSampler
     from ray.llm._internal.serve.engines.sglang.sglang_engine import SGLangServer
+
+    from actors.sampler_sglang import PhiSGLangSampler
 
     assert issubclass(PhiSGLangSampler, SGLangServer) and callable(PhiSGLangSampler.sample)
     cfg = sampler_llm_config(str(tiny_export), device="gpu", engine="sglang", max_model_len=512)

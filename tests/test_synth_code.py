@@ -13,8 +13,16 @@ import pyarrow as pa
 
 from phi4ray.synth import reversal
 from phi4ray.synth.llm import CallConfig, ScriptedEngine
-from phi4ray.synth.reversal import (ReversalConfig, ast_similarity, derive_tests, fidelity, reversal_step,
-                                    signature_match, validate_code, validate_step)
+from phi4ray.synth.reversal import (
+    ReversalConfig,
+    ast_similarity,
+    derive_tests,
+    fidelity,
+    reversal_step,
+    signature_match,
+    validate_code,
+    validate_step,
+)
 
 FAST = CallConfig(retries=0, backoff_s=0)
 

@@ -13,8 +13,17 @@ import pytest
 
 from phi4ray.config import ConfigError
 from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
-from phi4ray.synth.llm import (CallConfig, EndpointEngine, Outcome, Request, Sampling, ScriptedEngine, call_all,
-                               make_row, seed_value)
+from phi4ray.synth.llm import (
+    CallConfig,
+    EndpointEngine,
+    Outcome,
+    Request,
+    Sampling,
+    ScriptedEngine,
+    call_all,
+    make_row,
+    seed_value,
+)
 from phi4ray.synth.plurality import PluralityConfig
 from phi4ray.synth.qa import QAConfig
 from phi4ray.synth.reversal import ReversalConfig

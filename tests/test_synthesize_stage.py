@@ -1,32 +1,39 @@
-"""The synthesize stage (actors/synthesize.py): seeds, chunked resume, outputs, counts, report.
+"""The synthesize stage (phi4ray/synth, actors/synthesize.py): seeds, chunked resume, outputs, counts, report.
 
-Most tests run the stage core in this process on a scripted teacher (`LocalRunner` +
-`ScriptedEngine`): no Ray, no model. One test runs the whole stage on Ray Data through the real
+Most tests run the stage's work (phi4ray.synth.runner.synthesize) in this process on a scripted
+teacher (`LocalRunner` + `ScriptedEngine`), through the stage runner (phi4ray.stage.run_stage:
+skip-if-complete, manifest): no Ray, no model. One test runs the whole stage on Ray Data through the real
 vLLM sampler fleet of the session fixtures, with the random tiny model as teacher: it writes junk,
 so nearly everything is dropped; that test checks files, schemas, counts and reasons, not quality.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.fleet_engine import FleetEngine
-from actors.synthesize import (OUT_SCHEMA, STEPS, LocalRunner, RayRunner, build_engine, check_counts, code_seeds,
-                               prose_seeds, read_documents, run_synthesize, synthesize)
+from actors.synthesize import STAGE, RayRunner, build_engine
+from actors.synthesize import run as run_on_ray
 from phi4ray import manifest
 from phi4ray.config import ConfigError
 from phi4ray.overrides import OverrideError, apply_overrides
 from phi4ray.presets import run_preset
 from phi4ray.sampling import Sample
+from phi4ray.stage import is_current, run_stage
 from phi4ray.synth.llm import ScriptedEngine
+from phi4ray.synth.outputs import OUT_SCHEMA, check_counts
+from phi4ray.synth.runner import LocalRunner, synthesize
+from phi4ray.synth.seeds import code_seeds, prose_seeds, read_documents
+from phi4ray.synth.steps import STEPS
 from phi4ray.tokenizer import IM_END, get_tokenizer
 
 TOPICS = ["rivers", "glaciers", "rivers", "volcanoes", "tides"]  # "rivers" twice: a question repeated across seeds
@@ -112,6 +119,19 @@ def report(run_dir: Path) -> dict:
     return r
 
 
+def local_ctx(run_dir: Path, cfg) -> SimpleNamespace:
+    """What run_stage needs of a context, without Ray."""
+    return SimpleNamespace(run_dir=Path(run_dir).resolve(), cfg=cfg, options={})
+
+
+def run_local(run_dir: Path, cfg, runner) -> dict:
+    """The stage through the stage runner, its chunks on `runner` in this process; its manifest.
+    A fleet teacher needs no model folder here: the scripted engine is the teacher."""
+    stage = dataclasses.replace(STAGE, run=lambda ctx: synthesize(ctx.run_dir, ctx.cfg, runner), check=None,
+                                needs_ray=False)
+    return run_stage(stage, local_ctx(run_dir, cfg), echo=lambda line: None)[0]
+
+
 def assert_counts_add_up(run_dir: Path, rep: dict) -> None:
     """Per step: seeds in == distinct seed_ids of kept + dropped rows; rows out == kept + dropped."""
     for step, r in rep["steps"].items():
@@ -144,8 +164,8 @@ def test_stage_outputs_counts_report_and_noop_rerun(tmp_path):
     write_curated(tmp_path)
     cfg = config()
     engine = ScriptedEngine(teacher)
-    m = synthesize(tmp_path, cfg, LocalRunner(engine, "scripted"))
-    assert m["complete"] and manifest.is_complete(tmp_path, "synthesize", cfg)
+    m = run_local(tmp_path, cfg, LocalRunner(engine, "scripted"))
+    assert m["complete"] and is_current(STAGE, local_ctx(tmp_path, cfg))
     rep = report(tmp_path)
     assert rep["seeds_from"] == "curated" and rep["teacher"] == "scripted"
     out = tables(tmp_path)
@@ -157,6 +177,9 @@ def test_stage_outputs_counts_report_and_noop_rerun(tmp_path):
         assert schema.equals(OUT_SCHEMA if path.startswith("synthetic/") else STEPS[Path(path).stem].schema), path
     assert_counts_add_up(tmp_path, rep)
     steps = rep["steps"]
+    assert m["counts"]["seeds"] == sum(r["seeds_in"] for r in steps.values())  # the report table's headline
+    assert m["counts"]["kept"] == sum(len(rows) for p, rows in out.items() if p.startswith("synthetic/"))
+    assert m["counts"]["dropped"] == sum(len(rows) for p, rows in out.items() if p.startswith("synthesize/"))
     assert {s: steps[s]["seeds_in"] for s in STEPS} == {"rewrite": 4, "revise": 4, "reversal": 3, "qa": 4,
                                                         "plurality": 3 + 2}  # 3 distinct qa questions + 2 arithmetic
     assert steps["rewrite"]["ok"] == 12 and len(out["synthetic/web_rewrites/rewrite.parquet"]) == 4  # discussions
@@ -172,7 +195,7 @@ def test_stage_outputs_counts_report_and_noop_rerun(tmp_path):
         assert len(ex) == 3 and len({e["seed_id"] for e in ex}) == 3 and ex[0]["status"] == "ok"
         assert ex[0]["seed"] and ex[0]["output"]
     calls = len(engine.calls)
-    again = synthesize(tmp_path, cfg, LocalRunner(engine, "scripted"))
+    again = run_local(tmp_path, cfg, LocalRunner(engine, "scripted"))
     assert again == m and len(engine.calls) == calls  # complete: a no-op
 
 
@@ -197,12 +220,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     for d in (clean, crashed):
         write_curated(d)
     cfg = config()
-    synthesize(clean, cfg, LocalRunner(ScriptedEngine(teacher), "scripted"))
+    run_local(clean, cfg, LocalRunner(ScriptedEngine(teacher), "scripted"))
     with pytest.raises(KeyboardInterrupt):
-        synthesize(crashed, cfg, CrashAfter(ScriptedEngine(teacher), 3))
+        run_local(crashed, cfg, CrashAfter(ScriptedEngine(teacher), 3))
     assert len(list((crashed / "synthesize").rglob("*.parquet"))) == 3 and not (crashed / "synthetic").exists()
     resumed = CrashAfter(ScriptedEngine(teacher), -1)
-    synthesize(crashed, cfg, resumed)
+    run_local(crashed, cfg, resumed)
     total = sum(r["chunks"] for r in report(clean)["steps"].values())
     assert resumed.ran == total - 3  # only the chunks the crash lost
     assert tables(crashed) == tables(clean) and report(crashed) == report(clean)
@@ -212,7 +235,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     victim.unlink()
     manifest.manifest_path(crashed, "synthesize").unlink()
     engine = ScriptedEngine(teacher)
-    synthesize(crashed, cfg, LocalRunner(engine, "scripted"))
+    run_local(crashed, cfg, LocalRunner(engine, "scripted"))
     assert victim.is_file() and engine.calls and all("Passage" in p for call in engine.calls for p in call)
     assert len({_between(p, "Passage") for call in engine.calls for p in call}) == 2  # the chunk's 2 seeds
     assert tables(crashed) == tables(clean)
@@ -222,11 +245,11 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
 
 def test_a_changed_step_config_redoes_only_that_step(tmp_path):
     write_curated(tmp_path)
-    synthesize(tmp_path, config(), LocalRunner(ScriptedEngine(teacher), "scripted"))
+    run_local(tmp_path, config(), LocalRunner(ScriptedEngine(teacher), "scripted"))
     before = {s: sorted(p.name for p in (tmp_path / "synthesize" / s).glob("*")) for s in STEPS}
     cfg = config(**{"rewrite.min_words": 200})
     engine = ScriptedEngine(teacher)
-    synthesize(tmp_path, cfg, LocalRunner(engine, "scripted"))
+    run_local(tmp_path, cfg, LocalRunner(engine, "scripted"))
     after = {s: sorted(p.name for p in (tmp_path / "synthesize" / s).glob("*")) for s in STEPS}
     assert all(after[s] == before[s] for s in STEPS if s != "rewrite")
     assert len(after["rewrite"]) == 2 and not set(after["rewrite"]) & set(before["rewrite"])  # stale files gone
@@ -241,7 +264,7 @@ def test_failed_calls_are_rows_with_a_reason_and_never_lose_a_seed(tmp_path):
     write_curated(tmp_path)
     cfg = config(**{"call.retries": 1})
     down = ScriptedEngine(teacher, fail=lambda prompt, attempt: "Find chains of deduction" in prompt)
-    synthesize(tmp_path, cfg, LocalRunner(down, "scripted"))
+    run_local(tmp_path, cfg, LocalRunner(down, "scripted"))
     rep = report(tmp_path)
     assert rep["steps"]["qa"]["dropped"] == {"llm_error": 4} and rep["steps"]["qa"]["llm_errors"] == 4
     assert rep["steps"]["plurality"]["seeds_in"] == 2  # arithmetic only: qa kept no question
@@ -252,7 +275,7 @@ def test_failed_calls_are_rows_with_a_reason_and_never_lose_a_seed(tmp_path):
 
 def test_builtin_corpus_when_nothing_is_curated(tmp_path):
     cfg = apply_overrides(config(seeds=2, arith_questions=1, steps="rewrite,reversal"), ["data.builtin_max_docs=6"])
-    m = synthesize(tmp_path, cfg, LocalRunner(ScriptedEngine(lambda p: "too short"), "scripted"))
+    m = run_local(tmp_path, cfg, LocalRunner(ScriptedEngine(lambda p: "too short"), "scripted"))
     assert m["inputs"]["seeds_from"] == "builtin/6" and (tmp_path / "builtin" / "6" / "code").is_dir()
     rep = report(tmp_path)
     assert list(rep["steps"]) == ["rewrite", "reversal"] and rep["steps"]["rewrite"]["seeds_in"] == 2
@@ -297,9 +320,9 @@ def test_endpoint_teacher_from_the_config(tmp_path, teacher_endpoint):
     # (overrides apply one by one, each validated: the endpoint's url and name come before teacher=endpoint)
     cfg = config(teacher_url=teacher_endpoint, teacher_name="big-teacher", teacher_api_key_env="SYNTH_TEST_KEY",
                  teacher="endpoint", steps="qa,plurality")
-    ray_runner = RayRunner(tmp_path, cfg)  # only its engine spec: the chunks run here, without Ray
+    ray_runner = RayRunner(local_ctx(tmp_path, cfg))  # only its engine spec: the chunks run here, without Ray
     runner = LocalRunner(build_engine(ray_runner.spec()), ray_runner.name)
-    m = synthesize(tmp_path, cfg, runner)
+    m = run_local(tmp_path, cfg, runner)
     runner.close()
     assert m["inputs"]["teacher"] == f"{teacher_endpoint}#big-teacher"
     rep = report(tmp_path)
@@ -311,7 +334,8 @@ def test_endpoint_teacher_from_the_config(tmp_path, teacher_endpoint):
     ("synth.chunk_size=0", "synth.chunk_size"), ("synth.steps=rewrite,sing", "synth.steps"),
     ("synth.teacher=endpoint", "synth.teacher_url"), ("synth.passage_min_chars=5000", "synth.passage_min_chars"),
     ("synth.web_rewrite_kinds=poem", "synth.web_rewrite_kinds"), ("synth.teacher_mode=grpc", "synth.teacher_mode"),
-    ("synth.plurality.n_answers=1", "n_answers"), ("synth.plurality.sampling.temperature=0", "temperature=0"), ("synth.rewrite.sampling.temperature=3", "temperature"),
+    ("synth.plurality.n_answers=1", "n_answers"), ("synth.plurality.sampling.temperature=0", "temperature=0"),
+    ("synth.rewrite.sampling.temperature=3", "temperature"),
 ])
 def test_config_errors_name_the_field(override, field):
     with pytest.raises((ConfigError, OverrideError), match=field):
@@ -321,6 +345,8 @@ def test_config_errors_name_the_field(override, field):
 
 
 def test_fleet_engine_renders_decodes_seeds_and_isolates_failures():
+    from actors.fleet_engine import FleetEngine  # deferred: its actors.judge import loads Ray Serve LLM (vLLM)
+
     tok = get_tokenizer()
 
     class FakeSampler:
@@ -357,8 +383,18 @@ def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
     cfg = config(seeds=2, chunk_size=1, actors=2, arith_questions=2, teacher_model=str(tiny_export),
                  **{"plurality.n_answers": 4, "revise.max_rounds": 1, "call.retries": 0, "passage_max_chars": 600},
                  **sampling)
-    fleet = {"deployment": sampler_app["deployment"], "app": sampler_app["app"]}
-    m = run_synthesize(tmp_path, cfg, fleet=fleet)
+    from actors.context import RunContext  # deferred: imports Ray; the tests above run without it
+    from actors.fleet import App  # deferred: imports Ray Serve, as above
+
+    app = App(name=sampler_app["app"], url=sampler_app["url"] + "/v1", deployment=sampler_app["deployment"],
+              model_id=sampler_app["model_id"], models={sampler_app["model_id"]: sampler_app["deployment"]})
+    stage = dataclasses.replace(STAGE, run=lambda ctx: run_on_ray(ctx, app=app))  # the session's fleet, left up
+
+    def run_synthesize() -> dict:
+        with RunContext.local(tmp_path, cfg) as ctx:
+            return run_stage(stage, ctx)[0]
+
+    m = run_synthesize()
     assert m["complete"] and m["inputs"]["teacher"] == str(Path(tiny_export).resolve())
     rep = report(tmp_path)
     assert {s: rep["steps"][s]["seeds_in"] for s in STEPS} == {"rewrite": 2, "revise": 2, "reversal": 2, "qa": 2,
@@ -378,14 +414,14 @@ def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
     # what the random model wrote went through the step's checks (the first LLM step answered)
     assert rep["steps"]["rewrite"]["rows_out"] == 6 and rep["steps"]["qa"]["rows_out"] >= 2
 
-    assert run_synthesize(tmp_path, cfg, fleet=fleet) == m  # complete: a no-op
+    assert run_synthesize() == m  # complete: a no-op
 
     # lose a greedy chunk and a sampled one: both are redone alone, with the same rows
     victims = [sorted((tmp_path / "synthesize" / s).glob("*.parquet"))[0] for s in ("rewrite", "plurality")]
     for v in victims:
         v.unlink()
     manifest.manifest_path(tmp_path, "synthesize").unlink()
-    again = run_synthesize(tmp_path, cfg, fleet=fleet)
+    again = run_synthesize()
     assert all(v.is_file() for v in victims)
     assert {s: r["chunks_run"] for s, r in again["counts"]["steps"].items() if r["chunks_run"]} == {
         "rewrite": 1, "plurality": 1}

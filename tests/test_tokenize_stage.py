@@ -1,4 +1,5 @@
 """The tokenize stage on a real local Ray: generated Parquet with bad rows, and the built-in corpus."""
+import dataclasses
 import json
 
 import numpy as np
@@ -6,11 +7,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.tokenize import (EMPTY_TEXT, NOT_STRING, NULL_TEXT, TokenizeBatch, mixture_for_run, quarantine_reason,
-                             run_tokenize, source_files)
+from actors import tokenize
+from actors.cluster import RayCluster
+from actors.context import RunContext
+from actors.tokenize import TokenizeBatch, tokenize_mixture
 from phi4ray import manifest
 from phi4ray.corpus import builtin_sources, write_builtin_corpus
+from phi4ray.mixtures import mixture_for_run, source_files
 from phi4ray.packing import MixtureConfig, Source, load_token_shards
+from phi4ray.presets import run_preset
+from phi4ray.stage import run_stage
+from phi4ray.token_shards import EMPTY_TEXT, NOT_STRING, NULL_TEXT, RECORD, quarantine_reason
 from phi4ray.tokenizer import ENDOFTEXT, IM_END, get_tokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
@@ -21,6 +28,15 @@ SPECIAL_DOC = "a document that mentions <|endoftext|> and <|im_end|> as plain te
 def ray_local(ray_cluster):
     """The session's Ray cluster (conftest): one cluster per test session, shared by every module."""
     yield ray_cluster
+
+
+def run_tokenize(run_dir, mix):
+    """The stage's work on a mixture of the test's making (a cluster that joins the session's Ray)."""
+    return tokenize_mixture(run_dir, mix, RayCluster())
+
+
+def record(run_dir, out="tokens"):
+    return json.loads((run_dir / out / RECORD).read_text())
 
 
 def ascii_docs(n, seed):
@@ -84,7 +100,7 @@ def two_runs(ray_local, corpus, tmp_path_factory):
 
 def test_stage_tokenizes_quarantines_and_packs(corpus, two_runs):
     mix, (run_dir, _), (m, _) = two_runs
-    c = m["counts"]
+    c = m.counts
     alpha, beta = c["sources"]["alpha"], c["sources"]["beta"]
     assert alpha["docs_read"] == 84 and alpha["docs_kept"] == 81
     assert alpha["quarantined"] == {"empty text": 2, "null text": 1} and c["docs_quarantined"] == 3
@@ -121,14 +137,15 @@ def test_stage_tokenizes_quarantines_and_packs(corpus, two_runs):
 
 def test_same_seed_same_shards_and_rerun_is_a_no_op(two_runs):
     mix, (a, b), (first, second) = two_runs
-    files = sorted(p.name for p in (a / "tokens").iterdir())
-    assert files == sorted(p.name for p in (b / "tokens").iterdir())
+    files = sorted(p.name for p in (a / "tokens").glob("*.parquet"))  # beside them: the record (paths, times)
+    assert files == sorted(p.name for p in (b / "tokens").glob("*.parquet"))
     for name in files:
         assert (a / "tokens" / name).read_bytes() == (b / "tokens" / name).read_bytes()
-    assert second["counts"] == first["counts"]
+    assert second.counts == first.counts
     before = {f: f.stat().st_mtime_ns for f in (a / "tokens").iterdir()}
+    finished = record(a)["finished_at"]
     again = run_tokenize(a, mix)
-    assert again["finished_at"] == first["finished_at"]
+    assert again.counts == first.counts and record(a)["finished_at"] == finished
     assert {f: f.stat().st_mtime_ns for f in (a / "tokens").iterdir()} == before
 
 
@@ -136,9 +153,15 @@ def test_builtin_corpus_through_the_stage(ray_local, tmp_path):
     mix = mixture_for_run(tmp_path, seq_len=128, seed=1, builtin_max_docs=6)
     assert [(s.name, s.paths, s.weight) for s in mix.sources] == [
         ("code", ("builtin/6/code",), 0.20), ("web", ("builtin/6/web",), 0.15)]
-    m = run_tokenize(tmp_path, mix)
+    cfg = run_preset("tiny")
+    cfg = dataclasses.replace(cfg, seed=1, data=dataclasses.replace(cfg.data, seq_len=128, builtin_max_docs=6,
+                                                                     total_tokens=0, shard_sequences=256))
+    with RunContext.local(tmp_path, cfg) as ctx:
+        m, ran = run_stage(tokenize.STAGE, ctx)
+        assert ran and run_stage(tokenize.STAGE, ctx)[1] is False  # complete: a no-op
     assert set(m["counts"]["sources"]) == {"code", "web"} and m["counts"]["sequences"] > 0
     assert m["inputs"]["files"]["code"] == [str((tmp_path / "builtin/6/code/part-00000.parquet").resolve())]
+    assert m["counts"] == record(tmp_path)["counts"] == run_tokenize(tmp_path, mix).counts  # the same mixture
     texts = [t for name in ("code", "web")
              for t in pq.read_table(tmp_path / "builtin" / "6" / name / "part-00000.parquet").column("text").to_pylist()]
     tokens = np.concatenate([t for t, _ in load_token_shards(tmp_path)])
@@ -183,7 +206,7 @@ def test_bad_inputs_fail_before_work_naming_the_source(tmp_path):
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="source 'web': .*x.parquet has no 'text' column"):
         run_tokenize(tmp_path, MixtureConfig((Source("web", ("x.parquet",), 1.0),), seq_len=16))
-    assert not (tmp_path / "manifests").exists() and not (tmp_path / "tokens").exists()
+    assert not (tmp_path / "tokens").exists()
 
 
 def test_tokenize_udf_quarantines_and_keeps_special_text_as_text():

@@ -2,7 +2,8 @@ import hashlib
 import shutil
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phi4ray import tokenizer as T
 from phi4ray.config import PHI4_VOCAB_SIZE

@@ -1,16 +1,22 @@
 """Pretraining on Ray Train for real: FSDP2 over 2 gloo workers, DCP checkpoints, exact resume."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actors.trainer import TrainJob, read_metrics, run_training
+from actors.trainer import run_training
 from phi4ray.config import model_preset
-from phi4ray.hf import import_hf
+from phi4ray.hf import export_hf, import_hf
+from phi4ray.model import build_model
+from phi4ray.packing import load_rows
 from phi4ray.train import TrainConfig
+from phi4ray.train_jobs import TrainJob, prepare_checkpoints, resume_key
+from phi4ray.train_metrics import read_metrics
 
 pytestmark = pytest.mark.ray
 SEQ = 32
@@ -30,8 +36,8 @@ def _write_rows(path, n=96, seed=0):
     return path
 
 
-def _job(run_dir, tokens, **kw):
-    tc = TrainConfig(seq_len=SEQ, batch_size=8, micro_batch_size=2, steps=12, checkpoint_every=4, log_every=2,
+def _job(run_dir, tokens, steps=12, **kw):
+    tc = TrainConfig(seq_len=SEQ, batch_size=8, micro_batch_size=2, steps=steps, checkpoint_every=4, log_every=2,
                      warmup_steps=2, lr=1e-2)
     return TrainJob("pretrain", model_preset("tiny").replace(n_layers=2, max_seq_len=SEQ), tc, str(tokens),
                     str(run_dir), **kw)
@@ -52,6 +58,14 @@ def test_fsdp_pretrain_learns_and_exports(ray_cluster, tokens, tmp_path):
     model = import_hf(tmp_path / "models" / "pretrain")
     assert model.cfg.n_layers == 2 and torch.isfinite(model.tok_embeddings.weight).all()
     assert (tmp_path / "ray_train" / "pretrain" / "step_000012" / "trainer_state.json").is_file()
+
+    # more steps after a finished run: it trains on from the step-12 checkpoint, steps 13..16 only
+    result = run_training(_job(tmp_path, tokens, steps=16), num_workers=2)
+    assert result.error is None
+    m2 = read_metrics(tmp_path, "pretrain")
+    assert m2[:6] == m and [x["step"] for x in m2[6:]] == [14, 16]
+    assert (tmp_path / "ray_train" / "pretrain" / "step_000016").is_dir()
+    assert not list((tmp_path / "ray_train").glob("pretrain.stale-*"))
 
 
 def test_worker_failure_resumes_exactly_from_checkpoint(ray_cluster, tokens, tmp_path):
@@ -75,24 +89,63 @@ def test_worker_failure_resumes_exactly_from_checkpoint(ray_cluster, tokens, tmp
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
 
 
-def test_rows_of_wrong_length_are_refused(ray_cluster, tokens, tmp_path):
-    from actors.trainer import load_rows
-
+def test_rows_of_wrong_length_are_refused(tokens):
     with pytest.raises(ValueError, match="train.seq_len=16"):
         load_rows(str(tokens), 16)
 
 
-def test_changed_job_starts_fresh_instead_of_resuming(tmp_path):
-    from actors.trainer import _fresh_if_changed
-
-    job = _job(tmp_path, tmp_path / "tokens")
-    _fresh_if_changed(job)
+# --- no Ray needed: when a checkpoint may be resumed -----------------------------------------------
+def test_changed_job_moves_checkpoints_aside_and_longer_steps_keep_them(tokens, tmp_path):
+    job = _job(tmp_path, tokens)
+    assert prepare_checkpoints(job) == []
     step = tmp_path / "ray_train" / "pretrain" / "step_000004"
     step.mkdir()
-    _fresh_if_changed(job)  # the same job again (a rerun after a crash): its checkpoints stay
-    _fresh_if_changed(_job(tmp_path, tmp_path / "tokens", fail_once_at_step=3))
-    assert step.exists()
-    import dataclasses
+    metrics = tmp_path / "checkpoints" / "pretrain" / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    metrics.write_text('{"step": 4}\n')
+    # the same job again (a rerun after a crash), fault injection, a longer or re-scheduled run: kept
+    for same in (job, _job(tmp_path, tokens, fail_once_at_step=3), _job(tmp_path, tokens, steps=40),
+                 dataclasses.replace(job, train=dataclasses.replace(job.train, lr=1e-3, warmup_steps=5,
+                                                                    checkpoint_every=8, micro_batch_size=4))):
+        assert prepare_checkpoints(same) == []
+        assert step.exists() and metrics.exists()
+    # another model shape: moved aside with the metrics, never deleted
+    other = dataclasses.replace(job, model=job.model.replace(n_layers=3))
+    moved = prepare_checkpoints(other)
+    assert not step.exists() and not metrics.exists()
+    assert sorted(p.parent.name for p in moved) == ["checkpoints", "ray_train"]
+    assert all(p.name.startswith("pretrain.stale-") for p in moved)
+    stale_ckpts = next(p for p in moved if p.parent.name == "ray_train")
+    assert (stale_ckpts / "step_000004").is_dir() and list((tmp_path / "checkpoints").glob("pretrain.stale-*"))
+    assert (next(p for p in moved if p.parent.name == "checkpoints") / "metrics.jsonl").read_text() == '{"step": 4}\n'
 
-    _fresh_if_changed(dataclasses.replace(job, train=dataclasses.replace(job.train, lr=1e-3)))
-    assert not step.exists()
+
+def test_resume_key_follows_data_and_starting_model_not_schedule(tokens, tmp_path):
+    base = tmp_path / "base"
+    export_hf(build_model(model_preset("tiny").replace(n_layers=2, max_seq_len=SEQ), seed=0), base)
+    job = _job(tmp_path, tokens, init_from=str(base))
+    key = resume_key(job)
+    for same in (_job(tmp_path, tokens, steps=99, init_from=str(base)),
+                 dataclasses.replace(job, train=dataclasses.replace(job.train, lr=5.0, log_every=1, dtype="bfloat16"))):
+        assert resume_key(same) == key
+    for changed in (dataclasses.replace(job, train=dataclasses.replace(job.train, batch_size=4)),
+                    dataclasses.replace(job, train=dataclasses.replace(job.train, seed=1)),
+                    dataclasses.replace(job, train=dataclasses.replace(job.train, weight_decay=0.0)),
+                    dataclasses.replace(job, model=job.model.replace(rope_theta=1e5))):
+        assert resume_key(changed) != key
+    # the same rows in another folder: the same data; other rows under the same name: not
+    copy = _write_rows(tmp_path / "copy" / "tokens")
+    assert resume_key(dataclasses.replace(job, tokens_dir=str(copy)))["data"] == key["data"]
+    other = _write_rows(tmp_path / "other" / "tokens", seed=1)
+    assert resume_key(dataclasses.replace(job, tokens_dir=str(other)))["data"] != key["data"]
+    # another starting model (the previous stage trained longer): another key
+    export_hf(build_model(model_preset("tiny").replace(n_layers=2, max_seq_len=SEQ), seed=1), base)
+    assert resume_key(job)["init_from"] != key["init_from"]
+
+
+def test_checkpoint_past_the_new_end_is_moved_aside(tokens, tmp_path):
+    prepare_checkpoints(_job(tmp_path, tokens))
+    (tmp_path / "ray_train" / "pretrain" / "step_000012").mkdir()
+    assert prepare_checkpoints(_job(tmp_path, tokens, steps=12)) == []
+    assert prepare_checkpoints(_job(tmp_path, tokens, steps=8))  # cannot untrain: start fresh
+    assert not (tmp_path / "ray_train" / "pretrain" / "step_000012").exists()

@@ -1,1 +1,3 @@
-"""Organic data curation (DESIGN.md stage 1): readers, HTML extraction, filters, language ID, dedup, quality, decontamination. Plain Python; actors/curate.py runs it on Ray Data."""
+"""Organic data curation: readers, HTML extraction, the document filter protocol and its filters
+(corruption, language ID, decontamination), dedup, the quality classifier, the stage's outputs.
+Plain Python; actors/curate.py runs it on Ray Data."""

@@ -11,7 +11,7 @@ from text every Debian + Python machine has, with no network:
   near-duplicates), gzip JSONL.
 - `code`: a slice of the standard library's `.py` files copied into a folder, read as a code
   repository.
-Files are picked evenly across sorted lists (`corpus._spread`), so the same machine always gives
+Files are picked evenly across sorted lists (`corpus.spread`), so the same machine always gives
 the same corpus.
 """
 from __future__ import annotations
@@ -28,7 +28,9 @@ import sysconfig
 import warnings
 from pathlib import Path
 
-from phi4ray.corpus import LICENSES_DIR, _spread, stdlib_files
+import zstandard
+
+from phi4ray.corpus import LICENSES_DIR, spread, stdlib_files
 
 MAN_ROOT = Path("/usr/share/man")
 # troff requests whose arguments are text (headings, fonts); every other request line is markup
@@ -56,9 +58,9 @@ def man_pages(max_docs: int) -> list[dict]:
     for d in sorted(MAN_ROOT.glob("*/man1")):
         by_lang[d.parent.name] = sorted(d.glob("*.gz"))
     others = [lang for lang in by_lang if lang != "en"]
-    picked = _spread(by_lang["en"], max_docs - max_docs // 2)
+    picked = spread(by_lang["en"], max_docs - max_docs // 2)
     for i, lang in enumerate(others):  # the other half, shared evenly (earlier languages get the rest)
-        picked += _spread(by_lang[lang], max_docs // 2 // len(others) + (i < max_docs // 2 % len(others)))
+        picked += spread(by_lang[lang], max_docs // 2 // len(others) + (i < max_docs // 2 % len(others)))
     rows = []
     for path in picked:
         try:
@@ -74,7 +76,7 @@ def _pydoc_pages(max_docs: int) -> list[tuple[str, str]]:
     names = sorted(m.name for m in pkgutil.iter_modules() if m.module_finder.path.endswith(
         ("python3.11", "python3.12", "python3.13", "python3.10")) and not m.name.startswith("_"))
     pages, html = [], pydoc.HTMLDoc()
-    for name in _spread(names, max_docs * 2):
+    for name in spread(names, max_docs * 2):
         if len(pages) >= max_docs:
             break
         try:
@@ -88,6 +90,7 @@ def _pydoc_pages(max_docs: int) -> list[tuple[str, str]]:
 
 
 def write_warc(path: Path, pages: list[tuple[str, str]]) -> None:
+    # deferred: warcio is slow to import and only writing the built-in corpus's WARC needs it
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
 
@@ -103,8 +106,6 @@ def write_warc(path: Path, pages: list[tuple[str, str]]) -> None:
 def write_builtin_raw(out: str | Path, max_docs: int) -> tuple[str, ...]:
     """Write the raw corpus under `out` (once; a finished folder is reused) and return the curate
     inputs naming it, as `source=path` entries."""
-    import zstandard
-
     out = Path(out)
     inputs = (f"web={out}/web.warc.gz", f"web={out}/man.jsonl.zst", f"acquired={out}/licenses.jsonl.gz",
               f"code=code:{out}/code")
@@ -120,7 +121,7 @@ def write_builtin_raw(out: str | Path, max_docs: int) -> tuple[str, ...]:
         for p in licenses:
             f.write(json.dumps({"text": p.read_text(errors="replace"), "url": f"license:{p.name}"}) + "\n")
     root = Path(sysconfig.get_paths()["stdlib"])
-    for src in _spread(stdlib_files(), max_docs):
+    for src in spread(stdlib_files(), max_docs):
         dst = out / "code" / src.relative_to(root)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)

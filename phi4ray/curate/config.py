@@ -1,18 +1,22 @@
-"""What the curate stage reads and how hard each filter is. Every filter's own config nests here,
-so any threshold is one dotted override away (curate.filters.max_dup_line_frac=0.2)."""
+"""What the curate stage reads, which document filters run in which order, and how hard each is.
+Every filter's own config nests here, so any threshold is one dotted override away
+(curate.corruption.max_dup_line_frac=0.2), and so does the reader's (curate.reader.text_field=content)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from phi4ray.config import ConfigError
+from phi4ray.curate.classifier import QualityClassifierConfig
 from phi4ray.curate.decontam import DecontamConfig
+from phi4ray.curate.documents import document_schema
 from phi4ray.curate.filters import CorruptionConfig
 from phi4ray.curate.html import ExtractConfig
 from phi4ray.curate.minhash import MinHashConfig
-from phi4ray.curate.quality import QualityClassifierConfig
+from phi4ray.curate.readers import ReaderConfig
 from phi4ray.packing import PHI4_MIXTURE
 
 ANNOTATORS = ("heuristic", "fleet", "endpoint")
+DEFAULT_FILTERS = ("html", "corruption", "language", "decontam")
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class QualityConfig:
     annotator: "endpoint" (an OpenAI-compatible judge at `url`) or "fleet" (`model`, an HF folder,
     served on our sampler fleet) rate `annotate_docs` sampled documents for educational value and
     reasoning depth; "heuristic" labels the sample by the passage heuristics of
-    `phi4ray.curate.quality.passage_scores` instead: the weak-label fallback for a run with no
+    `phi4ray.passages.passage_scores` instead: the weak-label fallback for a run with no
     judge yet (the tiny preset: before pretraining there is no model that can judge)."""
     annotator: str = "heuristic"
     url: str = ""
@@ -62,8 +66,12 @@ class CurateConfig:
     eval_files: tuple[str, ...] = ()  # more evaluation sets to decontaminate against (the eval
     # stage's suites, RUN/eval/suites, always count)
     shard_actors: int = 2           # Ray Data actors reading and filtering input files
+    # the document filters, in the order they run (registered names, phi4ray.curate.registry, or
+    # package.module:Class); a document stops at the first that drops it
+    filters: tuple[str, ...] = DEFAULT_FILTERS
+    reader: ReaderConfig = ReaderConfig()
     extract: ExtractConfig = ExtractConfig()
-    filters: CorruptionConfig = CorruptionConfig()
+    corruption: CorruptionConfig = CorruptionConfig()
     minhash: MinHashConfig = MinHashConfig()
     decontam: DecontamConfig = DecontamConfig()
     quality: QualityConfig = QualityConfig()
@@ -79,6 +87,9 @@ class CurateConfig:
             raise ConfigError("curate.builtin_docs and curate.shard_actors must be >= 1")
         if not 0.0 <= self.min_lang_score <= 1.0:
             raise ConfigError(f"curate.min_lang_score={self.min_lang_score} must be in [0, 1]")
+        if len(set(self.filters)) != len(self.filters):
+            raise ConfigError(f"curate.filters={self.filters} names a filter twice")
+        document_schema(self.filters)  # every name resolves and no two filters write one column
 
     def parsed_inputs(self) -> list[tuple[str, str]]:
         return [tuple(e.split("=", 1)) for e in self.inputs]

@@ -22,9 +22,10 @@ from __future__ import annotations
 import unicodedata
 from typing import Iterable
 
+import pyarrow as pa
 import xxhash
 
-__all__ = ["exact_key", "group_edges", "components", "to_drop"]
+__all__ = ["exact_key", "group_edges", "components", "to_drop", "exact_losers", "star_edges"]
 
 
 def exact_key(text: str) -> str:
@@ -82,3 +83,17 @@ def components(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
 def to_drop(comps: dict[str, str]) -> set[str]:
     """Every node that is not its component's representative: the duplicates to remove."""
     return {node for node, rep in comps.items() if node != rep}
+
+
+# --- group functions for the job's groupby/map_groups (pyarrow tables in and out) -------------------
+def exact_losers(group: pa.Table) -> pa.Table:
+    """One exact-key group's doc ids to drop: all but the smallest, which stays."""
+    ids = sorted(group.column("doc_id").to_pylist())
+    return pa.table({"doc_id": pa.array(ids[1:], pa.string())})
+
+
+def star_edges(group: pa.Table) -> pa.Table:
+    """One band group's duplicate edges (`group_edges`) as columns a, b."""
+    edges = group_edges(sorted(set(group.column("doc_id").to_pylist())))
+    return pa.table({"a": pa.array([a for a, _ in edges], pa.string()),
+                     "b": pa.array([b for _, b in edges], pa.string())})

@@ -33,7 +33,7 @@ Speed: one pass of C-level string methods (split, set, count, zlib) plus numpy o
 n-gram repetition uses 64-bit rolling hashes and one sort per n over the positions whose shorter
 n-gram already repeats, so prose costs about one sort of its words; past `NGRAM_WORD_LIMIT` words
 (twice Gopher's word cap) only a prefix is read for them. The one regex over the whole text is a
-single character class (linear). A 10 MB document scores in 0.5-1 s of CPU on this machine.
+single character class (linear).
 """
 from __future__ import annotations
 

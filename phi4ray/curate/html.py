@@ -1,4 +1,4 @@
-"""HTML -> Markdown-flavoured text for pretraining (DESIGN.md stage 1, issue #4).
+"""HTML -> Markdown-flavoured text for pretraining.
 
 Kept: headings (`#`), paragraphs, lists (`- ` / `1. `), tables (Markdown, header row first,
 nested tables flattened), code blocks (fenced, with the language when the page names it, the

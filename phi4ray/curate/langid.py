@@ -35,7 +35,7 @@ def bundled_model_path() -> Path:
 @functools.lru_cache(maxsize=4)
 def _load(path: str):
     try:
-        import fasttext
+        import fasttext  # deferred: the config check imports this module; only a model load needs it
     except ImportError as e:
         raise ImportError("language ID needs the `fasttext-predict` package (module `fasttext`)") from e
     return fasttext.load_model(path)
@@ -55,7 +55,7 @@ class LanguageID:
             raise FileNotFoundError(f"fastText language-ID model not found at {path}")
         self.model_path = str(path)
         self.max_chars = max_chars
-        self._model = _load(self.model_path)
+        self.model = _load(self.model_path)  # the fastText model (benchmarks call it directly)
 
     def _line(self, text: str) -> str:
         if len(text) > self.max_chars:
@@ -71,9 +71,9 @@ class LanguageID:
         if not line:
             return "", 0.0
         try:
-            (label,), (prob,) = self._model.predict(line, k=1)
+            (label,), (prob,) = self.model.predict(line, k=1)
         except UnicodeError:  # lone surrogates (from JSON escapes) cannot cross into C++
-            (label,), (prob,) = self._model.predict(line.encode("utf-8", "replace").decode("utf-8"), k=1)
+            (label,), (prob,) = self.model.predict(line.encode("utf-8", "replace").decode("utf-8"), k=1)
         prob = float(prob)
         # the softmax output can exceed 1 by float error; keep the column a probability
         return label.removeprefix("__label__"), min(1.0, prob) if math.isfinite(prob) else 0.0

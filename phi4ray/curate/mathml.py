@@ -3,9 +3,10 @@
 `html_formulas` says which elements are formulas and gives their TeX: MathJax 2 sources
 (`<script type="math/tex">`, its rendered copies skipped), KaTeX (the TeX annotation; its visual
 HTML is a copy), MathJax 3 `<mjx-container>` (its assistive MathML), MathML, TeX in image alt
-text (Wikipedia, WordPress LaTeX). A `<math>` element becomes TeX in two ways: its own TeX annotation when the page kept one (KaTeX
-and many MathJax outputs carry `<annotation encoding="application/x-tex">`, the author's source),
-otherwise a small structural converter over the presentation elements (mi mn mo mrow mfrac msup
+text (Wikipedia, WordPress LaTeX). A `<math>` element becomes TeX in two ways: its own TeX
+annotation when the page kept one (KaTeX and many MathJax outputs carry
+`<annotation encoding="application/x-tex">`, the author's source), otherwise a small structural
+converter over the presentation elements (mi mn mo mrow mfrac msup
 msub msubsup msqrt mroot mtext mover munder munderover mtable ...). Anything it does not know
 falls back to its children, so the worst case is the formula's plain text, never an exception.
 Nesting deeper than _MAX_DEPTH is read as plain text: the converter recurses, and a page may nest

@@ -102,7 +102,7 @@ def shingle_hashes(text: str, config: MinHashConfig | None = None) -> np.ndarray
 
 
 @functools.lru_cache(maxsize=8)
-def _permutations(seed: int, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+def permutations(seed: int, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
     a = [1 + xxhash.xxh64_intdigest(f"a{i}".encode(), seed=seed) % (PRIME - 1) for i in range(num_perm)]
     b = [xxhash.xxh64_intdigest(f"b{i}".encode(), seed=seed) % PRIME for i in range(num_perm)]
     return np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64)
@@ -121,7 +121,7 @@ def signatures(texts: list[str], config: MinHashConfig | None = None) -> np.ndar
     Small documents share one permutation pass (segments reduced with `minimum.reduceat`); a big
     one runs alone in chunks of CHUNK_ROWS shingles with a running minimum."""
     config = config or MinHashConfig()
-    a, b = _permutations(config.seed, config.num_perm)
+    a, b = permutations(config.seed, config.num_perm)
     out = np.full((len(texts), config.num_perm), SENTINEL, dtype=np.uint32)
     shingles = [shingle_hashes(t, config) for t in texts]
     batch: list[int] = []

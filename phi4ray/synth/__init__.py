@@ -1,1 +1,2 @@
-"""Synthetic data generation (DESIGN.md stage 2): rewrites, self-revision, instruction reversal, execution validation, Q&A extraction, plurality filter. Plain Python; actors/synthesize.py runs it on Ray Data."""
+"""Synthetic data generation: rewrites, self-revision, instruction reversal, execution validation,
+Q&A extraction, plurality filter. Plain Python; actors/synthesize.py runs it on Ray Data."""

@@ -35,7 +35,7 @@ class SynthesizeConfig:
     chunk_size: int = 16
     actors: int = 2                 # Ray Data actors running chunks (each one chunk at a time)
     actor_cpus: float = 0.5         # logical CPUs per actor: they mostly wait on the teacher
-    # prose seeds: passages of web/acquired documents (phi4ray.curate.quality.segment_passages)
+    # prose seeds: passages of web/acquired documents (phi4ray.passages.segment_passages)
     passage_max_chars: int = 2000
     passage_min_chars: int = 200
     # code seeds: top-level functions of code documents, between these sizes

@@ -9,7 +9,7 @@ a row (a failure is a row with its reason, never a lost seed).
 Engines (anything with this `generate`):
 - `EndpointEngine`: an external OpenAI-compatible endpoint (`phi4ray.endpoint.OpenAIEndpoint`),
   chat or completions mode;
-- the Ray sampler fleet (actors/synthesize.py renders the chat template to token ids);
+- the Ray sampler fleet (actors/fleet_engine.py renders the chat template to token ids);
 - `ScriptedEngine`: a function prompt -> replies, for tests.
 An engine fails a whole call by raising. It may instead put an Exception in place of one prompt's
 replies to fail that prompt alone, so one bad prompt does not cost its batch-mates a retry.

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from phi4ray.judge import _DRESS, _VALUE, _score  # the judge's score-line grammar, shared
+from phi4ray.judge import LINE_DRESS, SCORE_VALUE, score_value  # the judge's score-line grammar, shared
 from phi4ray.synth.llm import CallConfig, Engine, Request, Sampling, call_all, make_row, require, seed_value
 from phi4ray.synth.templates import load_template, strip_label
 
 CRITERIA = ("reasoning", "factual_accuracy")
-_CRITERION = re.compile(_DRESS + r"(reasoning|factual[ _]accuracy)" + _VALUE, re.I | re.M)
+_CRITERION = re.compile(LINE_DRESS + r"(reasoning|factual[ _]accuracy)" + SCORE_VALUE, re.I | re.M)
 _MAX_CHARS = 20_000  # critique text past this is junk; keeps the regex work bounded
 
 SCHEMA = pa.schema([("seed_id", pa.string()), ("template_id", pa.string()), ("status", pa.string()),
@@ -56,7 +56,7 @@ def parse_critique(text) -> dict | None:
         return None
     found = {}
     for m in _CRITERION.finditer(text[-_MAX_CHARS:]):
-        found[m.group(1).lower().replace(" ", "_")] = _score(m.group(2))
+        found[m.group(1).lower().replace(" ", "_")] = score_value(m.group(2))
     if set(found) != set(CRITERIA) or None in found.values():
         return None
     return {c: found[c] for c in CRITERIA}

@@ -1,0 +1,105 @@
+"""The synthesize stage's work on any runner: seeds -> chunks -> rows -> outputs and report.
+
+    RUN/curated/<source>/*.parquet (else the built-in corpus)
+      -> seeds per step (phi4ray.synth.seeds)
+      -> chunks of `synth.chunk_size` seeds (phi4ray.synth.chunks), the missing ones run by a
+         runner, each writing RUN/synthesize/<step>/<chunk_id>.parquet
+      -> plurality after qa (qa's questions, deduplicated across seeds, are among its seeds)
+      -> RUN/synthetic/..., RUN/synthesize/dropped/<step>.parquet (phi4ray.synth.outputs),
+         RUN/synthesize/report.json
+
+A runner runs a list of chunks: `LocalRunner` (one engine, in this process: tests, debugging) or
+actors.synthesize.RayRunner (Ray Data actors against the fleet or an endpoint). Everything after
+the chunks (qa dedupe, outputs, report) is recomputed from the chunk files, so a run resumed after a
+crash equals an uninterrupted one (the fleet seeds sampling per prompt, see actors/fleet_engine.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Protocol
+
+from phi4ray.stage import StageResult
+from phi4ray.synth.chunks import Chunk, clean_stale, plan_chunks, process_chunk, read_rows, run_missing
+from phi4ray.synth.outputs import check_counts, step_report, write_outputs
+from phi4ray.synth.seeds import code_seeds, dedupe_questions, plurality_seeds, prose_seeds, read_documents, revise_seeds
+from phi4ray.synth.steps import STEPS
+
+WORK = "synthesize"  # RUN/<WORK>: chunk files, dropped rows, report.json
+
+
+class Runner(Protocol):
+    name: str  # the teacher's name: part of every chunk id
+
+    def run(self, chunks: list[Chunk], s, work: Path) -> None:
+        """Run every chunk, each writing its file."""
+
+    def timings(self) -> dict:
+        """Extra timings for the manifest (a fleet's start-up)."""
+
+    def close(self) -> None:
+        """Release what the runner holds."""
+
+
+class LocalRunner:
+    """Chunks one after another in this process, on one engine and one event loop (an endpoint
+    client binds to the loop it first runs on): tests, debugging."""
+
+    def __init__(self, engine, name: str = "local"):
+        self.engine, self.name, self.loop = engine, name, asyncio.new_event_loop()
+
+    def run(self, chunks: list[Chunk], s, work: Path) -> None:
+        for c in chunks:
+            self.loop.run_until_complete(process_chunk(c, self.engine, s, work))
+
+    def timings(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        self.loop.close()
+
+
+def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
+    """The stage's work on `runner`; chunks with a file already are not run again."""
+    run_dir = Path(run_dir).resolve()
+    s, work, t0 = cfg.synth, run_dir / WORK, time.time()
+    origin, docs = read_documents(run_dir, cfg)
+    passages = prose_seeds(docs, s)
+    seeds = {"rewrite": passages, "revise": revise_seeds(passages), "reversal": code_seeds(docs, s), "qa": passages}
+    order = [st for st in STEPS if st in s.steps]  # recipe order; plurality last
+    plans: dict[str, list[Chunk]] = {}
+    rows: dict[str, list[dict]] = {}
+    redone: dict[str, int] = {}
+    for phase in ([st for st in order if st != "plurality"], [st for st in order if st == "plurality"]):
+        if phase == ["plurality"]:
+            seeds["plurality"] = plurality_seeds(rows.get("qa", []), cfg)
+        for st in phase:
+            plans[st] = plan_chunks(st, seeds[st], cfg, runner.name)
+        ran = run_missing([c for st in phase for c in plans[st]], runner, s, work)  # one pipeline per phase
+        for st in phase:
+            redone[st] = sum((st, c.chunk_id) in ran for c in plans[st])
+            rows[st] = read_rows(plans[st], work)
+        if "qa" in phase:
+            dedupe_questions(rows["qa"])
+    for st in order:
+        check_counts(st, seeds[st], rows[st])
+    clean_stale(work, plans)
+    outputs = write_outputs(run_dir, work, {st: (seeds[st], rows[st]) for st in order}, s)
+    report = {"teacher": runner.name, "seeds_from": origin, "outputs": outputs,
+              "steps": {st: step_report(st, seeds[st], rows[st], len(plans[st]), redone[st]) for st in order},
+              "wall_s": round(time.time() - t0, 1), **runner.timings()}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    for st, r in report["steps"].items():
+        print(f"synthesize: {st}: {r['seeds_in']} seeds -> {r['rows_out']} rows, {r['ok']} kept "
+              f"({r['acceptance_rate']}); dropped {r['dropped']}", flush=True)
+    steps = {st: {k: v for k, v in r.items() if k != "examples"} for st, r in report["steps"].items()}
+    kept = sum(outputs.values())
+    counts = {"seeds": sum(r["seeds_in"] for r in steps.values()), "kept": kept,
+              "dropped": sum(r["rows_out"] for r in steps.values()) - kept, "outputs": outputs, "steps": steps}
+    return StageResult(counts=counts, inputs={"seeds_from": origin, "teacher": runner.name},
+                       outputs={"synthetic": str(run_dir / "synthetic"), "dropped": str(work / "dropped"),
+                                "report": str(work / "report.json")},
+                       timings={"wall_s": report["wall_s"], **runner.timings()})
