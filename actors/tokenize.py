@@ -19,6 +19,7 @@ a task whose threaded writer does not promise row order.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from pathlib import Path
@@ -138,7 +139,8 @@ def tokenize_mixture(run_dir: str | Path, mix: MixtureConfig, cluster, *, out_na
     tokens, doc_ids, sources, plan, available, counts = pack_mixture(mix, tokenized)
     t_pack = time.time() - t0 - t_tok
     shards = shard_names(len(tokens), mix.shard_sequences)
-    record = {"key": key, "inputs": {"files": files}, "outputs": {out_name: str(out), "shards": shards},
+    record = {"key": key, "inputs": {"mixture": dataclasses.asdict(mix), "files": files},
+              "outputs": {out_name: str(out), "shards": shards},
               "counts": mixture_counts(mix, tokens, len(shards), plan, available, counts),
               "timings": {"tokenize_s": round(t_tok, 2), "pack_s": round(t_pack, 2)}}
     record = write_shards(out, tokens, doc_ids, sources, mix.shard_sequences, record)

@@ -81,12 +81,8 @@ def _main(args) -> int:
     stages = order if args.stage == "run" else [s for s in order if s.name == args.stage]
     alone = len(stages) == 1
     options = stage_options(stages[0], args) if alone else {}
-    if alone:
-        check_inputs(stages[0], cfg, run_dir, options)  # before anything starts: name the stage to run first
-    else:
-        for s in stages:  # inputs the user named (files, folders) are checked before the first stage
-            if s.check:
-                s.check(cfg, run_dir, {})
+    if alone:  # before anything starts: name the stage to run first (run_stage checks each again)
+        check_inputs(stages[0], cfg, run_dir, options, order)
     run_dir.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     with RunContext.local(run_dir, cfg, hold=not alone, options=options) as ctx:

@@ -100,12 +100,19 @@ def stage_key(stage: Stage, cfg, run_dir: Path, options: dict | None = None) -> 
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def check_inputs(stage: Stage, cfg, run_dir: Path, options: dict | None = None) -> None:
-    """Everything a stage needs that is not there, found before any Ray or worker starts."""
+def check_inputs(stage: Stage, cfg, run_dir: Path, options: dict | None = None,
+                 order: list[Stage] | None = None) -> None:
+    """Everything a stage needs that is not there, found before any Ray or worker starts: a stage
+    it reads that has not run, or (given the pipeline's `order`) that ran under another config."""
+    known = {s.name: s for s in order or ()}
     for need in stage.reads:
-        if not _complete_key(run_dir, need):
+        done = _complete_key(run_dir, need)
+        if not done:
             raise MissingInput(f"{stage.name} reads the output of `{need}`, which has not run in "
                                f"{run_dir}: run `phi4ray {need}` first (or `phi4ray run`)")
+        if need in known and stage_key(known[need], cfg, run_dir) != done:
+            raise MissingInput(f"{stage.name} reads the output of `{need}`, which ran under another config "
+                               f"than this one: run `phi4ray {need}` with it first (or `phi4ray run`)")
     if stage.check:
         stage.check(cfg, run_dir, options or {})
 
@@ -121,7 +128,7 @@ def run_stage(stage: Stage, ctx: Context, *, order: list[Stage] | None = None, f
     """Run `stage` unless it is complete with the same key; returns (its manifest, whether it ran).
     `order`: every stage of the pipeline, for the report (default: this one alone)."""
     run_dir = Path(ctx.run_dir)
-    check_inputs(stage, ctx.cfg, run_dir, ctx.options)
+    check_inputs(stage, ctx.cfg, run_dir, ctx.options, order)
     key = stage_key(stage, ctx.cfg, run_dir, ctx.options)
     done = manifest.read_manifest(run_dir, stage.name)
     if not force and done and done.get("complete") and done.get("key") == key:

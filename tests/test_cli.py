@@ -57,8 +57,9 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     init = json.loads((tmp_path / "manifests" / "init.json").read_text())
     assert init["complete"] and init["config"]["model"]["n_layers"] == 2
     assert (tmp_path / "models" / "init" / "model.safetensors").is_file()
-    for stage in ("curate", "synthesize", "tokenize", "pretrain", "tokenize_midtrain", "midtrain", "sft", "pts", "dpo"):
+    for stage in ("curate", "synthesize", "tokenize", "pretrain", "midtrain", "sft", "pts", "dpo"):
         assert json.loads((tmp_path / "manifests" / f"{stage}.json").read_text())["complete"]
+    assert (tmp_path / "tokens_midtrain" / "tokenize_record.json").is_file()  # midtraining's own mixture
     sft = json.loads((tmp_path / "manifests" / "sft.json").read_text())["counts"]
     assert sft["conversations"] == 40 and sft["heldout_loss_after"] < sft["heldout_loss_before"]
     pts = json.loads((tmp_path / "manifests" / "pts.json").read_text())["counts"]
@@ -72,7 +73,7 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     # the mixture read it from there, not from the fallback corpus
     curate = json.loads((tmp_path / "curate" / "stats.json").read_text())
     assert curate["read"] == curate["kept"] + curate["dropped"] + curate["quarantined"] and curate["kept"] > 0
-    mix = json.loads((tmp_path / "manifests" / "tokenize.json").read_text())["config"]["sources"]
+    mix = json.loads((tmp_path / "manifests" / "tokenize.json").read_text())["inputs"]["mixture"]["sources"]
     assert {p for s in mix for p in s["paths"]} >= {"curated/web", "curated/code"}
     synth = json.loads((tmp_path / "synthesize" / "report.json").read_text())
     assert set(synth["steps"]) == {"rewrite", "reversal"}  # every step: tests/test_synthesize_stage.py
@@ -93,6 +94,12 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     assert json.loads((tmp_path / "manifests" / "init.json").read_text())["finished_at"] == init["finished_at"]
     # eval: both stage models graded on every suite; dpo made no model here, so it is skipped
     check_eval_outputs(tmp_path, ["init", "sft"], size=2)
+    # another eval size re-runs eval alone: its key is its own section plus the models it grades
+    third = _run([*argv, "eval.size=3"], timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "[      eval] done in" in third.stdout
+    assert third.stdout.count("already complete") == len(STAGES) - 1
+    check_eval_outputs(tmp_path, ["init", "sft"], size=3)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -29,6 +29,14 @@ def _complete(run_dir: Path, *names: str) -> None:
         manifest.write_manifest(run_dir, name, {}, key=f"key-of-{name}", inputs={}, outputs={}, counts={}, timings={})
 
 
+def _complete_current(run_dir: Path, cfg, *names: str) -> None:
+    """Manifests under the keys the stages have for `cfg`, in pipeline order (as a run leaves them)."""
+    for s in registry.STAGES:
+        if s.name in names:
+            manifest.write_manifest(run_dir, s.name, {}, key=stage_key(s, cfg, run_dir), inputs={}, outputs={},
+                                    counts={}, timings={})
+
+
 def test_every_registered_stage_declares_what_it_depends_on():
     cfg = run_preset("tiny")
     names = [s.name for s in registry.STAGES]
@@ -126,10 +134,9 @@ def test_a_missing_curation_input_is_one_line_before_ray(tmp_path, capsys):
 
 
 def test_a_batch_that_cannot_split_over_the_workers_is_refused_before_any_worker(tmp_path, capsys):
-    (tmp_path / "manifests").mkdir(parents=True)
-    _complete(tmp_path, "init", "tokenize")
     argv = ["pretrain", "--run-dir", str(tmp_path), "train_workers=3", "pretrain.batch_size=8",
             "pretrain.micro_batch_size=4"]
+    _complete_current(tmp_path, apply_overrides(run_preset("tiny"), argv[3:]), "init", "tokenize")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "does not split into micro-batches of 4 over 3 workers" in err and len(err.strip().splitlines()) == 1
@@ -156,3 +163,12 @@ def test_a_new_stage_is_one_file_and_one_registry_entry(tmp_path, monkeypatch, c
     assert main(["model_card", "--run-dir", run_dir, "model.n_layers=1", "eval.size=20"]) == 0
     assert "[model_card] already complete" in capsys.readouterr().out
     assert "model_card" in main.__globals__["build_parser"]().format_help()
+
+
+def test_a_stage_whose_input_ran_under_another_config_is_refused(tmp_path, capsys):
+    """pretrain alone with another model shape than init's: the init model would not fit it."""
+    assert main(["init", "model.n_layers=1", "--run-dir", str(tmp_path)]) == 0
+    _complete_current(tmp_path, run_preset("tiny"), "tokenize")
+    capsys.readouterr()
+    assert main(["pretrain", "model.n_layers=2", "--run-dir", str(tmp_path)]) == 2
+    assert "reads the output of `init`, which ran under another config" in capsys.readouterr().err
