@@ -1,7 +1,7 @@
 """Stage `dpo`: reference pass on Ray Data, then DPO on Ray Train from the SFT model.
 
 Pairs: RUN/pts/pairs (round 1, single-token PTS pairs) and RUN/dpo/pairs_full (round 2,
-judge-guided full responses, actors/judge.py) when present. The pairs of one query in five
+judge-guided full responses, phi4ray/judged_pairs.py) when present. The pairs of one query in five
 (by query id) are held out: they measure the policy's chosen-vs-rejected log-prob margin and
 accuracy before and after. In the toy domain the stage also measures what PTS is for: the
 success rate on held-out questions, before and after.

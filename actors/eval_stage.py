@@ -41,6 +41,7 @@ from phi4ray.evals.models import (
 from phi4ray.evals.runner import SuiteResult, run_suites
 from phi4ray.evals.schema import Suite
 from phi4ray.evals.scores import plot_scores, score_lines, stage_counts, summarize, write_summary
+from phi4ray.manifest import config_hash
 from phi4ray.runs import latest_model
 from phi4ray.stage import Stage, StageResult
 
@@ -97,7 +98,8 @@ def run(ctx) -> StageResult:
     models = stage_models(run_dir, cfg)
     fingerprints = {s: model_fingerprint(d) for s, d in models.items()}
     suites = load_suites(suite_files(run_dir, cfg))
-    out_dirs = {s: graded_dir(run_dir, s, fp) for s, fp in fingerprints.items()}
+    grading = {"suites": {s.name: s.version for s in suites}, "eval": config_hash(e)}
+    out_dirs = {s: graded_dir(run_dir, s, fp, grading) for s, fp in fingerprints.items()}
     labels = {s: f"{cfg.serve.model_id}-{s}" for s in models}  # the model named in the records
     all_lanes = lanes({s: model_shape(str(d)) for s, d in models.items()})
     newest = latest_model(run_dir).resolve() if ctx.cluster.holding else None

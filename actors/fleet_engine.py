@@ -1,7 +1,7 @@
 """`FleetEngine`: the Serve sampler fleet as a synthesis `Engine` (phi4ray.synth.llm).
 
 Synthesis steps speak text; the fleet speaks token ids. Each prompt becomes one Phi-4 user turn
-(`actors.judge.render_prompt`, the same rendering the judges and PTS use), is sampled `n` times
+(`phi4ray.tokenizer.render_prompt`, the same rendering the judges and PTS use), is sampled `n` times
 through a `FleetSampler` (replica loss retried there) and each sample is decoded without its
 closing <|im_end|>. A prompt that fails (too long for the context, rejected) fails alone: its slot
 holds the exception, so call_all retries it without its batch-mates.
@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import zlib
 
-from actors.judge import decode_response, render_prompt
 from actors.sampler_client import FleetSampler
 from actors.serve_names import APP_NAME
 from phi4ray.sampling import SampleRequest
-from phi4ray.tokenizer import IM_END
+from phi4ray.tokenizer import IM_END, decode_response, render_prompt
 
 
 class FleetEngine:

@@ -9,7 +9,7 @@ replica dying costs retries (FleetSampler) and a PTS actor dying costs a restart
 call (max_restarts / max_task_retries).
 
 With `dpo.judge_prompts > 0` the stage also makes DPO round 2's judge-guided full pairs while the
-fleet is up (actors/judge.py -> RUN/dpo/pairs_full).
+fleet is up (actors/judge.py + phi4ray/judged_pairs.py -> RUN/dpo/pairs_full).
 
 Outputs: RUN/pts/queries.jsonl, RUN/pts/pairs/pairs.parquet (token ids for the DPO trainer plus texts for reading,
 p estimates, query and model ids), RUN/pts/report.json and RUN/report/pts_p_query.png.
@@ -23,10 +23,12 @@ from pathlib import Path
 
 import ray
 
-from actors.judge import EndpointJudge, FleetJudge, FleetPolicy, build_judged_pairs
+from actors.judge import FleetJudge, FleetPolicy
 from actors.sampler_client import FleetSampler
 from phi4ray.arith import check_answer, make_problems
 from phi4ray.endpoint import EndpointConfig
+from phi4ray.judge_endpoint import EndpointJudge
+from phi4ray.judged_pairs import build_judged_pairs
 from phi4ray.manifest import read_checkpoint_lines
 from phi4ray.pts import answer_oracle, plot_p_query, pts_queries, query_record, search_query, search_report, write_pairs
 from phi4ray.stage import Stage, StageResult

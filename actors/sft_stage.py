@@ -1,7 +1,7 @@
 """Stage `sft`: conversations -> packed rows with an assistant-only loss mask -> Ray Train.
 
 Data: `sft.data` (JSONL/Parquet conversations, e.g. best-of-N responses kept by the judge,
-actors/judge.py) or, by default, the toy arithmetic domain's worked solutions (phi4ray.arith).
+phi4ray/judged_sft.py) or, by default, the toy arithmetic domain's worked solutions (phi4ray.arith).
 Writes RUN/sft_tokens (tokens, doc_ids, loss_mask; one conversation per document, never split) and
 RUN/models/sft; the counts hold the held-out loss before and after.
 """

@@ -3,9 +3,9 @@ answers, and "name a prime" questions answered by a noisy teacher.
 
 Why two kinds. Pivotal Token Search needs queries on which the policy succeeds sometimes
 (0.2 <= p <= 0.8) and an oracle that checks its answers. Arithmetic needs the model to read the
-question (copy operands, combine them): measured on this CPU, the 4-layer tiny model does not
-learn that in the minutes the tiny pipeline gives SFT (after 150-200 steps p(success) ~ 0.05 on
-training and held-out questions); in-context use takes millions of tokens, not 150k. So arithmetic
+question (copy operands, combine them), which the 4-layer tiny model does not learn in the
+minutes the tiny pipeline gives SFT (README, "Post-training"); in-context use takes millions of
+tokens, not the tiny run's 150k. So arithmetic
 is kept as the real task and PTS's filter drops it as too hard, while "name a prime below 100"
 needs no reading at all: the SFT teacher picks a prime only `teacher_accuracy` of the time, the
 policy learns that distribution (p ~ 0.5), the number it writes is the pivotal token, and DPO on

@@ -101,7 +101,7 @@ PRESETS: dict[str, ModelConfig] = {
     "small": ModelConfig(
         dim=2048, n_layers=24, n_heads=16, n_kv_heads=4, ffn_dim=7168, max_seq_len=4096, rope_theta=10_000.0
     ),
-    # CPU: trains at ~1K tokens/s in fp32 on 2 cores; head dim 64 is one vLLM's CPU kernels take.
+    # CPU: trains in fp32 on a laptop (README has the tokens/s); head dim 64 is one vLLM's CPU kernels take.
     "tiny": ModelConfig(
         dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=768, max_seq_len=1024,
         rope_theta=10_000.0, tie_embeddings=True, embed_init_std=0.02,

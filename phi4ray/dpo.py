@@ -47,7 +47,7 @@ class DPOConfig:
     sft_weight: float = 0.0
     train: TrainConfig = TrainConfig(batch_size=16, micro_batch_size=8, steps=50, lr=1e-5, warmup_steps=5,
                                      min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=25)
-    # round 2, judge-guided full pairs (actors/judge.py), made while the pts stage has the fleet up:
+    # round 2, judge-guided full pairs (phi4ray/judged_pairs.py), made while the pts stage has the fleet up:
     # responses from the fleet's policy; the judge is an external OpenAI-compatible endpoint when
     # judge_url is set, else the fleet itself. 0 prompts: round 2 off.
     judge_prompts: int = 0

@@ -4,7 +4,8 @@ Phi-4's SFT keeps the best of N responses by an LLM judge, and its second DPO ro
 responses from several models by a judge's verdict on accuracy, style and detail. This module is
 the plain-Python part: prompt templates, output parsing, position-bias control and pair
 selection. The judge is any async callable `judge(prompt_text) -> str` (the sampler fleet, an
-external OpenAI-compatible endpoint, or a scripted fake in tests); actors/judge.py wires it up.
+external OpenAI-compatible endpoint, or a scripted fake in tests); phi4ray/judged_pairs.py and
+phi4ray/judged_sft.py drive it over many prompts, actors/judge.py puts the fleet behind it.
 
 Design choices:
 - Templates are versioned (`Template.id` goes on every output row), so pairs labelled by

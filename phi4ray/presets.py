@@ -141,9 +141,8 @@ def run_preset(name: str) -> RunConfig:
                                                       warmup_steps=2, checkpoint_every=6, log_every=3)),
             # toy-domain solutions are ~20 tokens: 32 leaves room for a rambling policy
             pts=PTSConfig(queries=64, samples_per_estimate=16, max_tokens=32),
-            # measured on the tiny run: DPO alone at lr 1e-4 lowered held-out success (0.30 -> 0.21),
-            # at 1e-5 it barely moved it; with the chosen-side NLL term it rose 0.30 -> 0.41 (later runs: the
-            # margin always rises, success does not always, see README)
+            # with the chosen-side NLL term (sft_weight): plain DPO lowered held-out success on the
+            # tiny run (README, "Post-training")
             dpo=DPOConfig(beta=0.1, sft_weight=1.0, judge_prompts=16, train=TrainConfig(
                 batch_size=16, micro_batch_size=8, steps=30, lr=1e-4, warmup_steps=3, min_lr_ratio=1.0,
                 weight_decay=0.0, checkpoint_every=15, log_every=5)),

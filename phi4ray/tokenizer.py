@@ -194,3 +194,14 @@ def _hf_tokenizer_json() -> str:
 @functools.lru_cache(maxsize=1)
 def get_tokenizer() -> Phi4Tokenizer:
     return Phi4Tokenizer()
+
+
+def render_prompt(question: str) -> list[int]:
+    """`question` as one Phi-4 user turn, ready for the assistant's reply (the rendering the
+    judges, PTS and synthesis on the fleet all use)."""
+    return get_tokenizer().render_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
+
+
+def decode_response(ids: list[int]) -> str:
+    """A sampled response as text, without its closing <|im_end|>."""
+    return get_tokenizer().decode(ids[:-1] if ids and ids[-1] == IM_END else ids)

@@ -1,7 +1,8 @@
 """LLM-judge data: parsing, position bias, pair selection, accounting; then the real fleet.
 
-Unit tests drive phi4ray/judge.py and actors/judge.py with scripted async judges and policies
-(and a loopback OpenAI-compatible server for the endpoint side). The integration tests run
+Unit tests drive phi4ray/judge.py, the judged-data drivers (phi4ray/judged_pairs.py,
+phi4ray/judged_sft.py), phi4ray/judge_endpoint.py and actors/judge.py with scripted async judges
+and policies (and a loopback OpenAI-compatible server for the endpoint side). The integration tests run
 responses (and once the judge) through the real Serve + vLLM fleet of the session fixtures.
 """
 from __future__ import annotations
@@ -16,16 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 import pytest
 
-from actors.judge import (
-    EndpointJudge,
-    EndpointPolicy,
-    FleetJudge,
-    FleetPolicy,
-    best_of_n_sft,
-    build_judged_pairs,
-    pair_schema,
-    render_prompt,
-)
+from actors.judge import FleetJudge, FleetPolicy
 from phi4ray.endpoint import EndpointConfig
 from phi4ray.judge import (
     JUDGE_TEMPLATE_V1,
@@ -37,9 +29,12 @@ from phi4ray.judge import (
     parse_verdict,
     select_pair,
 )
+from phi4ray.judge_endpoint import EndpointJudge, EndpointPolicy
+from phi4ray.judged_pairs import build_judged_pairs, pair_schema
+from phi4ray.judged_sft import best_of_n_sft
 from phi4ray.oracles import MathOracle
 from phi4ray.sft import read_conversations
-from phi4ray.tokenizer import IM_END, get_tokenizer
+from phi4ray.tokenizer import IM_END, get_tokenizer, render_prompt
 
 PAIR_COLUMNS = ["pair_id", "query_id", "model_id", "prompt_ids", "chosen_ids", "rejected_ids", "prompt_text",
                 "chosen_text", "rejected_text", "chosen_accuracy", "chosen_style", "chosen_detail",

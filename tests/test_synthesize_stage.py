@@ -345,7 +345,7 @@ def test_config_errors_name_the_field(override, field):
 
 
 def test_fleet_engine_renders_decodes_seeds_and_isolates_failures():
-    from actors.fleet_engine import FleetEngine  # deferred: its actors.judge import loads Ray Serve LLM (vLLM)
+    from actors.fleet_engine import FleetEngine  # deferred: its actors.sampler_client import loads Ray Serve
 
     tok = get_tokenizer()
 

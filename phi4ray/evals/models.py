@@ -35,15 +35,17 @@ def model_fingerprint(folder: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def graded_dir(run_dir: Path, stage: str, fingerprint: str) -> Path:
+def graded_dir(run_dir: Path, stage: str, fingerprint: str, grading: dict | None = None) -> Path:
     """RUN/eval/<stage>, where that model's graded records live; emptied when the model it graded
-    has changed since (another fingerprint), kept otherwise so that a rerun resumes."""
+    has changed since (another fingerprint) or the grading has (`grading`: the suites' versions and
+    the eval settings, e.g. another eval.size), kept otherwise so that a rerun resumes."""
     d = Path(run_dir) / "eval" / stage
     marker = d / "model.json"
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+    want = {"fingerprint": fingerprint, "grading": grading}
+    if marker.is_file() and json.loads(marker.read_text()) != want:
         shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    marker.write_text(json.dumps(want, sort_keys=True))
     return d
 
 
