@@ -15,7 +15,7 @@ from pathlib import Path
 from actors.train_stages import train_stage
 from phi4ray.dpo import evaluate_policy, split_pairs
 from phi4ray.stage import Stage, StageResult
-from phi4ray.train_jobs import dpo_job, folder_fingerprint, worker_split_check
+from phi4ray.train_jobs import dpo_job, folder_fingerprint, model_fingerprint, worker_split_check
 
 REF_RECORD = "reference_key.json"
 
@@ -26,7 +26,7 @@ def reference_pass(ctx, pairs: Path, model: Path, out: Path) -> None:
     DPO loader's position in a checkpoint refers to the rows in the order it read them."""
     from actors.reference import add_reference_logps  # deferred: torch and Ray Data load only for the pass
 
-    key = json.dumps({"pairs": folder_fingerprint(pairs, "*.parquet"), "model": folder_fingerprint(model)})
+    key = json.dumps({"pairs": folder_fingerprint(pairs, "*.parquet"), "model": model_fingerprint(model)})
     record = out / REF_RECORD
     if record.exists() and record.read_text() == key:
         return

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from phi4ray.config import ConfigError, ModelConfig
 from phi4ray.dpo import DPOConfig
+from phi4ray.token_shards import RECORD
 from phi4ray.train import TrainConfig
 
 STAGES = ("pretrain", "midtrain", "sft", "dpo")
@@ -91,12 +92,8 @@ SCHEDULE_FIELDS = ("steps", "lr", "min_lr_ratio", "warmup_steps", "checkpoint_ev
 
 
 def folder_fingerprint(folder: str | Path | None, pattern: str = "*") -> str | None:
-    """sha256 over the relative names and bytes of the files under `folder` matching `pattern`.
-
-    Content, not modification times: tokenize writes byte-identical shards for the same inputs
-    and seed, so rebuilding the same data keeps the checkpoints, while other rows under the same
-    name (new curated data, another seed) do not. Hashing costs one read of the folder per stage
-    start, small next to training on it."""
+    """sha256 over the relative names and bytes of the files under `folder` matching `pattern`:
+    the same rows rewritten keep their fingerprint, other rows under the same names do not."""
     if folder is None:
         return None
     root = Path(folder)
@@ -112,6 +109,31 @@ def folder_fingerprint(folder: str | Path | None, pattern: str = "*") -> str | N
     return h.hexdigest()
 
 
+def data_fingerprint(folder: str | Path) -> str | None:
+    """The rows a stage trains on. Packed pretraining rows come with the record tokenize wrote
+    beside them, whose key names the mixture and each input file (path, size, mtime): O(1) however
+    large the corpus, where hashing the rows would read terabytes. Post-training rows (SFT
+    conversations, DPO pairs) have no record and are hashed whole: they are a post-training set's
+    size, and the stage rewrites them on every run, so only their content can say they are the same."""
+    record = Path(folder) / RECORD
+    if record.is_file():
+        return "record:" + json.loads(record.read_text())["key"]
+    return folder_fingerprint(folder, "*.parquet")
+
+
+def model_fingerprint(folder: str | Path | None) -> str | None:
+    """A starting model folder by its files' names, sizes and modification times: a few dozen
+    files whose bytes (tens of GB at 14B) are never read; a re-export is another model."""
+    if folder is None:
+        return None
+    root = Path(folder)
+    if not root.exists():
+        return "missing"
+    files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in root.rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
 def resume_key(job: TrainJob) -> dict:
     """What a checkpoint of `job` must share with the job resuming from it: the model's shape, the
     stage's objective, the data (the rows' content) and the starting model (its weights).
@@ -123,8 +145,8 @@ def resume_key(job: TrainJob) -> dict:
                if k != "train" and not k.startswith("judge_")}
     return {"stage": job.stage, "model": dataclasses.asdict(job.model), "train": train,
             "loss_mask": job.loss_mask, "dpo": dpo,
-            "data": folder_fingerprint(job.data_from or job.tokens_dir, "*.parquet"),
-            "init_from": folder_fingerprint(job.init_from)}
+            "data": data_fingerprint(job.data_from or job.tokens_dir),
+            "init_from": model_fingerprint(job.init_from)}
 
 
 def last_checkpoint_step(ckpts: Path) -> int | None:

@@ -212,11 +212,12 @@ def test_pretrain_asking_for_two_workers_makes_two_nodes_appear(tmp_path):
     """A head with no CPUs and a node type of 1 CPU (0..3 nodes). The real `pretrain` stage,
     submitted as a Ray job, asks Ray Train for 2 workers of 1 CPU: the autoscaler launches the 2
     nodes they need and training runs across both."""
+    from actors import tokenize
     from actors.context import RunContext
     from phi4ray import init_model, manifest
     from phi4ray.overrides import apply_overrides
     from phi4ray.presets import run_preset
-    from phi4ray.stage import run_stage
+    from phi4ray.stage import run_stage, stage_key
     from tests.test_trainer import SEQ, _write_rows
 
     run = tmp_path / "run"
@@ -225,7 +226,7 @@ def test_pretrain_asking_for_two_workers_makes_two_nodes_appear(tmp_path):
     with RunContext.local(run, cfg) as ctx:
         run_stage(init_model.STAGE, ctx)  # the stage before: the model pretraining starts from
     _write_rows(run / "tokens", n=16)    # packed rows in the tokenize stage's layout, recorded as its output
-    manifest.write_manifest(run, "tokenize", {}, key="rows-written-by-the-test", inputs={}, outputs={},
+    manifest.write_manifest(run, "tokenize", {}, key=stage_key(tokenize.STAGE, cfg, run), inputs={}, outputs={},
                             counts={"sequences": 16}, timings={})
     node_types = {"cpu_worker": {"resources": {"CPU": 1, "object_store_memory": OBJECT_STORE},
                                  "node_config": {}, "min_workers": 0, "max_workers": 3}}

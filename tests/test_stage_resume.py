@@ -43,8 +43,7 @@ def test_raising_pretrain_steps_resumes_from_the_last_checkpoint(tmp_path):
     after = _metrics(tmp_path)
     assert [r["step"] for r in after] == [1, 2, 3, 4]
     assert after[:2] == first                             # steps 1-2 were not trained again
-    ckpts = sorted(p.name for p in (tmp_path / "ray_train" / "pretrain").glob("checkpoint*"))
-    assert ckpts, "the resumed run checkpointed"
+    assert (tmp_path / "ray_train" / "pretrain" / "step_000004").is_dir()  # the resumed run checkpointed
     assert not list(tmp_path.glob("ray_train/pretrain.stale-*"))  # nothing moved aside
     # and what reads pretrain is no longer current: midtraining would run again
     assert stage_key(train_stages.MIDTRAIN, cfg4, tmp_path) != midtrain_key
