@@ -27,7 +27,6 @@ class RayCluster:
         self.hold = hold
         self.log_to_driver = log_to_driver
         self.started = False     # this object started Ray (so it stops it)
-        self._joined = False     # Ray was already up when this object first needed it
 
     @property
     def holding(self) -> bool:
@@ -41,7 +40,6 @@ class RayCluster:
         replicas, training workers) each reserve one, so a laptop gets more than its cores. A
         holding cluster starts with room for the serving stages that come later."""
         if ray.is_initialized():
-            self._joined = self._joined or not self.started
             return False
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=self.log_to_driver)

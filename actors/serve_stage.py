@@ -23,7 +23,7 @@ def smoke_chat(app, serve_cfg, question: str = SMOKE_QUESTION) -> str:
     if serve_cfg.api_key_env:
         headers["Authorization"] = f"Bearer {os.environ[serve_cfg.api_key_env]}"
     r = httpx.post(app.url + "/chat/completions", headers=headers, timeout=300, json={
-        "model": app.model_id, "messages": [{"role": "user", "content": SMOKE_QUESTION}],
+        "model": app.model_id, "messages": [{"role": "user", "content": question}],
         "max_tokens": 32, "temperature": 0})
     r.raise_for_status()
     return r.json()["choices"][0]["message"]["content"]

@@ -18,7 +18,7 @@ from phi4ray.config import PRESETS, ConfigError
 from phi4ray.errors import UserError
 from phi4ray.overrides import OverrideError, dump_config
 from phi4ray.presets import resolve_config
-from phi4ray.stage import StageFailed, check_inputs, run_stage
+from phi4ray.stage import StageFailed, run_stage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,9 +81,6 @@ def _main(args) -> int:
     stages = order if args.stage == "run" else [s for s in order if s.name == args.stage]
     alone = len(stages) == 1
     options = stage_options(stages[0], args) if alone else {}
-    if alone:  # before anything starts: name the stage to run first (run_stage checks each again)
-        check_inputs(stages[0], cfg, run_dir, options, order)
-    run_dir.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     with RunContext.local(run_dir, cfg, hold=not alone, options=options) as ctx:
         ctx.interactive = alone

@@ -128,7 +128,8 @@ def run_stage(stage: Stage, ctx: Context, *, order: list[Stage] | None = None, f
     """Run `stage` unless it is complete with the same key; returns (its manifest, whether it ran).
     `order`: every stage of the pipeline, for the report (default: this one alone)."""
     run_dir = Path(ctx.run_dir)
-    check_inputs(stage, ctx.cfg, run_dir, ctx.options, order)
+    check_inputs(stage, ctx.cfg, run_dir, ctx.options, order)  # before the stage can start Ray
+    run_dir.mkdir(parents=True, exist_ok=True)
     key = stage_key(stage, ctx.cfg, run_dir, ctx.options)
     done = manifest.read_manifest(run_dir, stage.name)
     if not force and done and done.get("complete") and done.get("key") == key:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from jobs import registry
-from jobs.cli import main
+from jobs.cli import build_parser, main
 from phi4ray import manifest
 from phi4ray.errors import MissingInput
 from phi4ray.overrides import apply_overrides
@@ -162,7 +162,7 @@ def test_a_new_stage_is_one_file_and_one_registry_entry(tmp_path, monkeypatch, c
     assert "| model_card |" in (tmp_path / "report" / "index.md").read_text()
     assert main(["model_card", "--run-dir", run_dir, "model.n_layers=1", "eval.size=20"]) == 0
     assert "[model_card] already complete" in capsys.readouterr().out
-    assert "model_card" in main.__globals__["build_parser"]().format_help()
+    assert "model_card" in build_parser().format_help()
 
 
 def test_a_stage_whose_input_ran_under_another_config_is_refused(tmp_path, capsys):
