@@ -24,10 +24,9 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
 
-from phi4ray.dpo import PairLoader, dpo_step, load_pairs
+from phi4ray.dpo import PairLoader, dpo_step
 from phi4ray.hf import export_hf, import_hf
 from phi4ray.model import Phi4, build_model
-from phi4ray.packing import load_rows
 from phi4ray.parallelize import parallelize
 from phi4ray.tokenizer import PAD
 from phi4ray.train import SequenceLoader, make_optimizer, peak_flops, train_step
@@ -87,15 +86,26 @@ def build_for_training(job: TrainJob, device: torch.device, distributed: bool):
 
 
 def make_data(job: TrainJob, device):
-    """(loader, step function) for the job's objective; both loaders resume from state_dict()."""
+    """(loader, step function) for the job's objective; both loaders resume from state_dict() and
+    read only this rank's rows of the job's files (phi4ray.row_stream)."""
     tc = job.train
     if job.dpo is not None:
-        loader = PairLoader(load_pairs(job.tokens_dir), tc.batch_size, seed=tc.seed)
+        loader = PairLoader.from_folder(job.tokens_dir, tc.batch_size, seed=tc.seed)
         return loader, lambda model, opt, batch, step, all_reduce: dpo_step(
             model, opt, batch, step, job.dpo, PAD, device, all_reduce)
-    rows = load_rows(job.tokens_dir, tc.seq_len, loss_mask=job.loss_mask)
-    loader = SequenceLoader(*rows[:2], tc.batch_size, seed=tc.seed, loss_mask=rows[2] if job.loss_mask else None)
+    loader = SequenceLoader.from_shards(job.tokens_dir, tc.seq_len, tc.batch_size, seed=tc.seed,
+                                        loss_mask=job.loss_mask)
     return loader, lambda model, opt, batch, step, all_reduce: train_step(model, opt, batch, step, tc, all_reduce)
+
+
+def write_reader_stats(stage_dir: Path, rank: int, world: int, loader, steps: int) -> None:
+    """What this rank's reader held over the attempt: RUN/checkpoints/<stage>/reader/rank-<r>.json."""
+    out = stage_dir / "reader"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = loader.rows
+    (out / f"rank-{rank}.json").write_text(json.dumps({
+        "rank": rank, "world_size": world, "steps": steps, "rows_taken": rows.rows_taken,
+        "rows_decoded": getattr(rows, "rows_decoded", rows.rows_taken), "rows_total": loader.n_rows}))
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -110,12 +120,12 @@ def train_loop_per_worker(config: dict) -> None:
     micro = tc.micro_batch_size
     tc.grad_accum_steps(world)  # fails early, naming the sizes, if the batch does not split
 
-    step = 0
+    step = start = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             state = _load(d, model, optimizer)
-        step = state["step"]
+        step = start = state["step"]
         loader.load_state_dict(state["loader"])
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
 
@@ -167,6 +177,7 @@ def train_loop_per_worker(config: dict) -> None:
                                  checkpoint_dir_name=f"step_{step:06d}")
         else:
             ray.train.report(metrics)
+    write_reader_stats(stage_dir, rank, world, loader, step - start)
     _export_full(model, job, Path(job.run_dir) / "models" / job.stage)
     if writer:
         writer.close()

@@ -40,7 +40,7 @@ def main() -> None:
     # bare loop over the same steps; like the worker's figure, it includes the first step
     model = build_model(cfg, seed=0)
     opt = make_optimizer(model, tc)
-    loader = SequenceLoader(tokens, doc_ids, tc.batch_size)
+    loader = SequenceLoader.from_arrays(tokens, doc_ids, tc.batch_size)
     t0 = time.perf_counter()
     for step in range(args.steps):
         train_step(model, opt, loader.next_batch(0, 1, tc.micro_batch_size, "cpu"), step, tc)

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from phi4ray.arith import make_problems, success_rate
 from phi4ray.config import ConfigError
 from phi4ray.hf import import_hf
+from phi4ray.row_stream import ArrayRows, ParquetRows, RowOrder
 from phi4ray.tokenizer import PAD
-from phi4ray.train import RowOrder, TrainConfig, apply_optimizer
+from phi4ray.train import TrainConfig, apply_optimizer
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo")
 
@@ -165,23 +166,40 @@ def dpo_step(model, optimizer, micro_batches: list[dict], step: int, cfg: DPOCon
             "grad_norm": grad_norm, "lr": lr, "tokens": int(sums[3].item())}
 
 
-class PairLoader:
-    """SequenceLoader's resumable global cursor over a table of pairs (dict of column lists)."""
+class PairLoader(RowOrder):
+    """SequenceLoader's resumable global cursor over pairs: in memory (a dict of column lists) or
+    read rank by rank from a folder of pair files (`from_folder`)."""
 
-    def __init__(self, pairs: dict, batch_size: int, seed: int = 0):
-        self.pairs = pairs
-        self.order = RowOrder(len(pairs["prompt_ids"]), batch_size, seed)
+    def __init__(self, pairs, batch_size: int, seed: int = 0):
+        self.rows = pairs if isinstance(pairs, ParquetRows) else ArrayRows(
+            {k: _objects(v) for k, v in pairs.items()})
+        super().__init__(self.rows.sizes, batch_size, seed)
+
+    @classmethod
+    def from_folder(cls, folder: str, batch_size: int, seed: int = 0) -> "PairLoader":
+        return cls(ParquetRows(folder, PAIR_COLUMNS + REF_COLUMNS, what="pairs"), batch_size, seed)
 
     def next_batch(self, rank: int, world: int, micro: int, device=None) -> list[dict]:
-        mine = self.order.next_rows()[rank::world]
-        return [{k: [v[i] for i in mine[j:j + micro]] for k, v in self.pairs.items()}
-                for j in range(0, len(mine), micro)]
+        mine = self.next_rows()[rank::world]
+        got = self.rows.take(mine)
+        cols = got if isinstance(got, dict) else _pair_columns(got, PAIR_COLUMNS + REF_COLUMNS)
+        for i, sides in enumerate(zip(*(cols[k] for k in PAIR_COLUMNS))):
+            if not all(len(x) for x in sides):
+                where = self.rows.locate(int(mine[i])) if isinstance(self.rows, ParquetRows) else ("memory", int(mine[i]))
+                raise ValueError(f"{where[0]}: pair {where[1]} has an empty prompt, chosen or rejected side")
+        return [{k: list(v[j:j + micro]) for k, v in cols.items()} for j in range(0, len(mine), micro)]
 
-    def state_dict(self) -> dict:
-        return self.order.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
-        self.order.load_state_dict(state)
+def _objects(values) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _pair_columns(table: pa.Table, want) -> dict[str, list]:
+    # Ray Data may write id lists as its tensor extension type: read back as numpy arrays
+    return {c: [list(map(int, v)) for v in table.column(c).to_pylist()] if c in PAIR_COLUMNS
+            else [float(v) for v in table.column(c).to_pylist()] for c in want}
 
 
 # --- pair files ---------------------------------------------------------------------------------
@@ -204,10 +222,8 @@ def load_pairs(folder: str, need_ref: bool = True) -> dict[str, list]:
         missing = [c for c in want if c not in table.column_names]
         if missing:
             raise ValueError(f"{f}: pair file lacks columns {missing} (has {table.column_names})")
-        for c in want:
-            vals = table.column(c).to_pylist()
-            # Ray Data may write id lists as its tensor extension type: read back as numpy arrays
-            out[c] += [list(map(int, v)) for v in vals] if c in PAIR_COLUMNS else [float(v) for v in vals]
+        for c, vals in _pair_columns(table, want).items():
+            out[c] += vals
     for i, (p, c, r) in enumerate(zip(*(out[k] for k in PAIR_COLUMNS))):
         if not len(p) or not len(c) or not len(r):
             raise ValueError(f"{folder}: pair {i} has an empty prompt, chosen or rejected side")

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from phi4ray.config import ConfigError
+from phi4ray.row_stream import fixed_width
 
 # The report's pretraining mixture (Phi-4 report, sec. 3.2): share of training tokens per source.
 PHI4_MIXTURE: dict[str, float] = {
@@ -265,19 +264,6 @@ def token_files(run_dir: str | Path, folder: str = "tokens") -> list[Path]:
     return files
 
 
-def _column_2d(table, name: str, path: Path) -> np.ndarray:
-    if name not in table.column_names:
-        raise ValueError(f"{path}: token shard has no column {name!r} (columns: {table.column_names})")
-    col = table.column(name).combine_chunks()
-    if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
-        raise ValueError(f"{path}: column {name!r} is {col.type}, expected list<int32>")
-    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths != lengths[0]).any():
-        raise ValueError(f"{path}: column {name!r} has rows of different lengths {sorted(set(lengths))[:5]}")
-    width = int(lengths[0]) if len(lengths) else 0
-    return pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int32).reshape(len(col), width)
-
-
 def load_token_shards(run_dir: str | Path, folder: str = "tokens",
                       loss_mask: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
     """(tokens, doc_ids) per shard of RUN/<folder> (RUN/tokens_midtrain for midtraining), in shard
@@ -286,28 +272,13 @@ def load_token_shards(run_dir: str | Path, folder: str = "tokens",
     loss_mask=True adds the shard's `loss_mask` (SFT rows, phi4ray.sft) as a third array."""
     for path in token_files(run_dir, folder):
         table = pq.read_table(path)
-        tokens, doc_ids = _column_2d(table, "tokens", path), _column_2d(table, "doc_ids", path)
+        tokens, doc_ids = fixed_width(table, "tokens", where=path), fixed_width(table, "doc_ids", where=path)
         if tokens.shape != doc_ids.shape:
             raise ValueError(f"{path}: tokens {tokens.shape} and doc_ids {doc_ids.shape} differ in shape")
         if not loss_mask:
             yield tokens, doc_ids
             continue
-        mask = _column_2d(table, "loss_mask", path)
+        mask = fixed_width(table, "loss_mask", where=path)
         if mask.shape != tokens.shape:
             raise ValueError(f"{path}: loss_mask {mask.shape} and tokens {tokens.shape} differ in shape")
         yield tokens, doc_ids, mask.astype(np.int8)
-
-
-def load_rows(tokens_dir: str | Path, seq_len: int, loss_mask: bool = False) -> tuple[np.ndarray, ...]:
-    """All packed rows of a token folder, checked against seq_len: (tokens, doc_ids) or, with
-    loss_mask, (tokens, doc_ids, loss_mask)."""
-    d = Path(tokens_dir)
-    shards = list(load_token_shards(d.parent, d.name, loss_mask=loss_mask))
-    width = seq_len + 1
-    for tokens, *_ in shards:
-        if tokens.shape[1] != width:
-            raise ValueError(f"{tokens_dir}: rows are {tokens.shape[1]} tokens long, not {width} "
-                             f"(train.seq_len={seq_len} + 1); re-run tokenize with this seq_len")
-    if not sum(len(s[0]) for s in shards):
-        raise ValueError(f"{tokens_dir}: no packed rows")
-    return tuple(np.concatenate([s[i] for s in shards]) for i in range(len(shards[0])))

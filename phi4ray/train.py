@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from phi4ray.config import ConfigError
+from phi4ray.row_stream import WINDOW, ArrayRows, ParquetRows, RowOrder, fixed_width
 
 
 @dataclass(frozen=True)
@@ -96,57 +97,55 @@ def loss_fn(model, tokens: torch.Tensor, doc_ids: torch.Tensor, loss_mask: torch
     return F.cross_entropy(logits.float(), targets[m], reduction="sum"), int(m.sum().item())
 
 
-class RowOrder:
-    """Deterministic, resumable order over n rows, independent of the number of workers.
-
-    The position is a global row cursor: every optimizer step consumes `batch_size` rows of a
-    seeded per-epoch permutation, and rank r of w takes rows r, r + w, ... of them. After a
-    restart on a different number of workers the stream continues where it stopped.
-    """
-
-    def __init__(self, n_rows: int, batch_size: int, seed: int = 0):
-        if n_rows < batch_size:
-            raise ValueError(f"{n_rows} rows are fewer than one batch of {batch_size}")
-        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
-        self.epoch, self.cursor = 0, 0
-        self._perm_key, self._perm = None, None
-
-    def _order(self) -> np.ndarray:
-        if self._perm_key != (self.seed, self.epoch):  # one permutation per epoch, not per step
-            self._perm_key = (self.seed, self.epoch)
-            self._perm = np.random.default_rng(self._perm_key).permutation(self.n_rows)
-        return self._perm
-
-    def next_rows(self) -> np.ndarray:
-        if self.cursor + self.batch_size > self.n_rows:  # drop the ragged tail of an epoch
-            self.epoch, self.cursor = self.epoch + 1, 0
-        rows = self._order()[self.cursor:self.cursor + self.batch_size]
-        self.cursor += self.batch_size
-        return rows
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self.seed = state["epoch"], state["cursor"], state["seed"]
-
-
 class SequenceLoader(RowOrder):
-    """RowOrder over packed rows (tokens, doc_ids and, in SFT, loss_mask) -> micro-batches."""
+    """RowOrder over packed rows (tokens, doc_ids and, in SFT, loss_mask) -> this rank's micro-batches.
 
-    def __init__(self, tokens: np.ndarray, doc_ids: np.ndarray, batch_size: int, seed: int = 0,
-                 loss_mask: np.ndarray | None = None):
-        super().__init__(len(tokens), batch_size, seed)
-        self.tokens, self.doc_ids, self.loss_mask = tokens, doc_ids, loss_mask
+    `rows` is an `ArrayRows` or a `ParquetRows` (`from_shards`): a rank reads only its own rows."""
+
+    def __init__(self, rows, batch_size: int, seed: int = 0, seq_len: int | None = None, window: int = WINDOW):
+        super().__init__(rows.sizes, batch_size, seed, window)
+        self.rows, self.seq_len = rows, seq_len
+
+    @classmethod
+    def from_arrays(cls, tokens: np.ndarray, doc_ids: np.ndarray, batch_size: int, seed: int = 0,
+                    loss_mask: np.ndarray | None = None) -> "SequenceLoader":
+        cols = {"tokens": tokens, "doc_ids": doc_ids, **({} if loss_mask is None else {"loss_mask": loss_mask})}
+        return cls(ArrayRows(cols), batch_size, seed)
+
+    @classmethod
+    def from_shards(cls, folder, seq_len: int, batch_size: int, seed: int = 0, loss_mask: bool = False,
+                    window: int = WINDOW) -> "SequenceLoader":
+        """Packed rows of RUN/<folder> (phi4ray.packing / phi4ray.sft), checked against seq_len on
+        the first row before training starts."""
+        cols = ("tokens", "doc_ids") + (("loss_mask",) if loss_mask else ())
+        loader = cls(ParquetRows(folder, cols, what="packed rows"), batch_size, seed, seq_len, window)
+        loader._arrays(loader.rows.take(np.array([0])), [0])
+        loader.rows.rows_taken = loader.rows.rows_decoded = 0  # the check is not training data
+        return loader
+
+    def _arrays(self, got, ids) -> dict[str, np.ndarray]:
+        if isinstance(got, dict):
+            return got
+        where = self.rows.locate(int(ids[0]))[0]
+        width = None if self.seq_len is None else self.seq_len + 1
+        out = {c: fixed_width(got, c, where=where) for c in got.column_names}
+        if len({a.shape for a in out.values()}) > 1:
+            raise ValueError(f"{where}: columns differ in shape: { {c: a.shape for c, a in out.items()} }")
+        if width is not None and out["tokens"].shape[1] != width:
+            raise ValueError(f"{where}: rows are {out['tokens'].shape[1]} tokens long, not {width} "
+                             f"(train.seq_len={self.seq_len} + 1); re-run tokenize with this seq_len")
+        return out
 
     def next_batch(self, rank: int, world: int, micro: int, device) -> list[tuple]:
         mine = self.next_rows()[rank::world]
+        cols = self._arrays(self.rows.take(mine), mine)
         out = []
         for i in range(0, len(mine), micro):
-            idx = mine[i:i + micro]
-            mask = None if self.loss_mask is None else torch.from_numpy(self.loss_mask[idx]).to(device)
-            out.append((torch.from_numpy(self.tokens[idx]).long().to(device),
-                        torch.from_numpy(self.doc_ids[idx]).long().to(device), mask))
+            sl = slice(i, i + micro)
+            mask = cols.get("loss_mask")
+            out.append((torch.from_numpy(cols["tokens"][sl]).long().to(device),
+                        torch.from_numpy(cols["doc_ids"][sl]).long().to(device),
+                        None if mask is None else torch.from_numpy(mask[sl].astype(np.int8)).to(device)))
         return out
 
 

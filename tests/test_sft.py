@@ -78,7 +78,7 @@ def test_sft_steps_lower_heldout_loss(tok):
     packed = pack_conversations(train, 64, PAD)
     tc = TrainConfig(seq_len=64, batch_size=8, micro_batch_size=8, steps=25, lr=1e-2, warmup_steps=3)
     opt = make_optimizer(model, tc)
-    loader = SequenceLoader(packed.tokens, packed.doc_ids, tc.batch_size, loss_mask=packed.loss_mask)
+    loader = SequenceLoader.from_arrays(packed.tokens, packed.doc_ids, tc.batch_size, loss_mask=packed.loss_mask)
     for s in range(tc.steps):
         model.train()
         train_step(model, opt, loader.next_batch(0, 1, 8, "cpu"), s, tc)

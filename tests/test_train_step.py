@@ -26,17 +26,17 @@ def test_batch_must_split_over_workers():
 
 def test_loader_order_is_global_and_resumable_across_world_sizes():
     rows = np.arange(40 * 5, dtype=np.int32).reshape(40, 5)
-    a = SequenceLoader(rows, np.zeros_like(rows), batch_size=8, seed=3)
+    a = SequenceLoader.from_arrays(rows, np.zeros_like(rows), batch_size=8, seed=3)
     seen = [a.next_rows() for _ in range(7)]  # crosses an epoch boundary (40 rows / 8)
     assert sorted(np.concatenate(seen[:5]).tolist()) == list(range(40))
-    b = SequenceLoader(rows, np.zeros_like(rows), batch_size=8, seed=3)
+    b = SequenceLoader.from_arrays(rows, np.zeros_like(rows), batch_size=8, seed=3)
     b.next_rows(), b.next_rows()
     state = b.state_dict()
-    c = SequenceLoader(rows, np.zeros_like(rows), batch_size=8, seed=3)
+    c = SequenceLoader.from_arrays(rows, np.zeros_like(rows), batch_size=8, seed=3)
     c.load_state_dict(state)
     assert np.array_equal(c.next_rows(), seen[2])
     # two workers together see exactly what one worker sees
-    d = SequenceLoader(rows, np.zeros_like(rows), batch_size=8, seed=3)
+    d = SequenceLoader.from_arrays(rows, np.zeros_like(rows), batch_size=8, seed=3)
     d.load_state_dict(state)
     batch = d.next_rows()
     assert sorted(np.concatenate([batch[0::2], batch[1::2]]).tolist()) == sorted(seen[2].tolist())

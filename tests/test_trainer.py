@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -13,8 +14,7 @@ from actors.trainer import run_training
 from phi4ray.config import model_preset
 from phi4ray.hf import export_hf, import_hf
 from phi4ray.model import build_model
-from phi4ray.packing import load_rows
-from phi4ray.train import TrainConfig
+from phi4ray.train import SequenceLoader, TrainConfig
 from phi4ray.train_jobs import TrainJob, prepare_checkpoints, resume_key
 from phi4ray.train_metrics import read_metrics
 
@@ -32,7 +32,13 @@ def _write_rows(path, n=96, seed=0):
         cut = rng.integers(5, SEQ)  # two documents per row: attention must not cross the cut
         docs.append(np.where(np.arange(SEQ + 1) < cut, 2 * i, 2 * i + 1).astype(np.int32))
     path.mkdir(parents=True)
-    pq.write_table(pa.table({"tokens": rows, "doc_ids": docs}), path / "part-0.parquet")
+    # three files of different sizes, one row per row group: the reader can decode exactly a
+    # rank's own rows, and the shuffle window spans files
+    cuts = [0, n // 2, n // 2 + n // 3, n]
+    for k in range(3):
+        sl = slice(cuts[k], cuts[k + 1])
+        pq.write_table(pa.table({"tokens": rows[sl], "doc_ids": docs[sl]}), path / f"part-{k}.parquet",
+                       row_group_size=1)
     return path
 
 
@@ -58,6 +64,10 @@ def test_fsdp_pretrain_learns_and_exports(ray_cluster, tokens, tmp_path):
     model = import_hf(tmp_path / "models" / "pretrain")
     assert model.cfg.n_layers == 2 and torch.isfinite(model.tok_embeddings.weight).all()
     assert (tmp_path / "ray_train" / "pretrain" / "step_000012" / "trainer_state.json").is_file()
+    # each worker read its own rows and nothing else: half of every batch, one row group per row
+    stats = [json.loads(p.read_text()) for p in sorted((tmp_path / "checkpoints/pretrain/reader").glob("rank-*.json"))]
+    assert [s["rank"] for s in stats] == [0, 1]
+    assert all(s["rows_taken"] == s["rows_decoded"] == 12 * 8 // 2 for s in stats), stats
     # more steps after a finished run train on from the last checkpoint: tests/test_stage_resume.py
 
 
@@ -84,7 +94,7 @@ def test_worker_failure_resumes_exactly_from_checkpoint(ray_cluster, tokens, tmp
 
 def test_rows_of_wrong_length_are_refused(tokens):
     with pytest.raises(ValueError, match="train.seq_len=16"):
-        load_rows(str(tokens), 16)
+        SequenceLoader.from_shards(str(tokens), 16, batch_size=8)
 
 
 # --- no Ray needed: when a checkpoint may be resumed -----------------------------------------------
