@@ -214,7 +214,7 @@ def test_load_token_shards(tmp_path):
     assert (tokens == np.stack([r["tokens"] for r in rows])).all()
     pq.write_table(pa.table({"tokens": pa.array([[1, 2], [3]], pa.list_(pa.int32())), "doc_ids": [[0, 0], [0]]}),
                    tmp_path / "tokens" / "shard-00001.parquet")
-    with pytest.raises(ValueError, match="shard-00001.parquet: column 'tokens' has rows of \[1, 2\] tokens"):
+    with pytest.raises(ValueError, match=r"shard-00001.parquet: column 'tokens' has rows of \[1, 2\] tokens"):
         list(load_token_shards(tmp_path))
     with pytest.raises(FileNotFoundError, match="no token shards"):
         next(load_token_shards(tmp_path / "nowhere"))
