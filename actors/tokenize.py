@@ -1,100 +1,79 @@
-"""Stage `tokenize`: the weighted source mixture, tokenized on Ray Data and packed into token shards.
+"""Stage `tokenize`: the weighted source mixture, tokenized and packed on Ray Data workers.
 
-    RUN/<source paths> --read_parquet--> TokenizeBatch actors (map_batches) --> driver:
-    mixture plan -> seeded document sampling -> packing per source -> seeded row shuffle
-    --> RUN/tokens/shard-NNNNN.parquet (tokens list<int32>, doc_ids list<int32>, source string)
+    input files --(per file: TokenizeFiles actors)--> RUN/tokenized/<file key>.parquet + counts
+    driver: counts per source -> mixture plan -> pack groups (consecutive files of a source)
+    groups --(per group: pack_groups tasks)--> RUN/tokens/shard-SS-GGGGG-PPPP.parquet
+                                               (tokens list<int32>, doc_ids list<int32>, source string)
 
 The mixture (phi4ray.mixtures) is the run's curated and synthetic data, or the built-in corpus
 while the run has none. Midtraining tokenizes its own mixture (long + recall) the same way into
-RUN/tokens_midtrain (`tokenize_mixture`).
+RUN/tokens_midtrain (`tokenize_mixture`), reusing RUN/tokenized for files pretraining already read.
 
-Reading and tokenizing (the CPU-heavy part) run on Ray Data: `read_parquet` over each source's
-files and a pool of `TokenizeBatch` actors, each loading the tokenizer once. Rows whose `text` is
-null, not a string or blank are kept in the stream with a reason and counted as quarantined,
-never a crash. `preserve_order` makes the document order the files' order, so a seed gives the
-same result however many actors ran. Sampling, packing, the row shuffle and writing run in the
-driver (phi4ray.token_shards says why). The shards are not written with Ray's `write_parquet`:
-the rows are already in the driver, and Ray's writer would ship them through the object store to
-a task whose threaded writer does not promise row order.
+The driver holds counts per input file and per pack group, and the plan; token ids stay on the
+workers and in files (phi4ray.token_shards has the two passes and what bounds their memory).
+Rows whose `text` is null, not a string or blank are counted as quarantined, never a crash.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from phi4ray.mixtures import pretrain_mixture, source_files
-from phi4ray.packing import MixtureConfig
+from phi4ray.packing import MixtureConfig, mixture_plan
 from phi4ray.stage import Stage, StageResult
 from phi4ray.token_shards import (
+    check_source,
+    docs_file,
+    finish_output,
+    group_target,
     input_key,
     mixture_counts,
-    pack_mixture,
-    quarantine_reason,
+    pack_group,
+    pack_groups,
     read_record,
-    shard_names,
-    write_shards,
+    source_counts,
+    source_stats,
+    start_output,
+    tokenize_file,
 )
 from phi4ray.tokenizer import get_tokenizer
 
-
-class TokenizeBatch:
-    """`map_batches` actor: text -> tokens list<int32> + quarantine string ("" = kept) per document.
-
-    Documents are encoded with `encode_ordinary`: special-token text in a document stays text.
-    """
-
-    def __init__(self) -> None:
-        self.tok = get_tokenizer()
-
-    def __call__(self, batch):
-        texts = batch.column("text").to_pylist()
-        reasons = [quarantine_reason(t) for t in texts]
-        kept = [t for t, r in zip(texts, reasons) if not r]
-        encoded = iter(self.tok.encode_batch(kept, ordinary=True, num_threads=1))
-        docs = [next(encoded) if not r else [] for r in reasons]
-        offsets = np.zeros(len(docs) + 1, dtype=np.int32)
-        np.cumsum([len(d) for d in docs], out=offsets[1:])
-        values = np.concatenate([np.asarray(d, dtype=np.int32) for d in docs] or [np.zeros(0, np.int32)])
-        tokens = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int32()))
-        rest = batch.drop_columns(["text"])  # other columns (the source label) pass through
-        return rest.append_column("tokens", tokens).append_column("quarantine", pa.array(reasons, pa.string()))
+JSON_ROWS = pa.schema([("json", pa.string())])
 
 
-def _label(batch, source: str):
-    return batch.append_column("source", pa.array([source] * batch.num_rows, pa.string()))
+class TokenizeFiles:
+    """`map_batches` actor over input files: loads the tokenizer once, tokenizes each file (pass 1)
+    and measures it for every source that reads it."""
+
+    def __init__(self, mix: MixtureConfig, cache: str):
+        self.tok, self.mix, self.cache = get_tokenizer(), mix, Path(cache)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for item in batch.to_pylist():
+            summary = tokenize_file(item["path"], self.cache, self.tok)
+            docs = docs_file(self.cache, item["path"])
+            stats = {i: source_stats(docs, self.mix.sources[i]) for i in json.loads(item["sources"])}
+            out.append(json.dumps({"path": item["path"], "summary": summary, "stats": stats}))
+        return pa.table({"json": out}, schema=JSON_ROWS)
 
 
-def _tokenize_sources(files: dict[str, list[str]], actors: int) -> dict[str, tuple[list[np.ndarray], Counter, int]]:
-    """Each source's documents in file order: {name: (kept token arrays, quarantine reasons, rows read)}.
+def _pack(batch: pa.Table, mix: MixtureConfig, out: str) -> pa.Table:
+    done = [json.dumps(pack_group(json.loads(t), mix, Path(out))) for t in batch.column("task").to_pylist()]
+    return pa.table({"json": done}, schema=JSON_ROWS)
 
-    One pipeline for all sources (a union of labelled reads), so the tokenizer actors start once.
-    """
-    import ray.data  # deferred: the record check and the library imports of this module need no Ray
 
-    reads = [ray.data.read_parquet(fs, columns=["text"]).map_batches(
-        _label, batch_format="pyarrow", fn_kwargs={"source": name}) for name, fs in files.items()]
-    ds = reads[0].union(*reads[1:]) if len(reads) > 1 else reads[0]
-    ds = ds.map_batches(TokenizeBatch, batch_format="pyarrow", batch_size=256,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors))
-    out = {name: ([], Counter(), 0) for name in files}
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        for name in pc.unique(batch.column("source")).to_pylist():
-            part = batch.filter(pc.equal(batch.column("source"), name))
-            docs, reasons, read = out[name]
-            reasons.update(r for r in part.column("quarantine").to_pylist() if r)
-            kept = part.filter(pc.equal(part.column("quarantine"), ""))
-            col = kept.column("tokens").combine_chunks()
-            values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int32)
-            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-            docs += np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) else []
-            out[name] = (docs, reasons, read + part.num_rows)
-    return out
+def _run(items: list[dict], fn, actors: int, **kw) -> list[dict]:
+    """One Ray Data pass, one item per batch: returns each item's JSON result (O(items) small dicts)."""
+    import ray.data  # deferred: a reused record needs no Ray
+
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+        fn, batch_size=1, batch_format="pyarrow", concurrency=max(1, min(actors, len(items))), **kw)
+    return [json.loads(r["json"]) for r in ds.take_all()]
 
 
 def _result(record: dict) -> StageResult:
@@ -107,12 +86,10 @@ def tokenize_mixture(run_dir: str | Path, mix: MixtureConfig, cluster, *, out_na
     """Tokenize, sample, pack and shard `mix` into RUN/<out_name> on `cluster` (a RayCluster).
 
     The output folder's record (phi4ray.token_shards) makes a rerun over the same mixture and the
-    same input files a no-op that returns the first result. `actors` caps the tokenizer actor pool
-    (default: one per CPU Ray Data may use, less one); it does not change the output. Sources
-    reading the same files are tokenized once. A source with `min_tokens` that keeps no document
-    fails, naming the threshold and the longest document it saw."""
-    import ray.data  # deferred: a reused record needs no Ray
-
+    same input files a no-op that returns the first result. `actors` caps the workers of each pass
+    (default: the CPUs Ray Data may use); it does not change the output. A file read by several
+    sources is tokenized once. A source with `min_tokens` that keeps no document fails, naming the
+    threshold and the longest document it saw."""
     run_dir = Path(run_dir)
     out = run_dir / out_name
     t0 = time.time()
@@ -121,30 +98,46 @@ def tokenize_mixture(run_dir: str | Path, mix: MixtureConfig, cluster, *, out_na
     done = read_record(out, key)
     if done is not None:
         return _result(done)
-    first_with = {}  # one tokenization per distinct list of files
-    for name, fs in files.items():
-        first_with.setdefault(tuple(fs), name)
+    readers: dict[str, list[int]] = {}  # file -> indices of the sources reading it, in file order
+    for i, s in enumerate(mix.sources):
+        for f in files[s.name]:
+            readers.setdefault(f, []).append(i)
+    cache = run_dir / "tokenized"
     with cluster.session():
-        ctx = ray.data.DataContext.get_current()
-        old_order = ctx.execution_options.preserve_order
-        ctx.execution_options.preserve_order = True  # document order = file order: seeds reproduce
-        try:
-            if actors is None:
-                actors = max(1, cluster.data_cpus() - 1)
-            distinct = _tokenize_sources({name: list(fs) for fs, name in first_with.items()}, actors)
-            tokenized = {name: distinct[first_with[tuple(fs)]] for name, fs in files.items()}
-        finally:
-            ctx.execution_options.preserve_order = old_order
-    t_tok = time.time() - t0
-    tokens, doc_ids, sources, plan, available, counts = pack_mixture(mix, tokenized)
+        actors = actors or max(1, cluster.data_cpus())
+        measured = {r["path"]: r for r in _run(
+            [{"path": f, "sources": json.dumps(ix)} for f, ix in sorted(readers.items())], TokenizeFiles, actors,
+            fn_constructor_kwargs={"mix": mix, "cache": str(cache)})}
+        t_tok = time.time() - t0
+        counts, available, per_file = {}, {}, {}
+        for i, s in enumerate(mix.sources):
+            stats = [measured[f]["stats"][str(i)] for f in files[s.name]]
+            check_source(s, stats)
+            counts[s.name] = source_counts([measured[f]["summary"] for f in files[s.name]], stats)
+            per_file[s.name] = [st["available"] for st in stats]
+            available[s.name] = int(round(sum(per_file[s.name])))
+            counts[s.name]["docs_upweighted"] = sum(st["upweighted"] for st in stats)
+        plan = mixture_plan(available, mix, mix.total_tokens)
+        tasks = []
+        for i, s in enumerate(mix.sources):
+            for g, members in enumerate(pack_groups(files[s.name], per_file[s.name], plan[s.name], group_target(mix))):
+                tasks.append({"source_index": i, "group": g, "epochs": plan[s.name],
+                              "docs": [str(docs_file(cache, files[s.name][m])) for m in members]})
+        tmp = start_output(out)
+        packed = _run([{"task": json.dumps(t)} for t in tasks], _pack, actors,
+                      fn_kwargs={"mix": mix, "out": str(tmp)})
     t_pack = time.time() - t0 - t_tok
-    shards = shard_names(len(tokens), mix.shard_sequences)
+    shards = sorted(n for p in packed for n in p["shards"])
+    for s in mix.sources:
+        mine = [p for p in packed if p["source"] == s.name]
+        counts[s.name].update({"tokens_available": available[s.name], "epochs_planned": round(plan[s.name], 6),
+                               **{k: sum(p[k] for p in mine) for k in ("docs_sampled", "tokens_sampled",
+                                                                     "tokens_packed", "tokens_dropped", "sequences")}})
     record = {"key": key, "inputs": {"mixture": dataclasses.asdict(mix), "files": files},
               "outputs": {out_name: str(out), "shards": shards},
-              "counts": mixture_counts(mix, tokens, len(shards), plan, available, counts),
+              "counts": mixture_counts(mix, counts, plan, available, len(tasks), len(shards)),
               "timings": {"tokenize_s": round(t_tok, 2), "pack_s": round(t_pack, 2)}}
-    record = write_shards(out, tokens, doc_ids, sources, mix.shard_sequences, record)
-    return _result(record)
+    return _result(finish_output(tmp, out, record))
 
 
 def run(ctx) -> StageResult:

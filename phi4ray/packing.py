@@ -1,6 +1,7 @@
-"""Stage 3's library half: the weighted source mixture, document sampling, greedy packing, shards.
+"""Stage 3's library half: the weighted source mixture (the plan), greedy packing, reading shards back.
 
-Plain Python + numpy (+ pyarrow to read shards back); `actors/tokenize.py` runs it on Ray Data.
+Plain Python + numpy (+ pyarrow to read shards back); phi4ray.token_shards samples and packs with
+it, file by file, and `actors/tokenize.py` runs that on Ray Data.
 
 Row layout (what `pack` yields and `RUN/tokens` holds), for a training context of `seq_len`:
 - `tokens`: seq_len + 1 int32 ids, so inputs = tokens[:-1] and targets = tokens[1:]. Rows do not
@@ -21,7 +22,6 @@ Row layout (what `pack` yields and `RUN/tokens` holds), for a training context o
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -160,50 +160,6 @@ def plan_shares(plan: dict[str, float], source_token_counts: dict[str, int]) -> 
     tokens = {n: e * source_token_counts[n] for n, e in plan.items()}
     total = sum(tokens.values())
     return {n: (t / total if total else 0.0) for n, t in tokens.items()}
-
-
-def source_seed(seed: int, name: str) -> list[int]:
-    """A per-source seed: sources draw independent streams and adding one changes no other."""
-    return [seed, zlib.crc32(name.encode())]
-
-
-def sample_documents(doc_lengths: Sequence[int] | np.ndarray, epochs: float, seed,
-                     doc_weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
-    """Indices of the documents to take, in packing order, for `epochs` passes over a source.
-
-    Each whole pass is a fresh seeded permutation of all documents; the fractional part takes the
-    shortest prefix of one more permutation whose tokens reach that fraction of the source (whole
-    documents only, so it overshoots by less than one document). Same lengths, epochs and seed:
-    same indices. `seed` is anything `numpy.random.default_rng` takes.
-    `doc_weights` (each >= 1) up-weights documents: a pass then holds floor(w) copies of a document
-    plus one more with probability frac(w), shuffled together, and "a fraction of the source" is a
-    fraction of sum(w * length) tokens (what `mixture_plan` should be given as its token count).
-    """
-    lengths = np.asarray(doc_lengths, dtype=np.int64)
-    n = len(lengths)
-    if n == 0 or epochs <= 0:
-        return np.zeros(0, dtype=np.int64)
-    weights = None if doc_weights is None else np.asarray(doc_weights, dtype=np.float64)
-    if weights is not None and (weights.shape != (n,) or not (weights >= 1).all()):
-        raise ValueError(f"sample_documents: doc_weights must be {n} numbers >= 1")
-    full = int(math.floor(epochs))
-    budget = (epochs - full) * float(lengths.sum() if weights is None else (weights * lengths).sum())
-    seeds = [*np.atleast_1d(seed).tolist()]
-
-    def one_pass(p: int) -> np.ndarray:
-        rng = np.random.default_rng([*seeds, p])
-        if weights is None:
-            return rng.permutation(n)
-        whole = np.floor(weights)
-        copies = whole.astype(np.int64) + (rng.random(n) < weights - whole)
-        return rng.permutation(np.repeat(np.arange(n), copies))
-
-    parts = [one_pass(p) for p in range(full)]
-    if budget >= 0.5:  # less than half a token left is rounding, not another document
-        perm = one_pass(full)
-        k = int(np.searchsorted(np.cumsum(lengths[perm]), budget, side="left")) + 1
-        parts.append(perm[:min(k, len(perm))])
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 # --- packing -----------------------------------------------------------------------------------

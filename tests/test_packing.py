@@ -16,8 +16,8 @@ from phi4ray.packing import (
     mixture_plan,
     pack,
     plan_shares,
-    sample_documents,
 )
+from phi4ray.token_shards import DocCopies
 
 EOT = 100257
 
@@ -122,54 +122,49 @@ def test_empty_source_gets_nothing_and_others_renormalise():
 
 
 # --- sampling ----------------------------------------------------------------------------------
-def test_sampling_is_seeded_and_takes_whole_passes():
+def copies(lengths, epochs, phase, weights=None):
+    """DocCopies over documents fed in record batches of 37, as the packing pass feeds them."""
+    w = np.ones(len(lengths)) if weights is None else np.asarray(weights, dtype=float)
+    c = DocCopies(epochs, phase)
+    return np.concatenate([c.take(w[i:i + 37]) for i in range(0, len(w), 37)])
+
+
+def test_sampling_takes_whole_passes_and_an_exact_fraction():
     lengths = np.random.default_rng(1).integers(1, 50, size=200)
-    a, b = sample_documents(lengths, 2.5, [7, 1]), sample_documents(lengths, 2.5, [7, 1])
-    assert a.tolist() == b.tolist() != sample_documents(lengths, 2.5, [8, 1]).tolist()
-    seen = np.bincount(a, minlength=200)
-    assert seen.min() == 2 and seen.max() == 3  # two full passes, then part of a third
-    extra = a[400:]
-    budget = 0.5 * lengths.sum()
-    assert budget <= lengths[extra].sum() < budget + lengths.max()
-    assert (np.sort(a[:200]) == np.arange(200)).all() and not (a[:200] == a[200:400]).all()
+    a = copies(lengths, 2.5, 0.3)
+    assert a.tolist() == copies(lengths, 2.5, 0.3).tolist() != copies(lengths, 2.5, 0.8).tolist()
+    assert a.min() == 2 and a.max() == 3 and a.sum() == 500  # two full passes, then half of a third
+    assert copies(lengths, 1.0, 0.9).tolist() == [1] * 200
+    # whatever the phase, the total is floor or ceil of the expected copies
+    assert all(abs(copies(lengths, 0.37, p / 10).sum() - 74) <= 1 for p in range(10))
+    # the fractional pass spreads over the documents, not a prefix of them
+    third = copies(lengths, 0.25, 0.5)
+    assert third[:100].sum() == third[100:].sum() == 25
 
 
 def test_upweighting_raises_the_share_of_long_documents():
     rng = np.random.default_rng(2)
     lengths = np.concatenate([rng.integers(5, 20, size=300), rng.integers(100, 200, size=30)])
+    rng.shuffle(lengths)
     is_long = lengths >= 100
     source = Source("long", ("x",), 1.0, upweight_min_tokens=100, upweight=2.0)
     weights = source.doc_weights(lengths)
     assert weights.tolist() == np.where(is_long, 2.0, 1.0).tolist()
     assert Source("a", ("x",), 1.0).doc_weights(lengths) is None
 
-    def long_share(order):
-        return lengths[order][is_long[order]].sum() / lengths[order].sum()
+    def long_share(c):
+        return (c * lengths)[is_long].sum() / (c * lengths).sum()
 
     # a whole pass: every long document twice, every short one once
-    one = sample_documents(lengths, 1.0, [5], weights)
-    assert np.bincount(one, minlength=len(lengths)).tolist() == np.where(is_long, 2, 1).tolist()
+    one = copies(lengths, 1.0, 0.5, weights)
+    assert one.tolist() == np.where(is_long, 2, 1).tolist()
     expected = 2 * lengths[is_long].sum() / (2 * lengths[is_long].sum() + lengths[~is_long].sum())
     assert long_share(one) == pytest.approx(expected)
     # a part of a pass (how `mixture_plan` usually takes the long source): share up from the plain one
-    plain = np.mean([long_share(sample_documents(lengths, 0.4, [s])) for s in range(20)])
-    up = [sample_documents(lengths, 0.4, [s], weights) for s in range(20)]
-    budget = 0.4 * (weights * lengths).sum()
-    assert all(budget <= lengths[o].sum() < budget + lengths.max() for o in up)
+    plain = np.mean([long_share(copies(lengths, 0.4, p / 20)) for p in range(20)])
+    up = np.mean([long_share(copies(lengths, 0.4, p / 20, weights)) for p in range(20)])
     assert plain == pytest.approx(lengths[is_long].sum() / lengths.sum(), abs=0.05)
-    assert np.mean([long_share(o) for o in up]) == pytest.approx(expected, abs=0.05) and expected > plain + 0.1
-    # a fractional weight: 1.5 copies per pass on average
-    half = sample_documents(lengths, 10.0, [1], np.where(is_long, 1.5, 1.0))
-    assert np.bincount(half, minlength=len(lengths))[is_long].mean() == pytest.approx(15, abs=1)
-    with pytest.raises(ValueError, match="doc_weights"):
-        sample_documents(lengths, 1.0, 0, np.full(len(lengths), 0.5))
-
-
-def test_sampling_edges():
-    assert len(sample_documents([], 3.0, 0)) == 0
-    assert (np.sort(sample_documents([5, 5, 5], 1.0, 0)) == [0, 1, 2]).all()
-    assert len(sample_documents([5, 5, 5], 0.1, 0)) == 1  # a sliver (1.5 tokens) still takes one document
-    assert len(sample_documents([5, 5, 5], 0.02, 0)) == 0  # under half a token is rounding
+    assert up == pytest.approx(expected, abs=0.05) and expected > plain + 0.1
 
 
 # --- config ------------------------------------------------------------------------------------

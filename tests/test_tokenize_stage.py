@@ -10,14 +10,15 @@ import pytest
 from actors import tokenize
 from actors.cluster import RayCluster
 from actors.context import RunContext
-from actors.tokenize import TokenizeBatch, tokenize_mixture
+from actors.tokenize import tokenize_mixture
 from phi4ray import manifest
 from phi4ray.corpus import builtin_sources, write_builtin_corpus
 from phi4ray.mixtures import mixture_for_run, source_files
 from phi4ray.packing import MixtureConfig, Source, load_token_shards
 from phi4ray.presets import run_preset
+from phi4ray.row_stream import ParquetRows, RowOrder
 from phi4ray.stage import run_stage
-from phi4ray.token_shards import EMPTY_TEXT, NOT_STRING, NULL_TEXT, RECORD, quarantine_reason
+from phi4ray.token_shards import EMPTY_TEXT, NOT_STRING, NULL_TEXT, RECORD, docs_file, quarantine_reason, tokenize_file
 from phi4ray.tokenizer import ENDOFTEXT, IM_END, get_tokenizer
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
@@ -110,7 +111,6 @@ def test_stage_tokenizes_quarantines_and_packs(corpus, two_runs):
     for name, src in (("alpha", alpha), ("beta", beta)):
         assert src["tokens_available"] == sum(len(tok.encode_ordinary(t)) + 1 for t in corpus[name])
         assert src["tokens_sampled"] == src["tokens_packed"] + src["tokens_dropped"]
-        assert src["tokens_dropped"] <= mix.seq_len
     # alpha binds: taken whole; beta fills its 40% from part of its documents
     assert alpha["epochs_planned"] == 1.0 and alpha["tokens_sampled"] == alpha["tokens_available"]
     assert 0 < beta["epochs_planned"] < 1 and beta["docs_sampled"] < 60
@@ -120,13 +120,21 @@ def test_stage_tokenizes_quarantines_and_packs(corpus, two_runs):
     shards = list(load_token_shards(run_dir))
     tokens = np.concatenate([t for t, _ in shards])
     doc_ids = np.concatenate([d for _, d in shards])
-    assert len(shards) == c["shards"] == -(-c["sequences"] // 16) > 1
+    # a shard per shard_sequences rows of each pack group, every group dropping under one row
+    assert len(shards) == c["shards"] > 1 and c["pack_groups"] >= 2
+    assert all(len(t) <= 16 for t, _ in shards)
+    assert c["tokens_dropped"] <= c["pack_groups"] * mix.seq_len
     assert tokens.shape == (c["sequences"], 49) and tokens.size == c["tokens_packed"]
     assert (np.diff(doc_ids, axis=1) == (tokens[:, 1:] == ENDOFTEXT)).all() and (doc_ids[:, 0] == 0).all()
     table = pa.concat_tables([pq.read_table(f) for f in sorted((run_dir / "tokens").glob("*.parquet"))])
     sources = table.column("source").to_pylist()
     assert sources.count("alpha") == alpha["sequences"] and sources.count("beta") == beta["sequences"]
-    assert sources[:20] != sorted(sources[:20])  # rows of both sources are shuffled together
+    assert all(len(set(pq.read_table(f).column("source").to_pylist())) == 1
+               for f in (run_dir / "tokens").glob("*.parquet"))  # a shard holds one source
+    # the training reader's shuffle window mixes them: a batch holds rows of both sources
+    rows = ParquetRows(run_dir / "tokens", ["source"])
+    first = rows.take(RowOrder(rows.sizes, batch_size=8, seed=0).next_rows()).column("source").to_pylist()
+    assert set(first) == {"alpha", "beta"}, first
 
     found = check_rows_decode_to(corpus["alpha"] + corpus["beta"], tokens)
     assert len(found) > 20 and len(found) == len(set(found))  # each document once, never twice
@@ -209,15 +217,23 @@ def test_bad_inputs_fail_before_work_naming_the_source(tmp_path):
     assert not (tmp_path / "tokens").exists()
 
 
-def test_tokenize_udf_quarantines_and_keeps_special_text_as_text():
+def test_tokenize_file_quarantines_streams_and_keeps_special_text_as_text(tmp_path):
     assert [quarantine_reason(t) for t in (None, 7, b"x", "", " \n\t", "ok")] == [
         NULL_TEXT, NOT_STRING, NOT_STRING, EMPTY_TEXT, EMPTY_TEXT, ""]
-    batch = pa.table({"text": [SPECIAL_DOC, None, "", "hello"], "source": ["s"] * 4})
-    out = TokenizeBatch()(batch)
-    assert out.column_names == ["source", "tokens", "quarantine"]
-    assert out.column("quarantine").to_pylist() == ["", NULL_TEXT, EMPTY_TEXT, ""]
+    texts = [SPECIAL_DOC, None, "", "hello"] * 700  # more than one record batch (READ_ROWS)
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
     tok = get_tokenizer()
-    tokens = out.column("tokens").to_pylist()
-    assert tokens == [tok.encode_ordinary(SPECIAL_DOC), [], [], tok.encode_ordinary("hello")]
+    summary = tokenize_file(str(tmp_path / "in.parquet"), tmp_path / "cache", tok)
+    assert summary == {"read": 2800, "quarantined": {EMPTY_TEXT: 700, NULL_TEXT: 700}}
+    docs = pq.read_table(docs_file(tmp_path / "cache", str(tmp_path / "in.parquet")))
+    assert docs.schema.field("tokens").type == pa.list_(pa.int32()) and docs.num_rows == 1400
+    tokens = docs.column("tokens").to_pylist()
+    assert tokens[:2] == [tok.encode_ordinary(SPECIAL_DOC), tok.encode_ordinary("hello")]
+    assert docs.column("n").to_pylist()[:2] == [len(tokens[0]), len(tokens[1])]
     assert tok.decode(tokens[0]) == SPECIAL_DOC and ENDOFTEXT not in tokens[0] and IM_END not in tokens[0]
-    assert out.schema.field("tokens").type == pa.list_(pa.int32())
+    # a second call reuses the file; a changed input is another file
+    before = docs_file(tmp_path / "cache", str(tmp_path / "in.parquet")).stat().st_mtime_ns
+    assert tokenize_file(str(tmp_path / "in.parquet"), tmp_path / "cache", tok) == summary
+    assert docs_file(tmp_path / "cache", str(tmp_path / "in.parquet")).stat().st_mtime_ns == before
+    pq.write_table(pa.table({"text": ["changed"]}), tmp_path / "in.parquet")
+    assert tokenize_file(str(tmp_path / "in.parquet"), tmp_path / "cache", tok)["read"] == 1
