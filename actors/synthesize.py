@@ -1,9 +1,12 @@
 """Stage `synthesize`: seeds from RUN/curated -> synthesis steps on Ray Data -> RUN/synthetic.
 
 The work (seeds, chunks, outputs, report) is phi4ray.synth.runner.synthesize on a runner; this
-module is its Ray runner: chunks of seeds as rows of a Ray Data pipeline, run by `ChunkActor`s
-(map_batches), each holding one teacher engine (the run's sampler fleet or an external endpoint)
-and writing its chunk's rows to RUN/synthesize/<step>/<chunk_id>.parquet.
+module is its Ray runner. Seed documents come from a Ray Data pass (`pick_documents`): one task per
+file ranks its documents and keeps its first few per source, then a distributed sort + limit per
+source keeps the candidates, and only those reach the driver. Chunks of seeds are rows of a Ray
+Data pipeline, run by `ChunkActor`s (map_batches), each holding one teacher engine (the run's
+sampler fleet or an external endpoint) and writing its chunk's rows to
+RUN/synthesize/<step>/<chunk_id>.parquet.
 """
 from __future__ import annotations
 
@@ -17,7 +20,40 @@ import pyarrow as pa
 from phi4ray.stage import Stage, StageResult
 from phi4ray.synth.chunks import Chunk, process_chunk
 from phi4ray.synth.runner import synthesize
+from phi4ray.synth.seeds import file_documents, pool_size, seed_files, top_documents
 from phi4ray.synth.teacher import check_teacher, endpoint_engine, endpoint_spec, teacher_model, teacher_name
+
+CANDIDATES = pa.schema([("source", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("rank", pa.int64())])
+
+
+def file_candidates(batch: pa.Table, root: str, seed: int, synth) -> pa.Table:
+    """`map_batches` over file names: each file's first `pool_size` documents by rank, streamed
+    from the file; no more than that leaves the task, whatever the file's size."""
+    rows = [d for rel in batch.column("file").to_pylist()
+            for docs in top_documents(file_documents(Path(root), rel, seed), synth).values() for d in docs]
+    return pa.Table.from_pylist(rows, schema=CANDIDATES)
+
+
+def pick_documents(run_dir: Path, cfg) -> tuple[str, dict[str, list[dict]]]:
+    """phi4ray.synth.seeds.pick_documents on Ray Data: the same documents, whatever the blocks.
+    Files are the read unit (a document without an id is `<file>:<row>`, so its row must be counted
+    from the file's start); each source's candidates are the `pool_size` first of the files' picks
+    by (rank, doc_id, text), a distributed sort + limit."""
+    import ray.data  # deferred: the CLI imports this module to list stages without loading Ray
+    from ray.data.expressions import col  # deferred: with ray.data, above
+
+    origin, root, rels = seed_files(run_dir, cfg)
+    ds = ray.data.from_items([{"file": r} for r in rels], override_num_blocks=len(rels))
+    picks = ds.map_batches(file_candidates, batch_size=1, batch_format="pyarrow",
+                           fn_kwargs={"root": str(root), "seed": cfg.seed, "synth": cfg.synth}).materialize()
+    docs = {}
+    for src in sorted({Path(r).parts[0] for r in rels}):
+        rows = (picks.filter(expr=col("source") == src).sort(["rank", "doc_id", "text"])
+                .limit(pool_size(src, cfg.synth)).take_all())
+        if rows:  # a source of blank documents only offers none
+            docs[src] = [{"source": src, "doc_id": r["doc_id"], "text": r["text"], "rank": int(r["rank"])}
+                         for r in rows]
+    return origin, docs
 
 
 def build_engine(spec: dict):
@@ -53,6 +89,9 @@ class RayRunner:
     def __init__(self, ctx, app=None):
         self.ctx, self.app, self.started, self.ready_s = ctx, app, None, None
         self.name = teacher_name(ctx.run_dir, ctx.cfg)
+
+    def pick_documents(self, run_dir: Path, cfg) -> tuple[str, dict[str, list[dict]]]:
+        return pick_documents(run_dir, cfg)
 
     def spec(self) -> dict:
         cfg = self.ctx.cfg

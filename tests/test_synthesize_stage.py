@@ -32,7 +32,7 @@ from phi4ray.stage import is_current, run_stage
 from phi4ray.synth.llm import ScriptedEngine
 from phi4ray.synth.outputs import OUT_SCHEMA, check_counts
 from phi4ray.synth.runner import LocalRunner, synthesize
-from phi4ray.synth.seeds import code_seeds, prose_seeds, read_documents
+from phi4ray.synth.seeds import code_seeds, pick_documents, prose_seeds
 from phi4ray.synth.steps import STEPS
 from phi4ray.tokenizer import IM_END, get_tokenizer
 
@@ -148,11 +148,11 @@ def assert_counts_add_up(run_dir: Path, rep: dict) -> None:
 def test_seeds_are_deterministic_passages_and_functions(tmp_path):
     write_curated(tmp_path)
     cfg = config()
-    origin, docs = read_documents(tmp_path, cfg)
+    origin, docs = pick_documents(tmp_path, cfg)
     assert origin == "curated" and sorted(docs) == ["code", "web"]
     passages = prose_seeds(docs, cfg.synth)
     assert len(passages) == 4 and all(p["seed_id"].startswith("web:doc") and p["source"] == "web" for p in passages)
-    assert passages == prose_seeds(read_documents(tmp_path, cfg)[1], cfg.synth)  # same seeds, same ids
+    assert passages == prose_seeds(pick_documents(tmp_path, cfg)[1], cfg.synth)  # same seeds, same ids
     funcs = code_seeds(docs, config(seeds=2).synth)
     # doctested functions first; the decorated one (it needs its module) and the import never
     assert [f["seed_id"] for f in funcs] == ["code:mod.py::add@4", "code:mod.py::scale@13"]
@@ -372,6 +372,27 @@ def test_fleet_engine_renders_decodes_seeds_and_isolates_failures():
 
 
 # --- the real fleet: Ray Data actors + Serve + vLLM ------------------------------------------------
+@pytest.mark.ray
+def test_ray_pick_equals_the_local_pick(ray_cluster, tmp_path):
+    """The Ray Data pass picks the documents the in-process path picks: ids or `<file>:<row>`,
+    blank texts skipped, a blank-only source offering none, a source over its pool trimmed."""
+    from actors.synthesize import pick_documents as ray_pick  # deferred: with Ray, as below
+
+    words = passage("rivers", 0)
+    for j in range(4):
+        for source, rows in (("web", [{"doc_id": f"w{j}-{i}", "text": f"{i} {words}"} for i in range(12)]),
+                             ("books", [{"text": f"{i} {words}" if i % 3 else " "} for i in range(12)])):
+            (tmp_path / "curated" / source).mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows), tmp_path / "curated" / source / f"part-{j}.parquet")
+    (tmp_path / "curated" / "blank").mkdir()
+    pq.write_table(pa.table({"text": pa.array([None], pa.string())}), tmp_path / "curated" / "blank" / "p.parquet")
+    cfg = config(seeds=3)
+    origin, got = ray_pick(tmp_path, cfg)
+    assert (origin, got) == pick_documents(tmp_path, cfg)
+    assert sorted(got) == ["books", "web"] and all(len(v) == 12 for v in got.values())  # 4 * seeds of 48, 32
+    assert any(d["doc_id"].startswith("books/part-") for d in got["books"])
+
+
 @pytest.mark.ray
 def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
     write_curated(tmp_path)

@@ -1,15 +1,17 @@
 """The synthesize stage's work on any runner: seeds -> chunks -> rows -> outputs and report.
 
     RUN/curated/<source>/*.parquet (else the built-in corpus)
-      -> seeds per step (phi4ray.synth.seeds)
+      -> each source's candidate documents, first by rank (the runner's `pick_documents`)
+      -> seeds per step from those (phi4ray.synth.seeds)
       -> chunks of `synth.chunk_size` seeds (phi4ray.synth.chunks), the missing ones run by a
          runner, each writing RUN/synthesize/<step>/<chunk_id>.parquet
       -> plurality after qa (qa's questions, deduplicated across seeds, are among its seeds)
       -> RUN/synthetic/..., RUN/synthesize/dropped/<step>.parquet (phi4ray.synth.outputs),
          RUN/synthesize/report.json
 
-A runner runs a list of chunks: `LocalRunner` (one engine, in this process: tests, debugging) or
-actors.synthesize.RayRunner (Ray Data actors against the fleet or an endpoint). Everything after
+A runner picks the candidate documents and runs a list of chunks: `LocalRunner` (one engine, in
+this process: tests, debugging) or actors.synthesize.RayRunner (a Ray Data pass over the documents,
+Ray Data actors against the fleet or an endpoint for the chunks). Everything after
 the chunks (qa dedupe, outputs, report) is recomputed from the chunk files, so a run resumed after a
 crash equals an uninterrupted one (the fleet seeds sampling per prompt, see actors/fleet_engine.py).
 """
@@ -24,7 +26,7 @@ from typing import Protocol
 from phi4ray.stage import StageResult
 from phi4ray.synth.chunks import Chunk, clean_stale, plan_chunks, process_chunk, read_rows, run_missing
 from phi4ray.synth.outputs import check_counts, step_report, write_outputs
-from phi4ray.synth.seeds import code_seeds, dedupe_questions, plurality_seeds, prose_seeds, read_documents, revise_seeds
+from phi4ray.synth.seeds import code_seeds, dedupe_questions, pick_documents, plurality_seeds, prose_seeds, revise_seeds
 from phi4ray.synth.steps import STEPS
 
 WORK = "synthesize"  # RUN/<WORK>: chunk files, dropped rows, report.json
@@ -32,6 +34,9 @@ WORK = "synthesize"  # RUN/<WORK>: chunk files, dropped rows, report.json
 
 class Runner(Protocol):
     name: str  # the teacher's name: part of every chunk id
+
+    def pick_documents(self, run_dir: Path, cfg) -> tuple[str, dict[str, list[dict]]]:
+        """(where from, {source: candidate documents}): phi4ray.synth.seeds.pick_documents' result."""
 
     def run(self, chunks: list[Chunk], s, work: Path) -> None:
         """Run every chunk, each writing its file."""
@@ -50,6 +55,9 @@ class LocalRunner:
     def __init__(self, engine, name: str = "local"):
         self.engine, self.name, self.loop = engine, name, asyncio.new_event_loop()
 
+    def pick_documents(self, run_dir: Path, cfg) -> tuple[str, dict[str, list[dict]]]:
+        return pick_documents(run_dir, cfg)
+
     def run(self, chunks: list[Chunk], s, work: Path) -> None:
         for c in chunks:
             self.loop.run_until_complete(process_chunk(c, self.engine, s, work))
@@ -65,7 +73,7 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     """The stage's work on `runner`; chunks with a file already are not run again."""
     run_dir = Path(run_dir).resolve()
     s, work, t0 = cfg.synth, run_dir / WORK, time.time()
-    origin, docs = read_documents(run_dir, cfg)
+    origin, docs = runner.pick_documents(run_dir, cfg)
     passages = prose_seeds(docs, s)
     seeds = {"rewrite": passages, "revise": revise_seeds(passages), "reversal": code_seeds(docs, s), "qa": passages}
     order = [st for st in STEPS if st in s.steps]  # recipe order; plurality last
