@@ -118,7 +118,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = make_optimizer(model, tc)
     loader, step_fn = make_data(job, device)
     micro = tc.micro_batch_size
-    tc.grad_accum_steps(world)  # fails early, naming the sizes, if the batch does not split
+    tc.micro_steps(world)  # fails early, naming the sizes, if some worker would get no row
 
     step = start = 0
     ckpt = ray.train.get_checkpoint()
@@ -184,7 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu: bool = False,
-                 max_failures: int = 3, resources_per_worker: dict | None = None,
+                 max_failures: int | None = None, resources_per_worker: dict | None = None,
                  resize_check_s: float = 60.0):
     """Fit on Ray Train. Rerunning the same stage in the same run dir resumes from its last
     checkpoint when that checkpoint is of the same training (phi4ray.train_jobs.resume_key: a
@@ -203,7 +203,8 @@ def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu:
             num_workers=num_workers, use_gpu=use_gpu, elastic_resize_monitor_interval_s=resize_check_s,
             resources_per_worker=resources_per_worker or ({"CPU": 4, "GPU": 1} if use_gpu else {"CPU": 1})),
         run_config=RunConfig(name=job.stage, storage_path=str(Path(job.run_dir).resolve() / "ray_train"),
-                             failure_config=FailureConfig(max_failures=max_failures),
+                             failure_config=FailureConfig(
+                                 max_failures=job.train.max_failures if max_failures is None else max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     return trainer.fit()

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from phi4ray.arith import make_problems, success_rate
 from phi4ray.config import ConfigError
 from phi4ray.hf import import_hf
-from phi4ray.row_stream import ArrayRows, ParquetRows, RowOrder
+from phi4ray.row_stream import ArrayRows, ParquetRows, RowOrder, micro_slices
 from phi4ray.tokenizer import PAD
-from phi4ray.train import TrainConfig, apply_optimizer
+from phi4ray.train import TrainConfig, apply_optimizer, set_gradient_sync
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo")
 
@@ -138,11 +138,13 @@ def dpo_step(model, optimizer, micro_batches: list[dict], step: int, cfg: DPOCon
              device, all_reduce=None) -> dict:
     """One optimizer step of DPO over this worker's micro-batches of pairs (dicts of columns).
     Normalised by the number of pairs over all workers, like train_step by tokens."""
-    n_total = torch.tensor(float(sum(len(mb["prompt_ids"]) for mb in micro_batches)))
+    n_total = torch.tensor(float(sum(len(mb["prompt_ids"]) for mb in micro_batches if mb.get("weight", 1.0))))
     if all_reduce is not None:
         all_reduce(n_total)
     sums = torch.zeros(4)  # loss, margin, accuracy, tokens
-    for mb in micro_batches:
+    for i, mb in enumerate(micro_batches):
+        set_gradient_sync(model, i == len(micro_batches) - 1)
+        w = mb.get("weight", 1.0)  # 0: a padding pass (phi4ray.row_stream.micro_slices)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.train.dtype == "bfloat16"):
             pc, pr = pair_logps(model, mb, pad_id, device)
         rc = torch.as_tensor(np.asarray(mb["ref_chosen_logp"], dtype=np.float32), device=device)
@@ -154,10 +156,10 @@ def dpo_step(model, optimizer, micro_batches: list[dict], step: int, cfg: DPOCon
         if cfg.sft_weight:
             nll = -pc if cfg.loss_type == "ipo" else -pc / _lengths(mb["chosen_ids"]).to(device)
             losses = losses + cfg.sft_weight * nll
-        (losses.sum() / n_total.item()).backward()
-        sums += torch.tensor([losses.sum().item(), (cr - rj).sum().item(), (cr > rj).float().sum().item(),
-                              float(sum(len(p) + len(c) + len(r) for p, c, r in
-                                        zip(mb["prompt_ids"], mb["chosen_ids"], mb["rejected_ids"])))])
+        (losses.sum() * (w / n_total.item())).backward()
+        sums += w * torch.tensor([losses.sum().item(), (cr - rj).sum().item(), (cr > rj).float().sum().item(),
+                                  float(sum(len(p) + len(c) + len(r) for p, c, r in
+                                            zip(mb["prompt_ids"], mb["chosen_ids"], mb["rejected_ids"])))])
     grad_norm, lr = apply_optimizer(model, optimizer, step, cfg.train)
     if all_reduce is not None:
         all_reduce(sums)
@@ -187,7 +189,8 @@ class PairLoader(RowOrder):
             if not all(len(x) for x in sides):
                 where = self.rows.locate(int(mine[i])) if isinstance(self.rows, ParquetRows) else ("memory", int(mine[i]))
                 raise ValueError(f"{where[0]}: pair {where[1]} has an empty prompt, chosen or rejected side")
-        return [{k: list(v[j:j + micro]) for k, v in cols.items()} for j in range(0, len(mine), micro)]
+        return [{**{k: list(v[sl]) for k, v in cols.items()}, "weight": w}
+                for sl, w in micro_slices(len(mine), self.batch_size, world, micro)]
 
 
 def _objects(values) -> np.ndarray:

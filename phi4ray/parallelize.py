@@ -2,7 +2,8 @@
 
 Each transformer block is its own FSDP unit (its parameters are gathered just before it runs and
 freed after), then the root wraps the embeddings, final norm and output. On GPU, bf16 compute with
-fp32 gradient reduction; on CPU everything stays fp32 (bf16 matmuls crawl there).
+fp32 gradient reduction; on CPU everything stays fp32 (bf16 matmuls crawl there). Gradients are
+summed over ranks (the loss is normalised globally), so any worker count trains the same step.
 """
 from __future__ import annotations
 
@@ -26,8 +27,14 @@ def parallelize(model: Phi4, cfg: TrainConfig, distributed: bool) -> Phi4:
         if cfg.dtype == "bfloat16":
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         kw = {"mp_policy": mp} if mp else {}
-        for i, block in enumerate(model.layers.values()):
+        units = list(model.layers.values())
+        for i, block in enumerate(units):
             # the last block's parameters are needed first in backward: keep them gathered
-            fully_shard(block, reshard_after_forward=i < len(model.layers) - 1, **kw)
+            fully_shard(block, reshard_after_forward=i < len(units) - 1, **kw)
         fully_shard(model, **kw)
+        # the steps already divide the loss by the global count of trained tokens (or pairs),
+        # whatever each rank's share: FSDP must sum the gradients, not average them over ranks
+        for unit in [*units, model]:
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no PREMUL_SUM
     return model

@@ -89,6 +89,21 @@ class RowOrder:
         self.epoch, self.cursor, self.seed = state["epoch"], state["cursor"], state["seed"]
 
 
+def passes(batch_size: int, world: int, micro: int) -> int:
+    """Forward/backward passes per step on every rank: the largest share, ceil(batch/world), in
+    micro-batches of `micro`."""
+    return -(-((batch_size + world - 1) // world) // micro)
+
+
+def micro_slices(n_mine: int, batch_size: int, world: int, micro: int) -> list[tuple[slice, float]]:
+    """(rows of this rank's share, weight) per forward/backward pass. Every rank runs
+    ceil(ceil(batch/world)/micro) passes, FSDP's collectives needing the same count everywhere; a
+    rank whose share is smaller repeats its last slice at weight 0 (its gradient counts nothing)."""
+    n = passes(batch_size, world, micro)
+    real = [(slice(i, min(i + micro, n_mine)), 1.0) for i in range(0, n_mine, micro)]
+    return real + [(real[-1][0], 0.0)] * (n - len(real))
+
+
 # --- where rows come from ------------------------------------------------------------------------
 class ArrayRows:
     """Rows held in memory as equal-length numpy arrays (tests, benchmarks, small SFT sets)."""

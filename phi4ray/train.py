@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from phi4ray.config import ConfigError
-from phi4ray.row_stream import WINDOW, ArrayRows, ParquetRows, RowOrder, fixed_width
+from phi4ray.row_stream import WINDOW, ArrayRows, ParquetRows, RowOrder, fixed_width, micro_slices, passes
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,17 @@ class TrainConfig:
     compile: bool = False
     dtype: str = "float32"           # compute dtype: bf16 on GPU (params and optimizer stay fp32)
     seed: int = 0
+    max_failures: int = 3            # worker failures Ray Train recovers from (FailureConfig)
 
     def __post_init__(self) -> None:
         for name in ("seq_len", "batch_size", "micro_batch_size", "steps", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if self.batch_size % self.micro_batch_size:
-            raise ConfigError(f"train.batch_size={self.batch_size} is not a multiple of "
-                              f"train.micro_batch_size={self.micro_batch_size}")
+        if self.micro_batch_size > self.batch_size:
+            raise ConfigError(f"train.micro_batch_size={self.micro_batch_size} exceeds "
+                              f"train.batch_size={self.batch_size}")
+        if self.max_failures < 0:
+            raise ConfigError(f"train.max_failures={self.max_failures} must be >= 0")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"train.dtype={self.dtype!r} must be float32 or bfloat16")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -57,12 +61,15 @@ class TrainConfig:
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError(f"train: betas ({self.beta1}, {self.beta2}) must be in [0, 1)")
 
-    def grad_accum_steps(self, world_size: int) -> int:
-        per_worker, rest = divmod(self.batch_size, world_size)
-        if rest or per_worker % self.micro_batch_size:
-            raise ConfigError(f"train.batch_size={self.batch_size} does not split into micro-batches of "
-                              f"{self.micro_batch_size} over {world_size} workers")
-        return per_worker // self.micro_batch_size
+    def micro_steps(self, world_size: int) -> int:
+        """Forward/backward passes per optimizer step on every worker. Rank r takes rows r, r + w, ...
+        of the batch (ceil or floor of batch/w); all ranks run as many passes as the largest share
+        needs (FSDP's collectives must match), a rank with fewer rows padding with a zero-weight
+        pass. Any worker count up to batch_size trains the same step."""
+        if world_size > self.batch_size:
+            raise ConfigError(f"train.batch_size={self.batch_size} leaves some of {world_size} workers "
+                              "without a row; raise the batch size or lower train_workers")
+        return passes(self.batch_size, world_size, self.micro_batch_size)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -95,6 +102,15 @@ def loss_fn(model, tokens: torch.Tensor, doc_ids: torch.Tensor, loss_mask: torch
     m = loss_mask[:, 1:].bool()
     logits = model(tokens[:, :-1], doc_ids=doc_ids[:, :-1], logits_mask=m)
     return F.cross_entropy(logits.float(), targets[m], reduction="sum"), int(m.sum().item())
+
+
+class MicroBatch(NamedTuple):
+    """One forward/backward pass: rows of seq_len + 1 tokens, their doc ids and (SFT) loss mask;
+    weight 0 marks a padding pass (`phi4ray.row_stream.micro_slices`)."""
+    tokens: torch.Tensor
+    doc_ids: torch.Tensor
+    loss_mask: torch.Tensor | None = None
+    weight: float = 1.0
 
 
 class SequenceLoader(RowOrder):
@@ -136,17 +152,14 @@ class SequenceLoader(RowOrder):
                              f"(train.seq_len={self.seq_len} + 1); re-run tokenize with this seq_len")
         return out
 
-    def next_batch(self, rank: int, world: int, micro: int, device) -> list[tuple]:
+    def next_batch(self, rank: int, world: int, micro: int, device) -> list[MicroBatch]:
         mine = self.next_rows()[rank::world]
         cols = self._arrays(self.rows.take(mine), mine)
-        out = []
-        for i in range(0, len(mine), micro):
-            sl = slice(i, i + micro)
-            mask = cols.get("loss_mask")
-            out.append((torch.from_numpy(cols["tokens"][sl]).long().to(device),
-                        torch.from_numpy(cols["doc_ids"][sl]).long().to(device),
-                        None if mask is None else torch.from_numpy(mask[sl].astype(np.int8)).to(device)))
-        return out
+        mask = cols.get("loss_mask")
+        return [MicroBatch(torch.from_numpy(cols["tokens"][sl]).long().to(device),
+                           torch.from_numpy(cols["doc_ids"][sl]).long().to(device),
+                           None if mask is None else torch.from_numpy(mask[sl].astype(np.int8)).to(device), w)
+                for sl, w in micro_slices(len(mine), self.batch_size, world, micro)]
 
 
 def apply_optimizer(model, optimizer, step: int, cfg: TrainConfig) -> tuple[float, float]:
@@ -160,20 +173,31 @@ def apply_optimizer(model, optimizer, step: int, cfg: TrainConfig) -> tuple[floa
     return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm), lr
 
 
+def set_gradient_sync(model, on: bool) -> None:
+    """FSDP2 reduce-scatters gradients after every backward unless told not to: during gradient
+    accumulation only the last pass syncs (a plain module has nothing to sync)."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(on)
+
+
 def train_step(model, optimizer, micro_batches, step: int, cfg: TrainConfig, all_reduce=None) -> dict:
-    """One optimizer step over this worker's micro-batches. Loss is normalised by the number of
-    trained tokens over all workers (all_reduce sums across them), so any split gives the same
-    gradient as one big batch."""
-    n_local = sum(int(mb[2][:, 1:].sum()) if mb[2] is not None else mb[0][:, 1:].numel() for mb in micro_batches)
+    """One optimizer step over this worker's micro-batches (`MicroBatch`, or (tokens, doc_ids,
+    loss_mask) tuples). Loss is normalised by the number of trained tokens over all workers
+    (all_reduce sums across them), so any split over any number of workers gives the same gradient
+    as one big batch; zero-weight passes (padding, `micro_slices`) count nothing."""
+    mbs = [mb if isinstance(mb, MicroBatch) else MicroBatch(*mb) for mb in micro_batches]
+    n_local = sum(int(mb.loss_mask[:, 1:].sum()) if mb.loss_mask is not None else mb.tokens[:, 1:].numel()
+                  for mb in mbs if mb.weight)
     n_total = torch.tensor(float(n_local))
     if all_reduce is not None:
         all_reduce(n_total)
     loss_sum = 0.0
-    for tokens, doc_ids, mask in micro_batches:
-        with torch.autocast(tokens.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
-            s, _ = loss_fn(model, tokens, doc_ids, mask)
-        (s / n_total.item()).backward()
-        loss_sum += s.item()
+    for i, mb in enumerate(mbs):
+        set_gradient_sync(model, i == len(mbs) - 1)
+        with torch.autocast(mb.tokens.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
+            s, _ = loss_fn(model, mb.tokens, mb.doc_ids, mb.loss_mask)
+        (s * (mb.weight / n_total.item())).backward()
+        loss_sum += mb.weight * s.item()
     grad_norm, lr = apply_optimizer(model, optimizer, step, cfg)
     loss = torch.tensor(loss_sum)
     if all_reduce is not None:

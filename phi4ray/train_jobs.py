@@ -88,7 +88,7 @@ def midtrain_job(run_dir: str | Path, cfg) -> TrainJob:
 # data position stored in the checkpoint), seed (row order), and weight_decay / beta1 / beta2,
 # which the checkpoint's optimizer state carries and would silently override on resume.
 SCHEDULE_FIELDS = ("steps", "lr", "min_lr_ratio", "warmup_steps", "checkpoint_every", "log_every",
-                   "grad_clip", "micro_batch_size", "activation_checkpointing", "compile", "dtype")
+                   "grad_clip", "micro_batch_size", "activation_checkpointing", "compile", "dtype", "max_failures")
 
 
 def folder_fingerprint(folder: str | Path | None, pattern: str = "*") -> str | None:
@@ -221,27 +221,15 @@ def dpo_job(run_dir: str | Path, cfg) -> TrainJob:
 
 
 def worker_split_check(section: str):
-    """A training stage's `check`: its batch must split over the workers it asks for, refused before
-    any worker starts. An elastic range is checked at its top (the count asked for first); smaller
-    counts that cannot split are named, since the autoscaler may choose them."""
+    """A training stage's `check`: every worker count the stage may run at (train_workers, or any
+    count of an elastic range, which the autoscaler chooses) must get at least one row of the
+    batch; refused before any worker starts. Uneven shares are fine (`TrainConfig.micro_steps`)."""
     def check(cfg, run_dir, options) -> None:
         train = cfg
         for part in section.split("."):
             train = getattr(train, part)
         try:
-            train.grad_accum_steps(cfg.train_workers)
+            train.micro_steps(cfg.train_workers)
         except ConfigError as e:
             raise ConfigError(f"{section}: {e} (train_workers={cfg.train_workers})") from None
-        bad = [n for n in range(max(cfg.train_workers_min, 1), cfg.train_workers) if not _splits(train, n)]
-        if cfg.train_workers_min and bad:
-            print(f"{section}: batch_size={train.batch_size} does not split over {bad} workers; an elastic "
-                  "resize to those counts will fail")
     return check
-
-
-def _splits(train: TrainConfig, workers: int) -> bool:
-    try:
-        train.grad_accum_steps(workers)
-        return True
-    except ConfigError:
-        return False

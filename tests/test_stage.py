@@ -133,13 +133,13 @@ def test_a_missing_curation_input_is_one_line_before_ray(tmp_path, capsys):
     assert not (tmp_path / "manifests").exists()
 
 
-def test_a_batch_that_cannot_split_over_the_workers_is_refused_before_any_worker(tmp_path, capsys):
-    argv = ["pretrain", "--run-dir", str(tmp_path), "train_workers=3", "pretrain.batch_size=8",
+def test_a_batch_smaller_than_the_workers_is_refused_before_any_worker(tmp_path, capsys):
+    argv = ["pretrain", "--run-dir", str(tmp_path), "train_workers=9", "pretrain.batch_size=8",
             "pretrain.micro_batch_size=4"]
     _complete_current(tmp_path, apply_overrides(run_preset("tiny"), argv[3:]), "init", "tokenize")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "does not split into micro-batches of 4 over 3 workers" in err and len(err.strip().splitlines()) == 1
+    assert "batch_size=8 leaves some of 9 workers without a row" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "ray_train").exists()
 
 

@@ -17,11 +17,12 @@ def test_lr_schedule_warms_up_then_decays_to_floor():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
-def test_batch_must_split_over_workers():
-    with pytest.raises(ConfigError, match="micro-batches of 4 over 3 workers"):
-        TrainConfig(batch_size=16, micro_batch_size=4).grad_accum_steps(3)
-    with pytest.raises(ConfigError, match="train.batch_size=10"):
-        TrainConfig(batch_size=10, micro_batch_size=4)
+def test_batch_config_errors():
+    with pytest.raises(ConfigError, match="micro_batch_size=12 exceeds train.batch_size=10"):
+        TrainConfig(batch_size=10, micro_batch_size=12)
+    with pytest.raises(ConfigError, match="max_failures=-1"):
+        TrainConfig(max_failures=-1)
+    assert TrainConfig(batch_size=10, micro_batch_size=4).micro_steps(3) == 1  # shares 4/3/3
 
 
 def test_loader_order_is_global_and_resumable_across_world_sizes():
