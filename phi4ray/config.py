@@ -95,8 +95,10 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # The report's shape: phi-3-medium layout, 16K context after midtraining.
-    "phi4-14b": ModelConfig(),
+    # The report's shape: phi-3-medium layout (Phi-4 report sec. 2: "closely follows phi-3-medium",
+    # full attention over 4K), so pretraining keeps phi-3-medium's RoPE base of 10K; midtraining
+    # (sec. 3.3) goes to 16K context and base 250K (`midtrain.rope_theta`, MidtrainConfig).
+    "phi4-14b": ModelConfig(rope_theta=10_000.0),
     # One GPU (H100): ~1.6B parameters, head dim 128 like the real model.
     "small": ModelConfig(
         dim=2048, n_layers=24, n_heads=16, n_kv_heads=4, ffn_dim=7168, max_seq_len=4096, rope_theta=10_000.0

@@ -3,6 +3,8 @@ import torch
 
 from phi4ray.config import ConfigError, ModelConfig, model_preset
 from phi4ray.model import build_model, positions_from_doc_ids
+from phi4ray.presets import run_preset
+from phi4ray.train_jobs import midtrain_seq_len, post_midtrain_model
 
 
 def test_phi4_14b_parameter_count_on_meta():
@@ -13,7 +15,16 @@ def test_phi4_14b_parameter_count_on_meta():
     assert abs(n - 14.66e9) / 14.66e9 < 0.005
     assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim, cfg.vocab_size) == \
         (5120, 40, 40, 10, 128, 17920, 100_352)
-    assert not cfg.tie_embeddings and cfg.rope_theta == 250_000 and cfg.max_seq_len == 16_384
+    assert not cfg.tie_embeddings and cfg.max_seq_len == 16_384
+
+
+@pytest.mark.parametrize("name, pre_ctx", [("phi4-14b", 4096), ("small", 1024)])
+def test_presets_follow_the_reports_rope_schedule(name, pre_ctx):
+    """Pretraining at base 10K and context L, midtraining at base 250K and 4L (report sec. 3.3)."""
+    cfg = run_preset(name)
+    assert cfg.model.rope_theta == 10_000 and cfg.data.seq_len == pre_ctx
+    assert post_midtrain_model(cfg).rope_theta == 250_000 and midtrain_seq_len(cfg) == 4 * pre_ctx
+    assert midtrain_seq_len(cfg) <= cfg.model.max_seq_len
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "phi4-14b"])
