@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from actors.off_driver import on_worker
 from actors.train_stages import train_stage
 from phi4ray.dpo import evaluate_policy, split_pairs
 from phi4ray.stage import Stage, StageResult
@@ -32,7 +33,7 @@ def reference_pass(ctx, pairs: Path, model: Path, out: Path) -> None:
         return
     shutil.rmtree(out, ignore_errors=True)  # derived data of other pairs: Ray Data adds files to a folder
     with ctx.cluster.session(min_cpus=4):
-        add_reference_logps(pairs, model, out)
+        add_reference_logps(pairs, model, out, use_gpu=ctx.cfg.serve.device == "gpu")
     record.write_text(key)
 
 
@@ -52,11 +53,10 @@ def run(ctx) -> StageResult:
         print(f"dpo: SKIPPED: {reason}")
         return StageResult(counts={"train_pairs": n_train, "heldout_pairs": n_held}, outputs={"skipped": reason},
                            inputs=inputs)
-    reference_pass(ctx, d / "train", base, Path(job.tokens_dir))
-    before = evaluate_policy(base, d / "heldout", cfg)
+    gpu = cfg.serve.device == "gpu"
 
     def evaluate() -> dict:
-        after = evaluate_policy(run_dir / "models" / "dpo", d / "heldout", cfg)
+        after = on_worker(evaluate_policy, run_dir / "models" / "dpo", d / "heldout", cfg, gpu=gpu)
         print(f"dpo: held-out pair margin {before.get('margin')} -> {after.get('margin')}, "
               f"accuracy {before.get('accuracy')} -> {after.get('accuracy')}; "
               f"held-out success {before['success']:.3f} -> {after['success']:.3f}")
@@ -66,7 +66,10 @@ def run(ctx) -> StageResult:
                 "heldout_pair_accuracy_after": after.get("accuracy"),
                 "heldout_success_before": before["success"], "heldout_success_after": after["success"]}
 
-    return train_stage(ctx, job, inputs, evaluate)
+    with ctx.cluster.session(min_cpus=4):  # one Ray for the reference pass, the measures and the training
+        reference_pass(ctx, d / "train", base, Path(job.tokens_dir))
+        before = on_worker(evaluate_policy, base, d / "heldout", cfg, gpu=gpu)
+        return train_stage(ctx, job, inputs, evaluate)
 
 
 STAGE = Stage(

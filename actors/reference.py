@@ -19,10 +19,11 @@ from phi4ray.tokenizer import PAD
 
 
 class RefLogps:
-    def __init__(self, model_dir: str, micro_batch: int = 16):
+    def __init__(self, model_dir: str, micro_batch: int = 16, device: str = "cpu"):
         torch.set_num_threads(1)  # one actor per CPU
-        self.model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
-        self.micro = micro_batch
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        self.model = import_hf(model_dir, device=device, dtype=dtype).eval()
+        self.micro, self.device = micro_batch, device
 
     def __call__(self, batch):
         # pyarrow batches in and out: id lists stay plain list<int> columns (numpy batches would
@@ -32,19 +33,21 @@ class RefLogps:
         with torch.no_grad():
             for i in range(0, len(cols["prompt_ids"]), self.micro):
                 mb = {k: v[i:i + self.micro] for k, v in cols.items()}
-                c, r = pair_logps(self.model, mb, PAD, "cpu")
-                chosen += c.tolist()
-                rejected += r.tolist()
+                c, r = pair_logps(self.model, mb, PAD, self.device)
+                chosen += c.float().cpu().tolist()
+                rejected += r.float().cpu().tolist()
         return (batch.append_column("ref_chosen_logp", pa.array(chosen, pa.float32()))
                 .append_column("ref_rejected_logp", pa.array(rejected, pa.float32())))
 
 
 def add_reference_logps(pairs_dir: str | Path, model_dir: str | Path, out_dir: str | Path,
-                        concurrency: int = 2, batch_size: int = 64) -> int:
-    """pairs_dir/*.parquet -> out_dir/*.parquet with REF_COLUMNS added; returns the pair count."""
+                        concurrency: int = 2, batch_size: int = 64, use_gpu: bool = False) -> int:
+    """pairs_dir/*.parquet -> out_dir/*.parquet with REF_COLUMNS added; returns the pair count.
+    With `use_gpu` each actor holds a GPU and scores in bf16 (the GPU presets)."""
     out = Path(out_dir)
     ds = ray.data.read_parquet(str(Path(pairs_dir).resolve()))
-    ds = ds.map_batches(RefLogps, fn_constructor_args=(str(Path(model_dir).resolve()),), batch_size=batch_size,
-                        batch_format="pyarrow", concurrency=concurrency, num_cpus=1)
+    ds = ds.map_batches(RefLogps, fn_constructor_args=(str(Path(model_dir).resolve()), 16, "cuda" if use_gpu else "cpu"),
+                        batch_size=batch_size, batch_format="pyarrow", concurrency=concurrency, num_cpus=1,
+                        num_gpus=1 if use_gpu else 0)
     ds.write_parquet(str(out.resolve()))
     return ray.data.read_parquet(str(out.resolve())).count()

@@ -7,6 +7,7 @@ RUN/models/sft; the counts hold the held-out loss before and after.
 """
 from __future__ import annotations
 
+from actors.off_driver import on_worker
 from actors.train_stages import train_stage
 from phi4ray.sft import model_heldout_loss, pack_conversations, sft_conversations, write_sft_rows
 from phi4ray.stage import Stage, StageResult
@@ -25,15 +26,18 @@ def run(ctx) -> StageResult:
     job = sft_job(run_dir, cfg)
     write_sft_rows(packed, run_dir / "sft_tokens")
     held_ids = [tok.render_chat(c) for c in held]
-    before = model_heldout_loss(job.init_from, held_ids, tc.seq_len)
+    gpu = cfg.serve.device == "gpu"
 
     def evaluate() -> dict:
-        after = model_heldout_loss(run_dir / "models" / "sft", held_ids, tc.seq_len)
+        after = on_worker(model_heldout_loss, run_dir / "models" / "sft", held_ids, tc.seq_len, gpu=gpu)
         print(f"sft: held-out loss per assistant token {before:.3f} -> {after:.3f}")
         return {"conversations": len(train), "conversations_too_long": len(packed.too_long), **packed.stats,
                 "heldout_conversations": len(held), "heldout_loss_before": before, "heldout_loss_after": after}
 
-    return train_stage(ctx, job, {"source": source, "init_from": job.init_from, "rows": job.tokens_dir}, evaluate)
+    with ctx.cluster.session(min_cpus=4):  # one Ray for the measures before, the training, the measures after
+        before = on_worker(model_heldout_loss, job.init_from, held_ids, tc.seq_len, gpu=gpu)
+        return train_stage(ctx, job, {"source": source, "init_from": job.init_from, "rows": job.tokens_dir},
+                           evaluate)
 
 
 STAGE = Stage(

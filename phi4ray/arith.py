@@ -148,6 +148,7 @@ def success_rate(model, problems: list[dict], samples: int = 4, max_tokens: int 
             for p in problems for _ in range(samples)]
     wins = 0
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(jobs), batch):
             chunk = jobs[i:i + batch]
@@ -162,8 +163,8 @@ def success_rate(model, problems: list[dict], samples: int = 4, max_tokens: int 
             for _ in range(max_tokens):
                 last = torch.zeros(x.shape, dtype=torch.bool)
                 last[:, -1] = True
-                logits = model(x, doc_ids=docs, logits_mask=last).float()
-                probs = torch.softmax(logits / max(temperature, 1e-5), -1)
+                logits = model(x.to(device), doc_ids=docs.to(device), logits_mask=last.to(device)).float()
+                probs = torch.softmax(logits / max(temperature, 1e-5), -1).cpu()  # the seeded generator is a CPU one
                 nxt = torch.multinomial(probs, 1, generator=gen)
                 x, docs = torch.cat([x, nxt], 1), torch.cat([docs, docs[:, -1:]], 1)
                 for r, t in enumerate(nxt[:, 0].tolist()):

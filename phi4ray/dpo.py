@@ -259,16 +259,19 @@ def split_pairs(src_dirs: list[Path], train_dir: Path, held_dir: Path) -> tuple[
     return train.num_rows, held.num_rows
 
 
-def evaluate_policy(model_dir: Path, pairs_dir: Path, cfg) -> dict:
+def evaluate_policy(model_dir: Path, pairs_dir: Path, cfg, device: str = "cpu", micro: int = 16) -> dict:
     """One load of the model for both figures: the log-prob margin log pi(chosen) - log pi(rejected)
     on held-out pairs (and how often it is > 0), and the success rate on held-out toy-domain
-    questions (cfg: the RunConfig)."""
-    model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
+    questions (cfg: the RunConfig). Runs where it is called: the dpo stage calls it on a Ray
+    worker (actors/off_driver.py), with a GPU in bf16 when the preset has one."""
+    model = import_hf(model_dir, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
     out = {"success": success_rate(model, make_problems(cfg.sft.heldout, cfg.seed, cfg.arith, split="test"),
                                    samples=4, seed=cfg.seed)}
     if list(pairs_dir.glob("*.parquet")):
+        pairs = load_pairs(str(pairs_dir), need_ref=False)  # held-out: a fifth of the queries' pairs
         with torch.no_grad():
-            c, r = pair_logps(model, load_pairs(str(pairs_dir), need_ref=False), PAD, "cpu")
-        m = c - r
+            parts = [pair_logps(model, {k: v[i:i + micro] for k, v in pairs.items()}, PAD, device)
+                     for i in range(0, len(pairs["prompt_ids"]), micro)]
+        m = torch.cat([c - r for c, r in parts]).float().cpu()
         out.update(margin=m.mean().item(), accuracy=(m > 0).float().mean().item())
     return out

@@ -120,10 +120,12 @@ def read_conversations(path: str) -> list[list[dict]]:
 def heldout_loss(model, convs: list[ChatTokens], seq_len: int, pad_id: int, micro: int = 8) -> float:
     """Mean loss per assistant token on conversations the model did not train on."""
     packed = pack_conversations(convs, seq_len, pad_id)
+    device = next(model.parameters()).device
     total, n = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(packed.tokens), micro):
-            t, d, m = (torch.from_numpy(a[i:i + micro]).long() for a in (packed.tokens, packed.doc_ids, packed.loss_mask))
+            t, d, m = (torch.from_numpy(a[i:i + micro]).long().to(device)
+                       for a in (packed.tokens, packed.doc_ids, packed.loss_mask))
             s, k = loss_fn(model, t, d, m)
             total, n = total + s.item(), n + k
     return total / max(1, n)
@@ -152,7 +154,8 @@ def write_sft_rows(packed: PackedSFT, out_dir: Path) -> None:
     pq.write_table(pa.table({k: pa.array(list(v)) for k, v in cols.items()}), out_dir / "shard_00000.parquet")
 
 
-def model_heldout_loss(model_dir: str | Path, convs: list[ChatTokens], seq_len: int) -> float:
-    """`heldout_loss` of the HF model in `model_dir`, on CPU."""
-    model = import_hf(model_dir, device="cpu", dtype=torch.float32).eval()
+def model_heldout_loss(model_dir: str | Path, convs: list[ChatTokens], seq_len: int, device: str = "cpu") -> float:
+    """`heldout_loss` of the HF model in `model_dir` on `device` (bf16 on a GPU). The sft stage
+    runs it on a Ray worker (actors/off_driver.py)."""
+    model = import_hf(model_dir, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
     return heldout_loss(model, convs, seq_len, PAD)

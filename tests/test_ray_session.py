@@ -51,3 +51,14 @@ def test_stages_in_one_cluster_share_it_and_it_stops_at_the_end():
     assert not out["up_after"] and out["data_cpus_after"] == float("inf")
     assert out["lone"]["node"] != out["first"]["node"] and out["lone"]["cpus"] == cores
     assert not out["lone_up_after"]
+
+
+def where(tag: str, device: str = "") -> dict:
+    return {"pid": os.getpid(), "tag": tag, "device": device}
+
+
+def test_on_worker_runs_the_function_off_the_driver(ray_cluster):
+    from actors.off_driver import on_worker
+
+    got = on_worker(where, "x", gpu=False)
+    assert got["pid"] != os.getpid() and got == {**got, "tag": "x", "device": "cpu"}
