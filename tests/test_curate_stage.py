@@ -138,6 +138,7 @@ def test_rerun_is_a_no_op_and_a_crash_resumes_to_the_same_output(curated):
     run_dir, cfg, planted, done = curated
     assert run_curate(run_dir, cfg)["finished_at"] == done["finished_at"]
     before = {d: r["text"] for d, r in _kept(run_dir).items()}
+    files = {f.relative_to(run_dir): pq.read_table(f) for f in sorted((run_dir / "curated").rglob("*.parquet"))}
     shards = sorted((run_dir / "curate" / "shards").glob("*.parquet"))
     untouched = {p: p.stat().st_mtime_ns for p in shards[2:]}
     # a crash after two shards' worth of work was lost: their files, the manifest, a half-written file
@@ -147,6 +148,9 @@ def test_rerun_is_a_no_op_and_a_crash_resumes_to_the_same_output(curated):
     (run_dir / "curate" / "shards" / "junk.parquet.tmp").write_bytes(b"PAR1 half")
     again = run_curate(run_dir, cfg)
     assert {d: r["text"] for d, r in _kept(run_dir).items()} == before
+    # one output file per input file, rebuilt row for row: the same input gives the same files
+    again_files = {f.relative_to(run_dir): pq.read_table(f) for f in sorted((run_dir / "curated").rglob("*.parquet"))}
+    assert again_files.keys() == files.keys() and all(again_files[f].equals(t) for f, t in files.items())
     assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())  # finished shards were skipped
     assert again["counts"] == done["counts"]
 

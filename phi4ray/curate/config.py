@@ -65,7 +65,13 @@ class CurateConfig:
     min_lang_score: float = 0.0     # below this the language is unknown and the document dropped
     eval_files: tuple[str, ...] = ()  # more evaluation sets to decontaminate against (the eval
     # stage's suites, RUN/eval/suites, always count)
-    shard_actors: int = 2           # Ray Data actors reading and filtering input files
+    # Ray Data actors reading and filtering input files, and applying the verdicts at the end;
+    # 0: one per CPU Ray Data may use on the cluster
+    shard_actors: int = 0
+    # a shard is filtered in batches of at most this much text in memory (and this many rows),
+    # so one worker never holds a whole input file
+    batch_bytes: int = 32 * 2**20
+    batch_rows: int = 8192
     # the document filters, in the order they run (registered names, phi4ray.curate.registry, or
     # package.module:Class); a document stops at the first that drops it
     filters: tuple[str, ...] = DEFAULT_FILTERS
@@ -83,8 +89,10 @@ class CurateConfig:
                 raise ConfigError(f"curate.inputs: {entry!r} is not source=path")
             if source not in PHI4_MIXTURE:
                 raise ConfigError(f"curate.inputs: source {source!r} in {entry!r} is not one of {list(PHI4_MIXTURE)}")
-        if self.builtin_docs < 1 or self.shard_actors < 1:
-            raise ConfigError("curate.builtin_docs and curate.shard_actors must be >= 1")
+        if self.builtin_docs < 1 or self.batch_bytes < 1 or self.batch_rows < 1:
+            raise ConfigError("curate.builtin_docs, curate.batch_bytes and curate.batch_rows must be >= 1")
+        if self.shard_actors < 0:
+            raise ConfigError(f"curate.shard_actors={self.shard_actors} must be >= 0 (0: one per CPU)")
         if not 0.0 <= self.min_lang_score <= 1.0:
             raise ConfigError(f"curate.min_lang_score={self.min_lang_score} must be in [0, 1]")
         if len(set(self.filters)) != len(self.filters):

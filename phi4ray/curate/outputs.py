@@ -1,10 +1,11 @@
 """The cross-document half's verdicts and the stage's outputs.
 
-`finalize_batch` applies the dedup verdicts and the quality classifier to one batch of shard rows
-(the Ray job maps it over every row); `place_outputs` moves the partitioned write into
-RUN/curated/<source> (kept), RUN/curate/dropped and RUN/curate/quarantined, the curated folder
-swapped in whole; `funnel` counts what went where and fails unless read = kept + dropped +
-quarantined.
+`finalize_shard` applies the dedup verdicts (the shard's own, from the job's join) and the quality
+classifier to one shard file, row group by row group, and writes its rows by final status into
+<out>/<status>/<source>/<shard>.parquet: the same input gives the same files, row for row.
+`place_outputs` moves those into RUN/curated/<source> (kept), RUN/curate/dropped and
+RUN/curate/quarantined, the curated folder swapped in whole; `funnel` counts what went where and
+fails unless read = kept + dropped + quarantined.
 """
 from __future__ import annotations
 
@@ -14,26 +15,26 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from phi4ray.curate.classifier import QualityClassifier
 from phi4ray.curate.documents import DROPPED, KEPT, QUARANTINED
 
-PARTITION_COLS = ["_status", "_source"]
+STATUSES = (KEPT, DROPPED, QUARANTINED)
 
 
-def finalize_batch(batch: pa.Table, exact: set[str], fuzzy: set[str], classifier: QualityClassifier | None,
+def finalize_batch(batch: pa.Table, dedup: dict[str, str], classifier: QualityClassifier | None,
                    min_score: float) -> pa.Table:
-    """Every row with its final status and reason ("dedup:exact", "dedup:minhash", "quality"),
-    its quality score, without the band keys, and with copies of status and source to partition by."""
+    """Every row with its final status and reason (`dedup`: doc id -> "dedup:exact" or
+    "dedup:minhash" for the kept rows that lost to a duplicate; "quality" below `min_score`), its
+    quality score, without the band keys."""
     status = batch.column("status").to_pylist()
     reason = batch.column("reason").to_pylist()
     ids = batch.column("doc_id").to_pylist()
     for i, d in enumerate(ids):
-        if status[i] == KEPT and d in exact:
-            status[i], reason[i] = DROPPED, "dedup:exact"
-        elif status[i] == KEPT and d in fuzzy:
-            status[i], reason[i] = DROPPED, "dedup:minhash"
+        if status[i] == KEPT and d in dedup:
+            status[i], reason[i] = DROPPED, dedup[d]
     score = np.zeros(len(ids), dtype=np.float32)
     live = [i for i, s in enumerate(status) if s == KEPT]
     if classifier is not None and live:
@@ -45,11 +46,38 @@ def finalize_batch(batch: pa.Table, exact: set[str], fuzzy: set[str], classifier
     out = batch.drop_columns(["status", "reason", "bands"])
     return (out.append_column("status", pa.array(status, pa.string()))
             .append_column("reason", pa.array(reason, pa.string()))
-            .append_column("quality_score", pa.array(score, pa.float32()))
-            # partition keys are copies: Ray's partitioned write drops its key columns from the
-            # files, and an output file should still say what it is without its directory name
-            .append_column("_status", pa.array(status, pa.string()))
-            .append_column("_source", batch.column("source")))
+            .append_column("quality_score", pa.array(score, pa.float32())))
+
+
+def finalize_shard(path: str | Path, shard: dict, dedup: dict[str, str], classifier: QualityClassifier | None,
+                   min_score: float, out: Path) -> dict[str, int]:
+    """`finalize_batch` over one shard file a row group at a time (a row group is one filter batch,
+    phi4ray.curate.shards), each status's rows appended to out/<status>/<source>/<shard>.parquet.
+    Returns counts: "kept", and "<status>:<reason>" for the others."""
+    counts: Counter = Counter()
+    writers: dict[str, pq.ParquetWriter] = {}
+    try:
+        f = pq.ParquetFile(path)
+        for g in range(f.num_row_groups):
+            table = finalize_batch(f.read_row_group(g), dedup, classifier, min_score)
+            status = table.column("status")
+            for st in STATUSES:
+                rows = table.filter(pc.equal(status, st))
+                if not rows.num_rows:
+                    continue
+                if st not in writers:
+                    dest = out / st / shard["source"] / f"{shard['shard']}.parquet"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    writers[st] = pq.ParquetWriter(dest, rows.schema)
+                writers[st].write_table(rows)
+                if st == KEPT:
+                    counts[KEPT] += rows.num_rows
+                else:
+                    counts.update(f"{st}:{r}" for r in rows.column("reason").to_pylist())
+    finally:
+        for w in writers.values():
+            w.close()
+    return dict(counts)
 
 
 def swap_in(tmp: Path, dest: Path) -> None:
@@ -63,46 +91,46 @@ def swap_in(tmp: Path, dest: Path) -> None:
 
 
 def place_outputs(written: Path, run_dir: Path) -> None:
-    """`written`: a write partitioned by PARTITION_COLS. Kept rows become RUN/curated/<source>,
+    """`written`: <status>/<source>/ folders (finalize_shard). Kept rows become RUN/curated/<source>,
     the others RUN/curate/dropped and RUN/curate/quarantined; `written` is removed."""
     curated = run_dir / "curated.tmp"
     shutil.rmtree(curated, ignore_errors=True)
-    curated.mkdir()
-    for part in sorted((written / f"_status={KEPT}").glob("_source=*")):
-        part.rename(curated / part.name.split("=", 1)[1])
+    if (written / KEPT).is_dir():
+        (written / KEPT).rename(curated)
+    else:
+        curated.mkdir()
     for status, name in ((DROPPED, "dropped"), (QUARANTINED, "quarantined")):
         dest = run_dir / "curate" / name
         shutil.rmtree(dest, ignore_errors=True)
-        if (written / f"_status={status}").is_dir():
-            (written / f"_status={status}").rename(dest)
+        if (written / status).is_dir():
+            (written / status).rename(dest)
     swap_in(curated, run_dir / "curated")
     shutil.rmtree(written, ignore_errors=True)
 
 
-def funnel(files: list[str], exact: set[str], fuzzy: set[str], run_dir: Path) -> dict:
-    """Counts from the shard files (per-document verdicts), the dedup sets and the placed outputs;
-    raises unless read = kept + dropped + quarantined."""
-    read, reasons, kept_by_source = 0, Counter(), Counter()
-    for f in files:
-        for r in pq.read_table(f, columns=["doc_id", "status", "reason", "source"]).to_pylist():
-            read += 1
-            if r["status"] != KEPT:
-                reasons[f"{r['status']}:{r['reason']}"] += 1
-    for d in (run_dir / "curated").iterdir():
-        kept_by_source[d.name] = sum(pq.ParquetFile(f).metadata.num_rows for f in d.rglob("*.parquet"))
-    quality = sum(pq.read_table(f, columns=["reason"]).column("reason").to_pylist().count("quality")
-                  for f in (run_dir / "curate" / "dropped").rglob("*.parquet"))
-    reasons.update({"dropped:dedup:exact": len(exact), "dropped:dedup:minhash": len(fuzzy), "dropped:quality": quality})
+def _rows(folder: Path) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in folder.rglob("*.parquet"))
+
+
+def funnel(files: list[str], reasons: Counter, run_dir: Path) -> dict:
+    """Counts from file footers (rows read, rows placed) and the final pass's `reasons`
+    ("<status>:<reason>" -> rows; "kept" -> rows); no row is read. Raises unless read = kept +
+    dropped + quarantined and the reasons account for every row placed."""
+    read = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    kept_by_source = {d.name: _rows(d) for d in sorted((run_dir / "curated").iterdir()) if d.is_dir()}
     kept = sum(kept_by_source.values())
-    dropped = sum(v for k, v in reasons.items() if k.startswith("dropped:"))
-    quarantined = sum(v for k, v in reasons.items() if k.startswith("quarantined:"))
+    dropped, quarantined = (_rows(run_dir / "curate" / name) for name in ("dropped", "quarantined"))
     if read != kept + dropped + quarantined:
         raise RuntimeError(f"curate: counts do not add up: read {read} != kept {kept} + dropped {dropped} "
                            f"+ quarantined {quarantined}")
+    for name, placed in ((KEPT, kept), (DROPPED, dropped), (QUARANTINED, quarantined)):
+        counted = sum(v for k, v in reasons.items() if k == name or k.startswith(f"{name}:"))
+        if counted != placed:
+            raise RuntimeError(f"curate: {placed} {name} rows were written but the final pass counted {counted}")
     by_filter = Counter()
     for k, v in reasons.items():
-        if k.startswith("dropped:"):
+        if k.startswith(f"{DROPPED}:"):
             by_filter[k.split(":")[1]] += v
     return {"read": read, "kept": kept, "dropped": dropped, "quarantined": quarantined,
-            "kept_by_source": dict(sorted(kept_by_source.items())), "dropped_by_filter": dict(sorted(by_filter.items())),
-            "reasons": dict(sorted((k, v) for k, v in reasons.items() if v))}
+            "kept_by_source": kept_by_source, "dropped_by_filter": dict(sorted(by_filter.items())),
+            "reasons": dict(sorted((k, v) for k, v in reasons.items() if k != KEPT and v))}

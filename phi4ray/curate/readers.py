@@ -30,6 +30,9 @@ byte or too many control bytes in the first KiB is "binary".
 Size: a record over `max_doc_bytes` is quarantined. A JSONL line is scanned to its end but only
 its first KiB is kept in memory; an html/code file is size-checked before reading (compressed
 ones are read up to the limit and no further).
+Memory: `read_input` is a generator over a file read in 1 MiB chunks, so a reader holds one chunk
+and one record (at most `max_doc_bytes`; a WARC payload is drained past that without being kept),
+or for Parquet one batch of `parquet_batch_rows` rows; never the whole file.
 """
 from __future__ import annotations
 
@@ -520,7 +523,8 @@ def _read_parquet(fs, path: str, rows: _Rows, stats) -> Iterator[dict]:
     row = 0
     with fs.open(path, "rb") as f:
         try:
-            pf = pq.ParquetFile(f)
+            # buffered: a column chunk is read page by page, not whole (a row group can be GBs)
+            pf = pq.ParquetFile(f, buffer_size=_CHUNK)
         except Exception as e:  # not Parquet, cut short, empty
             f.seek(0)
             head = f.read(config.keep_bytes)

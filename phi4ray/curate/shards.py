@@ -1,11 +1,17 @@
 """Planning the per-document half of curation: every input file is a shard with a stable id, and
 each shard's rows, kept or not, go to one file written atomically, RUN/curate/shards/<shard>.parquet,
 so a rerun after a crash redoes only the shards without a file.
+
+A shard streams: its reader's rows go through the document filters in batches of at most
+`curate.batch_bytes` of text (`curate.batch_rows` rows), each batch appended to the file as it is
+filtered, so a worker holds one batch, never the whole file.
 """
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pyarrow.parquet as pq
 
@@ -49,13 +55,35 @@ def pending_shards(shards: list[dict], out_dir: Path) -> list[dict]:
     return [s for s in shards if not shard_file(out_dir, s).is_file()]
 
 
+def batches(rows: Iterable[dict], max_bytes: int, max_rows: int) -> Iterator[list[dict]]:
+    """Consecutive rows in lists of at most `max_rows`, cut once their texts reach `max_bytes` of
+    memory (sys.getsizeof: what the strings occupy, 1 to 4 bytes a character). A row is never
+    split: a lone row over the budget is a batch of its own (the reader already caps a record
+    at reader.max_doc_bytes)."""
+    batch, size = [], 0
+    for row in rows:
+        batch.append(row)
+        size += sys.getsizeof(row.get("text") or "")
+        if size >= max_bytes or len(batch) >= max_rows:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
 def filter_shard(shard: dict, filters: DocumentFilters, out_dir: Path) -> int:
-    """Read one shard (with the reader settings of the filters' config), run the document filters,
-    write its file atomically; returns its row count."""
+    """Read one shard (with the reader settings of the filters' config) batch by batch, run the
+    document filters on each batch and append it to the shard's file, which is moved into place
+    when the whole input has been read; returns its row count."""
     inp = Input(shard["uri"], shard["format"], shard["root"])
-    table = filters(list(read_input(inp, shard["source"], filters.config.reader)))
+    c = filters.config
     dest = shard_file(out_dir, shard)
     tmp = dest.with_name(dest.name + ".tmp")
-    pq.write_table(table, tmp)
+    n = 0
+    with pq.ParquetWriter(tmp, filters.schema) as writer:  # an input without rows gives an empty file
+        for batch in batches(read_input(inp, shard["source"], c.reader), c.batch_bytes, c.batch_rows):
+            table = filters(batch)
+            writer.write_table(table)
+            n += table.num_rows
     tmp.replace(dest)  # atomic: a file here is a finished shard
-    return table.num_rows
+    return n
