@@ -22,12 +22,13 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from phi4ray.dpo import PairLoader, dpo_step
-from phi4ray.hf import export_hf, import_hf
-from phi4ray.model import Phi4, build_model
+from phi4ray.hf import export_hf
+from phi4ray.model import build_model
 from phi4ray.parallelize import parallelize
+from phi4ray.sharded_io import load_sharded
 from phi4ray.tokenizer import PAD
 from phi4ray.train import SequenceLoader, make_optimizer, peak_flops, train_step
 from phi4ray.train_jobs import TrainJob, prepare_checkpoints
@@ -65,24 +66,16 @@ def _load(ckpt_dir: str, model, optimizer) -> dict:
 
 
 def _export_full(model, job: TrainJob, out: Path) -> None:
-    """Gather the full state on rank 0 and write the HF folder (all ranks must call this)."""
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    rank, _ = _rank_world()
-    if rank == 0:
-        plain = Phi4(job.model)
-        plain.load_state_dict({k.replace("_checkpoint_wrapped_module.", ""): v for k, v in full.items()})
-        export_hf(plain, out, dtype=torch.bfloat16 if job.train.dtype == "bfloat16" else torch.float32)
+    """Stream the HF folder from the shards, one gathered tensor at a time: every rank must call
+    this; rank 0 writes (phi4ray.hf.export_hf)."""
+    export_hf(model, out, dtype=torch.bfloat16 if job.train.dtype == "bfloat16" else torch.float32)
 
 
 def build_for_training(job: TrainJob, device: torch.device, distributed: bool):
     torch.manual_seed(job.train.seed)  # same init on every rank before sharding
-    if job.init_from:
-        model = import_hf(job.init_from, device=device, dtype=torch.float32)
-        # the stage may change context and RoPE base (midtraining): same weights, new config
-        model.cfg = job.model
-    else:
-        model = build_model(job.model, device=device, seed=job.train.seed)
-    return parallelize(model, job.train, distributed)
+    if job.init_from:  # meta model -> FSDP2 -> each rank reads only its rows; the stage's context and RoPE base apply
+        return load_sharded(job.model, job.init_from, job.train, device, distributed)
+    return parallelize(build_model(job.model, device=device, seed=job.train.seed), job.train, distributed)
 
 
 def make_data(job: TrainJob, device):

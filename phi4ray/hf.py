@@ -3,27 +3,30 @@
 The layout is Phi-4's own: config.json, model.safetensors (or shards + index), generation_config.json
 and the tokenizer files. Our model keeps q/k/v and gate/up as separate matrices (clean FSDP and
 readable code); HF fuses them as `qkv_proj` = [q; k; v] and `gate_up_proj` = [gate; up] along the
-output dimension, so export is a concat and import a split: bit-exact both ways.
+output dimension (`hf_layout`), so export writes the parts one after another and import reads
+each part's rows: bit-exact both ways. Both stream (phi4ray.safetensors_io): an export never
+builds a state dict, an import reads into the model's own (possibly FSDP-sharded) parameters.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from phi4ray import tokenizer as tok
 from phi4ray.config import ConfigError, ModelConfig
 from phi4ray.model import Phi4
+from phi4ray.safetensors_io import CheckpointError, Entry, Writer, read_header, read_rows
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A model folder that cannot be loaded; the message names the file and what is wrong."""
 
 
 def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
@@ -89,98 +92,126 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         raise CheckpointError(f"{where}: {e}") from None
 
 
-def to_hf_state_dict(model: Phi4) -> dict[str, torch.Tensor]:
-    sd: dict[str, torch.Tensor] = {"model.embed_tokens.weight": model.tok_embeddings.weight}
-    for i, b in model.layers.items():
-        p = f"model.layers.{i}."
-        sd[p + "self_attn.qkv_proj.weight"] = torch.cat([b.attn.wq.weight, b.attn.wk.weight, b.attn.wv.weight])
-        sd[p + "self_attn.o_proj.weight"] = b.attn.wo.weight
-        sd[p + "mlp.gate_up_proj.weight"] = torch.cat([b.ffn.w_gate.weight, b.ffn.w_up.weight])
-        sd[p + "mlp.down_proj.weight"] = b.ffn.w_down.weight
-        sd[p + "input_layernorm.weight"] = b.attn_norm.weight
-        sd[p + "post_attention_layernorm.weight"] = b.ffn_norm.weight
-    sd["model.norm.weight"] = model.norm.weight
-    if model.output is not None:
-        sd["lm_head.weight"] = model.output.weight
-    return {k: v.detach().contiguous() for k, v in sd.items()}
+class HFTensor(NamedTuple):
+    parts: tuple[tuple[str, int], ...]  # our parameters stacked along dim 0, with their row counts
+    cols: tuple[int, ...]               # the dims after the first
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(rows for _, rows in self.parts), *self.cols)
 
 
-def from_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], where: str = "checkpoint") -> dict:
-    """HF tensors -> our state_dict, checking every name and shape."""
-    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    expected = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.dim), "model.norm.weight": (cfg.dim,)}
-    for i in range(cfg.n_layers):
-        p = f"model.layers.{i}."
-        expected |= {
-            p + "self_attn.qkv_proj.weight": (q + 2 * kv, cfg.dim),
-            p + "self_attn.o_proj.weight": (cfg.dim, q),
-            p + "mlp.gate_up_proj.weight": (2 * cfg.ffn_dim, cfg.dim),
-            p + "mlp.down_proj.weight": (cfg.dim, cfg.ffn_dim),
-            p + "input_layernorm.weight": (cfg.dim,),
-            p + "post_attention_layernorm.weight": (cfg.dim,),
-        }
-    if not cfg.tie_embeddings:
-        expected["lm_head.weight"] = (cfg.vocab_size, cfg.dim)
-    missing = sorted(set(expected) - set(sd))
-    if missing:
-        raise CheckpointError(f"{where}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    for name, shape in expected.items():
-        if tuple(sd[name].shape) != shape:
-            raise CheckpointError(f"{where}: tensor {name} has shape {tuple(sd[name].shape)}, config says {shape}")
-    out = {"tok_embeddings.weight": sd["model.embed_tokens.weight"], "norm.weight": sd["model.norm.weight"]}
+def hf_layout(cfg: ModelConfig) -> dict[str, HFTensor]:
+    """Every HF tensor, in export order, as the rows of our parameters it stacks."""
+    q, kv, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+
+    def one(name: str, rows: int, *cols: int) -> HFTensor:
+        return HFTensor(((name, rows),), cols)
+
+    out = {"model.embed_tokens.weight": one("tok_embeddings.weight", cfg.vocab_size, cfg.dim)}
     for i in range(cfg.n_layers):
         p, o = f"model.layers.{i}.", f"layers.{i}."
-        wq, wk, wv = sd[p + "self_attn.qkv_proj.weight"].split([q, kv, kv])
-        gate, up = sd[p + "mlp.gate_up_proj.weight"].split([cfg.ffn_dim, cfg.ffn_dim])
         out |= {
-            o + "attn.wq.weight": wq, o + "attn.wk.weight": wk, o + "attn.wv.weight": wv,
-            o + "attn.wo.weight": sd[p + "self_attn.o_proj.weight"],
-            o + "ffn.w_gate.weight": gate, o + "ffn.w_up.weight": up,
-            o + "ffn.w_down.weight": sd[p + "mlp.down_proj.weight"],
-            o + "attn_norm.weight": sd[p + "input_layernorm.weight"],
-            o + "ffn_norm.weight": sd[p + "post_attention_layernorm.weight"],
+            p + "self_attn.qkv_proj.weight": HFTensor(
+                ((o + "attn.wq.weight", q), (o + "attn.wk.weight", kv), (o + "attn.wv.weight", kv)), (cfg.dim,)),
+            p + "self_attn.o_proj.weight": one(o + "attn.wo.weight", cfg.dim, q),
+            p + "mlp.gate_up_proj.weight": HFTensor(((o + "ffn.w_gate.weight", f), (o + "ffn.w_up.weight", f)), (cfg.dim,)),
+            p + "mlp.down_proj.weight": one(o + "ffn.w_down.weight", cfg.dim, f),
+            p + "input_layernorm.weight": one(o + "attn_norm.weight", cfg.dim),
+            p + "post_attention_layernorm.weight": one(o + "ffn_norm.weight", cfg.dim),
         }
+    out["model.norm.weight"] = one("norm.weight", cfg.dim)
     if not cfg.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"]
-    return {k: v.contiguous() for k, v in out.items()}
+        out["lm_head.weight"] = one("output.weight", cfg.vocab_size, cfg.dim)
+    return out
 
 
+def _parameters(model: Phi4, layout: dict[str, HFTensor]) -> dict[str, torch.Tensor]:
+    # activation checkpointing wraps each block; inside the wrapper the names are ours
+    params = {n.replace("_checkpoint_wrapped_module.", ""): p for n, p in model.named_parameters()}
+    ours = {name for t in layout.values() for name, _ in t.parts}
+    if set(params) != ours:
+        raise ValueError(f"model parameters do not match its config: extra {sorted(set(params) - ours)[:5]}, "
+                         f"missing {sorted(ours - set(params))[:5]}")
+    return params
+
+
+def _local_rows(name: str, p: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """This rank's part of parameter `p`: (its local tensor, first row, end row)."""
+    if not isinstance(p, DTensor):
+        return p, 0, p.shape[0]
+    (chunk,) = p.__create_chunk_list__()  # the shard's offsets and sizes, as DCP reads them
+    if any(chunk.offsets[1:]) or tuple(chunk.sizes[1:]) != tuple(p.shape[1:]):
+        raise NotImplementedError(f"{name}: placements {p.placements} shard a dim other than 0; "
+                                  "only row-sharded (FSDP) parameters load by rows")
+    return p.to_local(), chunk.offsets[0], chunk.offsets[0] + chunk.sizes[0]
+
+
+def _shard_files(layout: dict[str, HFTensor], itemsize: int, max_shard_bytes: int) -> dict[str, list[str]]:
+    """file name -> the HF tensors it holds, filled in export order up to max_shard_bytes each."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, t in layout.items():
+        nbytes = itemsize * math.prod(t.shape)
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    if len(shards) == 1:
+        return {"model.safetensors": shards[0]}
+    return {f"model-{i:05d}-of-{len(shards):05d}.safetensors": s for i, s in enumerate(shards, 1)}
+
+
+@torch.no_grad()
 def export_hf(model: Phi4, out_dir: str | os.PathLike, dtype: torch.dtype | None = None,
               max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Write `model` (and the Phi-4 tokenizer) as a Phi3ForCausalLM folder."""
+    """Write `model` (and the Phi-4 tokenizer) as a Phi3ForCausalLM folder, one tensor at a time.
+
+    A plain model is written by the process that calls this. An FSDP2-sharded one needs every rank
+    to call it: each parameter is gathered in turn (DTensor.full_tensor) and rank 0 writes it, so
+    beyond its shard a rank only ever holds the gather of one parameter; every rank returns once
+    the folder is complete."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dtype = dtype or model.tok_embeddings.weight.dtype
-    sd = {k: v.to("cpu", dtype) for k, v in to_hf_state_dict(model).items()}
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in sd.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += nbytes
-    meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], out / "model.safetensors", metadata=meta)
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, out / fname, metadata=meta)
-            weight_map |= {k: fname for k in shard}
-        total = sum(t.numel() * t.element_size() for t in sd.values())
+    layout = hf_layout(model.cfg)
+    params = _parameters(model, layout)
+    dtype = dtype or params["tok_embeddings.weight"].dtype
+    files = _shard_files(layout, dtype.itemsize, max_shard_bytes)
+    sharded = any(isinstance(p, DTensor) for p in params.values())
+    writing = not sharded or dist.get_rank() == 0
+    if writing:
+        out.mkdir(parents=True, exist_ok=True)
+    for fname, names in files.items():
+        shapes = {n: layout[n].shape for n in names}
+        with Writer(out / fname, shapes, dtype, {"format": "pt"}) if writing else contextlib.nullcontext() as w:
+            for name in sorted(names):  # the file's data order (Writer.names) on every rank
+                pieces = (p.full_tensor() if isinstance(p, DTensor) else p
+                          for p in (params[part] for part, _ in layout[name].parts))
+                if w is None:
+                    collections.deque(pieces, maxlen=0)  # the gathers are collectives: take part, drop the result
+                else:
+                    w.write(name, pieces)
+    if writing:
+        _write_metadata(model.cfg, out, files, layout, dtype)
+    if sharded:
+        dist.barrier()
+    return out
+
+
+def _write_metadata(cfg: ModelConfig, out: Path, files: dict[str, list[str]], layout: dict[str, HFTensor],
+                    dtype: torch.dtype) -> None:
+    if len(files) > 1:
+        total = sum(dtype.itemsize * math.prod(t.shape) for t in layout.values())
+        weight_map = {name: fname for fname, names in files.items() for name in names}
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (out / "config.json").write_text(json.dumps(hf_config(model.cfg, dtype), indent=2))
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, dtype), indent=2))
     (out / "generation_config.json").write_text(json.dumps({
         "bos_token_id": tok.ENDOFTEXT,
         "eos_token_id": [tok.IM_END, tok.ENDOFTEXT],
         "pad_token_id": tok.PAD,
     }, indent=2))
     tok.get_tokenizer().save_hf(out)
-    return out
 
 
 def _read_json(path: Path) -> dict:
@@ -192,35 +223,58 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: malformed JSON ({e})") from None
 
 
-def load_hf_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+def folder_config(model_dir: str | os.PathLike) -> tuple[dict, ModelConfig]:
+    """A model folder's config.json, as read and as our config."""
     d = Path(model_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: model folder not found")
+    hf = _read_json(d / "config.json")
+    return hf, config_from_hf(hf, where=str(d / "config.json"))
+
+
+def _weights(d: Path, layout: dict[str, HFTensor]) -> dict[str, Entry]:
+    """The folder's tensors (headers only), checked against the layout by name and shape."""
     index = d / "model.safetensors.index.json"
     files = (sorted(set(_read_json(index)["weight_map"].values())) if index.exists()
              else ["model.safetensors"])
-    sd: dict[str, torch.Tensor] = {}
+    tensors: dict[str, Entry] = {}
     for fname in files:
-        path = d / fname
-        if not path.is_file():
-            raise CheckpointError(f"{path}: weights file not found")
-        try:
-            sd |= load_file(path)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: unreadable safetensors file ({e})") from None
-    return sd
+        tensors |= read_header(d / fname)
+    missing = sorted(set(layout) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{d}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for name, t in layout.items():
+        if tensors[name].shape != t.shape:
+            raise CheckpointError(f"{d}: tensor {name} has shape {tensors[name].shape}, config says {t.shape}")
+    return tensors
+
+
+@torch.no_grad()
+def load_hf_weights(model: Phi4, model_dir: str | os.PathLike) -> None:
+    """Fill `model`'s parameters (allocated, plain or FSDP2-sharded) from a Phi3ForCausalLM folder
+    whose tensors fit model.cfg. Each rank reads only the rows it holds, by plain file reads, in the
+    parameters' own dtype: beyond its shard a rank holds at most one converted row block."""
+    layout = hf_layout(model.cfg)
+    tensors = _weights(Path(model_dir), layout)
+    params = _parameters(model, layout)
+    for hf_name, t in layout.items():
+        row0 = 0
+        for name, rows in t.parts:
+            local, start, stop = _local_rows(name, params[name])
+            if stop > start:
+                read_rows(tensors[hf_name], row0 + start, row0 + stop, local)
+            row0 += rows
 
 
 def import_hf(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
               dtype: torch.dtype | None = None) -> Phi4:
     """Load a Phi3ForCausalLM folder (ours or any Phi-4-shaped one) into our model."""
     d = Path(model_dir)
-    if not d.is_dir():
-        raise CheckpointError(f"{d}: model folder not found")
-    hf = _read_json(d / "config.json")
-    cfg = config_from_hf(hf, where=str(d / "config.json"))
-    sd = from_hf_state_dict(cfg, load_hf_state_dict(d), where=str(d))
+    hf, cfg = folder_config(d)
     if dtype is None:
         dtype = TORCH_DTYPES.get(str(hf.get("torch_dtype", "float32")), torch.float32)
     with torch.device("meta"):
-        model = Phi4(cfg)
-    model.load_state_dict({k: v.to(device, dtype) for k, v in sd.items()}, assign=True)
+        model = Phi4(cfg).to(dtype)
+    model.to_empty(device=device)
+    load_hf_weights(model, d)
     return model.eval()
