@@ -151,6 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
         dt = time.perf_counter() - t_last
         tps = tok_since / dt
         metrics = {"step": step, "loss": out["loss"], "lr": out["lr"], "grad_norm": out["grad_norm"],
+                   "step_tokens": out["tokens"],  # trained tokens of this step, all workers
                    "tokens_per_s": tps, "world_size": world, "tflops_per_worker": flops_tok * tps / world / 1e12,
                    "mfu": (flops_tok * tps / world / peak) if peak else None, "time": time.time(),
                    **{k: v for k, v in out.items() if k.startswith("reward_")}}

@@ -9,6 +9,7 @@ import os
 import shutil
 from html import escape
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from warcio.statusandheaders import StatusAndHeaders
@@ -20,6 +21,7 @@ from actors.curate import STAGE
 from phi4ray.corpus import builtin_sources
 from phi4ray.curate.annotate import annotate
 from phi4ray.curate.builtin import MAN_ROOT, man_to_text
+from phi4ray.curate.classifier import QualityClassifier
 from phi4ray.curate.config import CurateConfig, QualityConfig
 from phi4ray.evals.generators import arith_suite
 from phi4ray.overrides import apply_overrides
@@ -131,7 +133,15 @@ def test_funnel_adds_up_and_every_filter_did_its_job(curated):
     q = stats["quality"]
     # the sample is 16 docs or every surviving prose doc, whichever is fewer
     prose = sum(r["content_type"] != "code" for r in kept.values()) + by.get("quality", 0)
-    assert q["annotated"] == min(16, prose) > 0 and (q.get("skipped") or 0.0 <= q["heldout_accuracy"] <= 1.0)
+    assert q["annotated"] == min(16, prose) > 0
+    # the heuristic labels split at their median, so both classes exist and the classifier trains;
+    # every kept document carries the score the saved classifier gives its text
+    assert "skipped" not in q and 0 < q["positives"] < q["parsed"] and 0.0 <= q["heldout_accuracy"] <= 1.0
+    clf = QualityClassifier.load(run_dir / "curate" / "quality" / "classifier.npz")
+    docs = sorted(kept.values(), key=lambda r: r["doc_id"])
+    want = clf.score([r["text"] for r in docs])
+    assert [r["quality_score"] for r in docs] == pytest.approx(want.tolist(), abs=1e-6)
+    assert len(set(np.round(want, 6).tolist())) > 1  # a real score, not a constant
 
 
 def test_rerun_is_a_no_op_and_a_crash_resumes_to_the_same_output(curated):

@@ -13,6 +13,7 @@ from phi4ray.config import model_preset
 from phi4ray.dpo import DPOConfig, PairLoader, completion_logps, dpo_step, load_pairs
 from phi4ray.hf import export_hf, import_hf
 from phi4ray.model import build_model
+from phi4ray.row_stream import RowOrder
 from phi4ray.sft import pack_conversations
 from phi4ray.tokenizer import PAD, get_tokenizer
 from phi4ray.train import TrainConfig, make_optimizer
@@ -42,7 +43,11 @@ def test_sft_on_ray_train_trains_assistant_tokens_only(ray_cluster, base_model, 
     assert run_training(job, num_workers=2).error is None
     m = read_metrics(tmp_path, "sft")
     assert m[-1]["loss"] < 0.7 * m[0]["loss"]
-    # the tokens counted per step are the assistant tokens of the 8 rows, not all 8 x 64
+    # the tokens counted per step are the assistant tokens of that step's 8 rows, not all 8 x 64
+    order = RowOrder(len(packed.tokens), tc.batch_size, seed=tc.seed)
+    trained = [int(packed.loss_mask[order.next_rows()][:, 1:].sum()) for _ in range(tc.steps)]
+    assert [x["step_tokens"] for x in m] == [trained[x["step"] - 1] for x in m]
+    assert all(t < tc.batch_size * 64 for t in trained)
     assert (tmp_path / "models" / "sft" / "model.safetensors").is_file()
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from actors.pts import run_search
 from phi4ray.pts import PTSConfig, search_report
+from phi4ray.tokenizer import get_tokenizer
 
 pytestmark = pytest.mark.ray
 PIVOT = 2
@@ -34,9 +35,15 @@ def test_pts_actors_find_the_planted_pivot(sampler_app, tmp_path):
     assert rep["kept"] >= 2  # the tiny model samples near-uniformly: p(Q) ~ 0.5
     pairs = [p for r in results for p in r["pairs"]]
     assert pairs and all(p["position"] == PIVOT for p in pairs)
+    tok = get_tokenizer()
+    rendered = {q["id"]: tok.render_chat([{"role": "user", "content": q["question"]}], add_generation_prompt=True).ids
+                for q in queries}
     for p in pairs:
         assert p["chosen_ids"][0] % 2 == 0 and p["rejected_ids"][0] % 2 == 1
-        assert len(p["prompt_ids"]) == len(p["prompt_ids"][:-PIVOT]) + PIVOT  # query + exactly the 2-token prefix
+        # the prompt is the rendered query, then exactly the 2 sampled tokens before the pivot
+        q_ids = rendered[p["query_id"]]
+        assert p["prompt_ids"][:len(q_ids)] == q_ids and len(p["prompt_ids"]) == len(q_ids) + PIVOT
+        assert p["prompt_text"] == tok.decode(p["prompt_ids"]) and p["chosen_text"] == tok.decode(p["chosen_ids"])
         assert p["p_chosen"] > p["p_rejected"]
     assert rep["samples"] == 64 * rep["p_estimates"]
     # resumable per query: a rerun finds all three done and samples nothing
