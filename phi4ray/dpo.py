@@ -105,9 +105,10 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[int
                      device="cpu") -> torch.Tensor:
     """Sum of log p(completion token | everything before it) for each (prompt, completion).
 
-    Sequences are right-padded; logits are computed only at the positions that predict a
-    completion token (Phi4.forward's logits_mask), so a single-token PTS pair costs one output
-    row, not a vocabulary-wide matmul per prompt token."""
+    Sequences are right-padded; only the positions that predict a completion token are computed
+    (Phi4.forward's logits_mask), so a single-token PTS pair costs one output row, not a
+    vocabulary-wide matmul per prompt token; long completions get their log-probs chunk by chunk
+    (targets=), never the whole (tokens x vocab) logits."""
     seqs = [list(p) + list(c) for p, c in zip(prompts, completions)]
     tokens = _pad(seqs, pad_id, device)
     T = tokens.shape[1] - 1
@@ -115,9 +116,7 @@ def completion_logps(model, prompts: list[list[int]], completions: list[list[int
     start = torch.tensor([len(p) - 1 for p in prompts], device=device)  # predicts the 1st completion token
     end = torch.tensor([len(s) - 1 for s in seqs], device=device)
     mask = (pos[None] >= start[:, None]) & (pos[None] < end[:, None])
-    logits = model(tokens[:, :-1], logits_mask=mask).float()
-    targets = tokens[:, 1:][mask]
-    lp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    lp = model(tokens[:, :-1], logits_mask=mask, targets=tokens[:, 1:])
     row = torch.arange(len(seqs), device=device)[:, None].expand_as(mask)[mask]
     return torch.zeros(len(seqs), device=device, dtype=lp.dtype).index_add(0, row, lp)
 

@@ -3,7 +3,8 @@
 Pre-norm transformer: RMSNorm -> grouped-query attention with RoPE -> residual, RMSNorm -> SwiGLU
 MLP -> residual; no biases anywhere; untied input/output embeddings (tying is allowed for tiny
 presets). Packed pretraining sequences carry `doc_ids` so attention never crosses a document
-boundary and positions restart at each document.
+boundary (phi4ray.attention: no T x T mask in training) and positions restart at each document.
+Training asks forward for the log-probs of its targets (phi4ray.losses: no full logits).
 
 The math matches HF `Phi3ForCausalLM` exactly (rotate-half RoPE, RMSNorm in fp32), so
 `phi4ray.hf` only renames and fuses tensors.
@@ -16,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phi4ray.attention import document_attention
+from phi4ray.attention import document_causal_mask as document_causal_mask  # re-exported for packing's docs and tests
 from phi4ray.config import ModelConfig
+from phi4ray.losses import token_logps
 
 
 class RMSNorm(nn.Module):
@@ -60,14 +64,6 @@ def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
     return idx - starts.cummax(dim=1).values
 
 
-def document_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, T) boolean mask: True where query i may attend key j (same document, j <= i)."""
-    T = doc_ids.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
-    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
-    return (same_doc & causal)[:, None]
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -77,19 +73,15 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, attend) -> torch.Tensor:
+        """attend: the plan of phi4ray.attention.document_attention; k and v go in with their
+        n_kv_heads (grouped-query attention) and the plan shares them among the query heads."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.n_kv_heads != self.n_heads:  # GQA: each KV head serves a group of query heads
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        if mask is None:  # plain causal: lets SDPA pick the flash kernel on GPU
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -115,8 +107,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, attend):
+        x = x + self.attn(self.attn_norm(x), cos, sin, attend)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -163,32 +155,41 @@ class Phi4(nn.Module):
         doc_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         logits_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        attention: str = "auto",
     ) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, vocab).
+        """tokens (B, T) -> logits (B, T, vocab), or the log-probs of `targets`.
 
         doc_ids (B, T): packed documents; attention stays inside each document and positions
         restart per document unless `positions` is given.
-        logits_mask (B, T) bool: return logits only where it is set, as (N, vocab). The output
-        matmul is most of a small model's FLOPs, and SFT/DPO need it only on trained tokens; it
-        happens inside forward so that FSDP has the output weight gathered.
+        logits_mask (B, T) bool: compute only where it is set: logits (N, vocab), or with targets
+        the N log-probs. The output matmul is most of a small model's FLOPs, and SFT/DPO need it
+        only on trained tokens; it happens inside forward so that FSDP has the output weight gathered.
+        targets (B, T): return log p(targets) per position (or per set position of logits_mask),
+        fp32, flattened; at most phi4ray.losses.CHUNK_ELEMENTS logits exist at a time.
+        attention: phi4ray.attention's implementation for doc_ids ("auto": flex on CUDA, per-document
+        SDPA elsewhere; "dense" is the reference mask).
         """
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        mask = None
-        if doc_ids is not None:
-            mask = document_causal_mask(doc_ids)
-            if positions is None:
-                positions = positions_from_doc_ids(doc_ids)
+        if targets is not None and targets.shape != tokens.shape:
+            raise ValueError(f"targets {tuple(targets.shape)} must have the shape of tokens {tuple(tokens.shape)}")
+        if doc_ids is not None and positions is None:
+            positions = positions_from_doc_ids(doc_ids)
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
+        attend = document_attention(doc_ids, attention)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         h = self.tok_embeddings(tokens)
         for block in self.layers.values():
-            h = block(h, cos, sin, mask)
+            h = block(h, cos, sin, attend)
         h = self.norm(h)
         if logits_mask is not None:
             h = h[logits_mask]
+            targets = None if targets is None else targets[logits_mask]
+        if targets is not None:
+            return token_logps(h.reshape(-1, h.shape[-1]), self.output_weight(), targets.reshape(-1))
         return F.linear(h, self.output_weight())
 
 

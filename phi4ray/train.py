@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from phi4ray.config import ConfigError
 from phi4ray.row_stream import WINDOW, ArrayRows, ParquetRows, RowOrder, fixed_width, micro_slices, passes
@@ -92,16 +91,13 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 def loss_fn(model, tokens: torch.Tensor, doc_ids: torch.Tensor, loss_mask: torch.Tensor | None = None):
     """Returns (sum of token losses, number of trained tokens).
 
-    With a loss mask, logits are computed only at trained positions (SFT trains on assistant
-    tokens only: on the tiny model that halves the step)."""
-    targets = tokens[:, 1:]
-    if loss_mask is None:
-        logits = model(tokens[:, :-1], doc_ids=doc_ids[:, :-1])
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               reduction="sum"), targets.numel()
-    m = loss_mask[:, 1:].bool()
-    logits = model(tokens[:, :-1], doc_ids=doc_ids[:, :-1], logits_mask=m)
-    return F.cross_entropy(logits.float(), targets[m], reduction="sum"), int(m.sum().item())
+    The model returns the targets' log-probs, its logits made chunk by chunk (phi4ray.losses), so
+    the (tokens x vocab) logits of a long micro-batch never exist at once. With a loss mask, only
+    trained positions are computed (SFT trains on assistant tokens only: on the tiny model that
+    halves the step)."""
+    m = None if loss_mask is None else loss_mask[:, 1:].bool()
+    logps = model(tokens[:, :-1], doc_ids=doc_ids[:, :-1], logits_mask=m, targets=tokens[:, 1:])
+    return -logps.sum(), logps.numel()
 
 
 class MicroBatch(NamedTuple):

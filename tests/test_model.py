@@ -60,14 +60,17 @@ def test_positions_restart_per_document():
     assert positions_from_doc_ids(doc).tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
 
 
-def test_packed_documents_do_not_see_each_other():
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("impl", ["auto", "segments", "flex", "dense"])
+def test_packed_documents_do_not_see_each_other(impl):
+    # each document alone starts at position 0: equal outputs mean positions restart per document
     cfg = model_preset("tiny").replace(n_layers=2, vocab_size=512)
     model = build_model(cfg, seed=0).eval()
     a, b = torch.randint(0, 512, (1, 7)), torch.randint(0, 512, (1, 5))
     packed = torch.cat([a, b], dim=1)
     doc_ids = torch.tensor([[0] * 7 + [1] * 5])
     with torch.no_grad():
-        together = model(packed, doc_ids=doc_ids)
+        together = model(packed, doc_ids=doc_ids, attention=impl)
         alone_a, alone_b = model(a), model(b)
         leaky = model(packed)  # without doc ids the second document sees the first
     torch.testing.assert_close(together[:, :7], alone_a, rtol=0, atol=1e-5)
