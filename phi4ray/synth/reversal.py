@@ -42,6 +42,7 @@ import asyncio
 import builtins
 import difflib
 import doctest
+import threading
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -85,10 +86,17 @@ class ReversalConfig:
 
 
 # --- static fidelity ------------------------------------------------------------------------------
+# CPython 3.11's AST builder keeps its recursion depth in interpreter-wide state: two threads
+# parsing at once (the sandbox validations run in asyncio.to_thread) failed here, on 3.11.7, with
+# "SystemError: AST constructor recursion depth mismatch". Parsing is fast; one thread at a time.
+_PARSE_LOCK = threading.Lock()
+
+
 def parse_python(code: str) -> ast.Module | None:
     """The AST, or None for code that does not parse (or is too deep for the parser)."""
     try:
-        return ast.parse(code)
+        with _PARSE_LOCK:
+            return ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
