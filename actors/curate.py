@@ -88,8 +88,11 @@ def partitions(files: list[str]) -> int:
 
 
 def kept(files: list[str], columns: list[str], **read) -> ray.data.Dataset:
-    """The kept rows of the shard files (after the per-document filters), `columns` only."""
-    return (ray.data.read_parquet(files, **read).select_columns(["status"] + columns)
+    """The kept rows of the shard files (after the per-document filters), `columns` only (plus
+    `path` with include_paths). The columns are read from the files, not selected after reading: a
+    read task batches several shard files, and their texts would otherwise pass through it."""
+    stored = ["status"] + [c for c in columns if c != "path"]
+    return (ray.data.read_parquet(files, columns=stored, **read)
             .filter(expr=col("status") == KEPT).select_columns(columns))
 
 
@@ -136,14 +139,14 @@ def quality_sample(files: list[str], drop: ray.data.Dataset, k: int, parts: int)
     """(doc id, text) of the first k kept prose documents not dropped as duplicates, in the sample
     order (phi4ray.curate.quality.sample_rank): an anti-join, a top-k per block and a sort of what
     is left; only the k ids, then their k texts, reach the driver."""
-    prose = (ray.data.read_parquet(files).select_columns(["doc_id", "status", "content_type"])
+    prose = (ray.data.read_parquet(files, columns=["doc_id", "status", "content_type"])
              .filter(expr=(col("status") == KEPT) & (col("content_type") != "code")).select_columns(["doc_id"]))
     ids = [r["doc_id"] for r in prose.join(drop, join_type="left_anti", num_partitions=parts, on=("doc_id",))
            .map_batches(top_ranked, batch_format="pyarrow", fn_args=(k,))
            .sort([c for c, _ in RANK_ORDER]).limit(k).take_all()]
     if not ids:
         return []
-    texts = {r["doc_id"]: r["text"] for r in ray.data.read_parquet(files).select_columns(["doc_id", "text"])
+    texts = {r["doc_id"]: r["text"] for r in ray.data.read_parquet(files, columns=["doc_id", "text"])
              .filter(expr=col("doc_id").is_in(ids)).take_all()}
     return [(d, texts[d]) for d in ids]
 
