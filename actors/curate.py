@@ -92,9 +92,7 @@ def kept(files: list[str], columns: list[str], **read) -> ray.data.Dataset:
     `path` with include_paths). The columns are read from the files, not selected after reading: a
     read task batches several shard files, and their texts would otherwise pass through it."""
     stored = ["status"] + [c for c in columns if c != "path"]
-    # one read task per shard file: a task that batched many files would emit a block growing
-    # with them (up to Ray's target block size), where one file's kept ids bound it
-    return (ray.data.read_parquet(files, columns=stored, override_num_blocks=len(files), **read)
+    return (ray.data.read_parquet(files, columns=stored, **read)
             .filter(expr=col("status") == KEPT).select_columns(columns))
 
 
