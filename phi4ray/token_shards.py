@@ -222,15 +222,18 @@ def pack_group(task: dict, mix: MixtureConfig, out: Path) -> dict:
     phase = group_phase(mix.seed, source.name, task["group"])
     docs = _group_docs([Path(f) for f in task["docs"]], source, task["epochs"], phase)
     names, rows = [], []
+
+    def flush() -> None:
+        names.append(shard_name(task["source_index"], task["group"], len(names)))
+        _write_shard(out / names[-1], rows, source.name, width)
+        rows.clear()
+
     for row in pack(docs, mix.seq_len, ENDOFTEXT, stats):
         rows.append(row)
         if len(rows) == mix.shard_sequences:
-            names.append(shard_name(task["source_index"], task["group"], len(names)))
-            _write_shard(out / names[-1], rows, source.name, width)
-            rows = []
+            flush()
     if rows:
-        names.append(shard_name(task["source_index"], task["group"], len(names)))
-        _write_shard(out / names[-1], rows, source.name, width)
+        flush()
     return {"source": source.name, "shards": names, "docs_sampled": stats.docs, "tokens_sampled": stats.tokens_in,
             "tokens_packed": stats.tokens_packed, "tokens_dropped": stats.tokens_dropped, "sequences": stats.rows}
 
