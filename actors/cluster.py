@@ -16,6 +16,8 @@ import os
 import ray
 import ray.data
 
+from phi4ray.console import say
+
 # logical CPUs of a local cluster that serves models: room for several deployments at once (each
 # a replica plus its engine's bundle, and an ingress per app) beside a trainer; they mostly wait,
 # so more than cores. The price: Ray Data jobs run slower on such a cluster (see README)
@@ -23,9 +25,10 @@ SERVE_CPUS = 12
 
 
 class RayCluster:
-    def __init__(self, hold: bool = False, log_to_driver: bool = True):
+    def __init__(self, hold: bool = False, log_to_driver: bool = True, dashboard: bool = False):
         self.hold = hold
         self.log_to_driver = log_to_driver
+        self.dashboard = dashboard  # a local cluster's dashboard (the CLI's; tests start Ray without it)
         self.started = False     # this object started Ray (so it stops it)
 
     @property
@@ -42,10 +45,15 @@ class RayCluster:
         if ray.is_initialized():
             return False
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=self.log_to_driver)
+            info = ray.init(log_to_driver=self.log_to_driver)
+            where = f"joined the Ray cluster at {info.address_info.get('gcs_address', os.environ['RAY_ADDRESS'])}"
         else:
             cpus = max(min_cpus, SERVE_CPUS if self.hold else 1, os.cpu_count() or 1)
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=self.log_to_driver)
+            info = ray.init(address="local", num_cpus=cpus, include_dashboard=self.dashboard,
+                            log_to_driver=self.log_to_driver)
+            where = f"started a local Ray cluster ({cpus} logical CPUs)"
+        url = info.dashboard_url
+        say(f"phi4ray: {where}; dashboard {'http://' + url if url and '://' not in url else url or 'off'}")
         self.started = True
         return True
 

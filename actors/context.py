@@ -26,8 +26,8 @@ class RunContext:
 
     @classmethod
     def local(cls, run_dir: str | Path, cfg, *, hold: bool = False, options: dict | None = None,
-              log_to_driver: bool = True) -> "RunContext":
-        cluster = RayCluster(hold=hold, log_to_driver=log_to_driver)
+              log_to_driver: bool = True, dashboard: bool = False) -> "RunContext":
+        cluster = RayCluster(hold=hold, log_to_driver=log_to_driver, dashboard=dashboard)
         return cls(Path(run_dir).resolve(), cfg, cluster, Fleet(cluster, cfg.serve), dict(options or {}))
 
     def close(self) -> None:

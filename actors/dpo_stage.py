@@ -14,6 +14,7 @@ from pathlib import Path
 
 from actors.off_driver import on_worker
 from actors.train_stages import train_stage
+from phi4ray.console import say
 from phi4ray.dpo import evaluate_policy, split_pairs
 from phi4ray.stage import Stage, StageResult
 from phi4ray.train_jobs import dpo_job, folder_fingerprint, model_fingerprint, worker_split_check
@@ -50,14 +51,14 @@ def run(ctx) -> StageResult:
         # 0.2..0.8): say so loudly, record it, and leave RUN/models/sft as the newest model
         reason = (f"{n_train} training pairs, fewer than one batch (dpo.train.batch_size="
                   f"{cfg.dpo.train.batch_size}); search more queries (pts.queries) or train SFT longer")
-        print(f"dpo: SKIPPED: {reason}")
+        say(f"dpo: SKIPPED: {reason}")
         return StageResult(counts={"train_pairs": n_train, "heldout_pairs": n_held}, outputs={"skipped": reason},
                            inputs=inputs)
     gpu = cfg.serve.device == "gpu"
 
     def evaluate() -> dict:
         after = on_worker(evaluate_policy, run_dir / "models" / "dpo", d / "heldout", cfg, gpu=gpu)
-        print(f"dpo: held-out pair margin {before.get('margin')} -> {after.get('margin')}, "
+        say(f"dpo: held-out pair margin {before.get('margin')} -> {after.get('margin')}, "
               f"accuracy {before.get('accuracy')} -> {after.get('accuracy')}; "
               f"held-out success {before['success']:.3f} -> {after['success']:.3f}")
         return {"train_pairs": n_train, "heldout_pairs": n_held,

@@ -26,6 +26,7 @@ from actors.cluster import SERVE_CPUS
 from actors.fleet import App, Fleet
 from actors.serve_names import APP_NAME
 from actors.weights import model_shape
+from phi4ray.console import say
 from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
 from phi4ray.evals.config import MODEL_STAGES
 from phi4ray.evals.files import check_eval_files, load_suites, suite_files
@@ -119,7 +120,7 @@ def run(ctx) -> StageResult:
     summary_path = write_summary(summary, run_dir / "eval" / "summary.json")
     plot = plot_scores(summary, run_dir / "report" / "eval_scores.png")
     for line in score_lines(summary):
-        print(f"  {line}")
+        say(f"  {line}")
     return StageResult(counts=stage_counts(summary, suites),
                        outputs={"summary": str(summary_path), "plot": str(plot)},
                        inputs={"models": fingerprints, "suites": {s.name: s.version for s in suites}},

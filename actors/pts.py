@@ -26,6 +26,7 @@ import ray
 from actors.judge import FleetJudge, FleetPolicy
 from actors.sampler_client import FleetSampler
 from phi4ray.arith import check_answer, make_problems
+from phi4ray.console import progress, say
 from phi4ray.endpoint import EndpointConfig
 from phi4ray.judge_endpoint import EndpointJudge
 from phi4ray.judged_pairs import build_judged_pairs
@@ -72,7 +73,8 @@ def run_search(queries: list[dict], out_dir: Path, deployment: str, app: str, cf
         n = min(cfg.actors, len(todo))
         actors = [PTSActor.options(num_cpus=0).remote(deployment, app, cfg, model_id, oracle_for) for _ in range(n)]
         pending = {actors[i % n].search.remote(q): q["id"] for i, q in enumerate(todo)}
-        with open(done_file, "a") as f:
+        with open(done_file, "a") as f, progress(len(queries), "pts queries", "query") as bar:
+            bar.update(len(done))
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 r = ray.get(ready[0])
@@ -81,6 +83,7 @@ def run_search(queries: list[dict], out_dir: Path, deployment: str, app: str, cf
                     f.write(json.dumps(r) + "\n")
                     f.flush()
                     done[r["query_id"]] = r
+                    bar.update(1)
                     print(f"pts: {len(done)}/{len(queries)} queries; {r['query_id']} p={r['p_query']:.2f} "
                           f"pairs={len(r['pairs'])}", flush=True)
         for a in actors:
@@ -100,7 +103,7 @@ def judge_round(run_dir: Path, cfg, app) -> dict:
              if d.judge_url else FleetJudge(deployment=app.deployment, app=app.name))
     report = build_judged_pairs(prompts, [policy], judge, Path(run_dir) / "dpo" / "pairs_full",
                                 concurrency=cfg.pts.concurrency, oracle=check_answer)
-    print(f"pts: judge round: {report['pairs']} pairs from {report['prompts_in']} prompts; "
+    say(f"pts: judge round: {report['pairs']} pairs from {report['prompts_in']} prompts; "
           f"no pair: {report['no_pair']}")
     return report
 
@@ -127,7 +130,7 @@ def run(ctx) -> StageResult:
         report["judge_round"] = {k: judged.get(k) for k in ("prompts_in", "pairs", "no_pair", "acceptance_rate")}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_p_query(results, cfg.pts, run_dir / "report" / "pts_p_query.png")
-    print(f"pts: {report['kept']}/{report['queries']} queries kept, {report['pivots']} pivots, {n_pairs} pairs, "
+    say(f"pts: {report['kept']}/{report['queries']} queries kept, {report['pivots']} pivots, {n_pairs} pairs, "
           f"{report['samples']} samples")
     return StageResult(counts=report, inputs={"model": str(model_dir)},
                        outputs={"pairs": str(out / "pairs"), "report": str(out / "report.json")},

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from actors.off_driver import on_worker
 from actors.train_stages import train_stage
+from phi4ray.console import say
 from phi4ray.sft import model_heldout_loss, pack_conversations, sft_conversations, write_sft_rows
 from phi4ray.stage import Stage, StageResult
 from phi4ray.tokenizer import PAD, get_tokenizer
@@ -22,7 +23,7 @@ def run(ctx) -> StageResult:
     train, held, source = sft_conversations(cfg)
     packed = pack_conversations([tok.render_chat(c) for c in train], tc.seq_len, PAD)
     if packed.too_long:
-        print(f"sft: {len(packed.too_long)} conversations longer than sft.train.seq_len={tc.seq_len} set aside")
+        say(f"sft: {len(packed.too_long)} conversations longer than sft.train.seq_len={tc.seq_len} set aside")
     job = sft_job(run_dir, cfg)
     write_sft_rows(packed, run_dir / "sft_tokens")
     held_ids = [tok.render_chat(c) for c in held]
@@ -30,7 +31,7 @@ def run(ctx) -> StageResult:
 
     def evaluate() -> dict:
         after = on_worker(model_heldout_loss, run_dir / "models" / "sft", held_ids, tc.seq_len, gpu=gpu)
-        print(f"sft: held-out loss per assistant token {before:.3f} -> {after:.3f}")
+        say(f"sft: held-out loss per assistant token {before:.3f} -> {after:.3f}")
         return {"conversations": len(train), "conversations_too_long": len(packed.too_long), **packed.stats,
                 "heldout_conversations": len(held), "heldout_loss_before": before, "heldout_loss_after": after}
 

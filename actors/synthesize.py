@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from phi4ray.console import progress
 from phi4ray.stage import Stage, StageResult
 from phi4ray.synth.chunks import Chunk, process_chunk
 from phi4ray.synth.runner import synthesize
@@ -113,7 +114,7 @@ class RayRunner:
         pool = ray.data.ActorPoolStrategy(size=min(s.actors, len(items)), max_tasks_in_flight_per_actor=1)
         ds = ds.map_batches(ChunkActor, batch_format="pyarrow", batch_size=1, compute=pool, num_cpus=s.actor_cpus,
                             fn_constructor_kwargs={"spec": self.spec(), "synth": s, "work": str(work)})
-        for r in ds.iter_rows():
+        for r in progress(len(items), "synthesize chunks", "chunk", ds.iter_rows()):
             print(f"synthesize: {r['step']} chunk {r['chunk_id']}: {r['seeds']} seeds -> {r['rows']} rows "
                   f"in {r['wall_s']}s", flush=True)
 

@@ -32,7 +32,7 @@ from phi4ray.sharded_io import load_sharded
 from phi4ray.tokenizer import PAD
 from phi4ray.train import SequenceLoader, make_optimizer, peak_flops, train_step
 from phi4ray.train_jobs import TrainJob, prepare_checkpoints
-from phi4ray.train_metrics import truncate_metrics
+from phi4ray.train_metrics import step_progress, truncate_metrics
 
 
 def _rank_world():
@@ -201,7 +201,8 @@ def run_training(job: TrainJob, num_workers: int | tuple[int, int] = 2, use_gpu:
                                  max_failures=job.train.max_failures if max_failures is None else max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
-    return trainer.fit()
+    with step_progress(job.run_dir, job.stage, job.train.steps):
+        return trainer.fit()
 
 
 __all__ = ["TrainJob", "run_training", "train_loop_per_worker"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from actors.context import RunContext
 from jobs import registry
+from phi4ray import console
 from phi4ray.config import PRESETS, ConfigError
 from phi4ray.errors import UserError
 from phi4ray.overrides import OverrideError, dump_config
@@ -35,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a config file of `key = value` lines (`phi4ray config` writes one); "
                              "key=value arguments override it")
         sp.add_argument("--run-dir", default=None, help="run directory (default runs/<preset>)")
-        sp.add_argument("--verbose", action="store_true", help="tracebacks for user errors too")
+        sp.add_argument("--verbose", action="store_true",
+                        help="Ray's, Ray Data's and vLLM's logs on the console (default: RUN/logs/<stage>.log), "
+                             "and tracebacks for user errors too")
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. model.n_layers=2")
 
     for s in registry.STAGES:
@@ -66,8 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StageFailed as e:
         traceback.print_exception(e.__cause__ or e)
+        if e.log and not args.verbose:
+            print(f"--- the last lines of {e.log} ---", *console.tail(e.log), "---", sep="\n", file=sys.stderr)
         print(f"phi4ray: {e}", file=sys.stderr)
         return 1
+    finally:
+        console.install(None)
 
 
 def _main(args) -> int:
@@ -77,16 +84,19 @@ def _main(args) -> int:
         return 0
     # absolute: Ray workers run in their own working directories (on a cluster RUN must be shared)
     run_dir = Path(args.run_dir or f"runs/{preset}").resolve()
+    console.install(console.Console(verbose=args.verbose))
     order = registry.STAGES
     stages = order if args.stage == "run" else [s for s in order if s.name == args.stage]
     alone = len(stages) == 1
     options = stage_options(stages[0], args) if alone else {}
     t_all = time.time()
-    with RunContext.local(run_dir, cfg, hold=not alone, options=options) as ctx:
+    # between stages (starting and stopping Ray, deleting Serve apps) the logs go to run.log
+    with console.logging_to(run_dir / "logs" / "run.log"), \
+            RunContext.local(run_dir, cfg, hold=not alone, options=options, dashboard=True) as ctx:
         ctx.interactive = alone
         for stage in stages:
             run_stage(stage, ctx, order=order, force=alone and stage.rerun_alone)
-    print(f"phi4ray: ran {', '.join(s.name for s in stages)} in {time.time() - t_all:.1f}s; run dir {run_dir}; "
+    console.say(f"phi4ray: ran {', '.join(s.name for s in stages)} in {time.time() - t_all:.1f}s; run dir {run_dir}; "
           f"report {run_dir / 'report' / 'index.md'}")
     return 0
 

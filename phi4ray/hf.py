@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+from importlib.metadata import version
 from pathlib import Path
 from typing import NamedTuple
 
@@ -58,6 +59,9 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
         "pad_token_id": tok.PAD,
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
+        # what HF's save_pretrained writes too. Without it, transformers >= 5 takes a local folder
+        # for an old Mistral export and warns of an "incorrect regex pattern" on every load
+        "transformers_version": version("transformers"),
     }
 
 

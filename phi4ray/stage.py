@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
-from phi4ray import manifest
+from phi4ray import console, manifest
 from phi4ray.errors import MissingInput, UserError
 from phi4ray.report import write_report
 
@@ -72,7 +72,12 @@ class Stage:
 
 
 class StageFailed(Exception):
-    """A stage raised something that is not the user's error; the cause is chained."""
+    """A stage raised something that is not the user's error; the cause is chained, `log` is the
+    stage's log file (its last lines go to the console beside the traceback)."""
+
+    def __init__(self, message: str, log: Path | None = None):
+        super().__init__(message)
+        self.log = log
 
 
 def section_values(cfg, sections: Iterable[str]) -> dict:
@@ -124,7 +129,7 @@ def is_current(stage: Stage, ctx: Context) -> bool:
 
 
 def run_stage(stage: Stage, ctx: Context, *, order: list[Stage] | None = None, force: bool = False,
-              echo: Callable[[str], None] = print) -> tuple[dict, bool]:
+              echo: Callable[[str], None] = console.say) -> tuple[dict, bool]:
     """Run `stage` unless it is complete with the same key; returns (its manifest, whether it ran).
     `order`: every stage of the pipeline, for the report (default: this one alone)."""
     run_dir = Path(ctx.run_dir)
@@ -136,12 +141,15 @@ def run_stage(stage: Stage, ctx: Context, *, order: list[Stage] | None = None, f
         echo(f"[{stage.name:>10}] already complete  counts={json.dumps(_headline(stage, done['counts']))}")
         return done, False
     t0 = time.time()
+    log = run_dir / "logs" / f"{stage.name}.log"
+    echo(f"[{stage.name:>10}] start  (Ray, Ray Data and vLLM logs: {log})")
     try:
-        result = stage.run(ctx)
+        with console.logging_to(log):
+            result = stage.run(ctx)
     except UserError:
         raise
     except Exception as e:
-        raise StageFailed(f"stage {stage.name} failed: {type(e).__name__}: {e}") from e
+        raise StageFailed(f"stage {stage.name} failed: {type(e).__name__}: {e}", log) from e
     finally:
         write_report(run_dir, order or [stage])  # a run that stops anywhere still has its report
     total = round(time.time() - t0, 1)

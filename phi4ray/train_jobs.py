@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from phi4ray.config import ConfigError, ModelConfig
+from phi4ray.console import say
 from phi4ray.dpo import DPOConfig
 from phi4ray.token_shards import RECORD
 from phi4ray.train import TrainConfig
@@ -197,7 +198,7 @@ def prepare_checkpoints(job: TrainJob) -> list[Path]:
     if reason:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         moved = [d for d in (move_aside(job.ray_train_dir, stamp), move_aside(job.metrics_dir, stamp)) if d]
-        print(f"{job.stage}: checkpoints {reason}; starting fresh, old ones moved aside to "
+        say(f"{job.stage}: checkpoints {reason}; starting fresh, old ones moved aside to "
               f"{', '.join(map(str, moved))}")
     job.ray_train_dir.mkdir(parents=True, exist_ok=True)
     (job.ray_train_dir / MARKER).write_text(key)

@@ -2,8 +2,12 @@
 trainer) and its loss plot."""
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from pathlib import Path
+
+from phi4ray.console import progress
 
 
 def metrics_file(run_dir: str | Path, stage: str) -> Path:
@@ -13,6 +17,44 @@ def metrics_file(run_dir: str | Path, stage: str) -> Path:
 def read_metrics(run_dir: str | Path, stage: str) -> list[dict]:
     p = metrics_file(run_dir, stage)
     return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+@contextlib.contextmanager
+def step_progress(run_dir: str | Path, stage: str, steps: int, every_s: float = 2.0):
+    """A console progress bar of the training steps while the block runs (Ray Train's fit). The
+    driver only waits there; the steps are whatever rank 0 has logged, read from the metrics file
+    (its last line: the file is append-only, so a seek to the end bounds the read)."""
+    path, stop = metrics_file(run_dir, stage), threading.Event()
+    with progress(steps, f"{stage} steps", "step") as bar:
+        if bar.disable:  # nothing to draw (no terminal): no thread
+            yield
+            return
+
+        def follow() -> None:
+            while not stop.wait(every_s):
+                last = _last_line(path)
+                if last:
+                    bar.n = min(steps, last["step"])
+                    bar.set_postfix(loss=f"{last['loss']:.3f}", refresh=True)
+
+        t = threading.Thread(target=follow, daemon=True, name=f"{stage}-progress")
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+
+
+def _last_line(path: Path) -> dict | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):  # not written yet, or a line half written
+        return None
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -1,5 +1,9 @@
 import hashlib
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -93,3 +97,15 @@ def test_hf_export_matches_tiktoken_on_random_unicode(hf_tokenizer, text):
                 max_size=40).map("".join))
 def test_hf_export_matches_tiktoken_on_tricky_joins(hf_tokenizer, text):
     assert hf_tokenizer.encode(text, add_special_tokens=False) == tok.encode(text)
+
+
+def test_exported_tokenizer_loads_silently_with_our_ids(tiny_export):
+    # a fresh interpreter: transformers warns once per process, and its logging goes to stderr
+    text = "Ünïcode 12345 and\tcode: def f(x): return x**2\n"
+    code = ("import json, sys; from transformers import AutoTokenizer; "
+            "t = AutoTokenizer.from_pretrained(sys.argv[1]); print(json.dumps(t.encode(sys.argv[2])))")
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_export), text], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "warning"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "", r.stderr  # no "incorrect regex pattern ... fix_mistral_regex", nothing else
+    assert json.loads(r.stdout) == tok.encode(text)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from phi4ray.console import say
 from phi4ray.stage import StageResult
 from phi4ray.synth.chunks import Chunk, clean_stale, plan_chunks, process_chunk, read_rows, run_missing
 from phi4ray.synth.outputs import check_counts, step_report, write_outputs
@@ -101,8 +102,8 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     work.mkdir(parents=True, exist_ok=True)
     (work / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     for st, r in report["steps"].items():
-        print(f"synthesize: {st}: {r['seeds_in']} seeds -> {r['rows_out']} rows, {r['ok']} kept "
-              f"({r['acceptance_rate']}); dropped {r['dropped']}", flush=True)
+        say(f"synthesize: {st}: {r['seeds_in']} seeds -> {r['rows_out']} rows, {r['ok']} kept "
+            f"({r['acceptance_rate']}); dropped {r['dropped']}")
     steps = {st: {k: v for k, v in r.items() if k != "examples"} for st, r in report["steps"].items()}
     kept = sum(outputs.values())
     counts = {"seeds": sum(r["seeds_in"] for r in steps.values()), "kept": kept,
