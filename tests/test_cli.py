@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,6 +89,14 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     assert served["counts"]["fleet_reused"] is True
     assert isinstance(served["outputs"]["smoke_answer"], str) and served["outputs"]["smoke_answer"]  # tiny model: any text
     assert "smoke chat" in first.stdout
+    # the console: a start and a finish line per stage, Ray's and vLLM's logs in RUN/logs/ instead
+    for s in STAGES:
+        assert f"[{s.name:>10}] start" in first.stdout and f"[{s.name:>10}] done in" in first.stdout
+        assert (tmp_path / "logs" / f"{s.name}.log").is_file()
+    assert "dashboard http" in first.stdout and len(first.stdout.splitlines()) < 80, first.stdout
+    streamed = re.compile(r"pid=\d+(, ip=[\d.]+)?\)")  # Ray's prefix of worker output copied to the driver
+    assert not streamed.search(first.stdout + first.stderr)
+    assert streamed.search((tmp_path / "logs" / "pts.log").read_text())  # ... it went to the stage's log
     again = _run(argv, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already complete") == len(STAGES)  # serve too: its smoke answer is on record
