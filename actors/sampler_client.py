@@ -3,19 +3,20 @@
 Calls go through a Serve deployment handle (no HTTP, no tokenisation). A replica that dies
 mid-call costs a retry on another replica, never a lost or duplicated answer: a sampling call has
 no side effects, so retrying it is safe. A request the sampler rejects (SamplingError) is not
-retried.
+retried. The policy (full-jitter backoff, attempt cap) is the shared one of phi4ray.retry; what
+counts as transient, Ray's and Serve's errors of a lost or busy replica, is said here.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from actors.serve_names import APP_NAME
+from phi4ray.retry import retrying
 from phi4ray.sampling import Sample, SampleRequest
 
 logger = logging.getLogger("phi4ray.sampler_client")
@@ -38,20 +39,18 @@ class FleetSampler:
     def __getstate__(self):
         return {**self.__dict__, "_handle": None}
 
+    def _on_retry(self, err: BaseException, retry: int, wait: float) -> None:
+        self.retries += 1
+        logger.warning("sampler call failed (%s); retry %d in %.1fs", type(err).__name__, retry, wait)
+
+    async def _once(self, payload: dict) -> list[Sample]:
+        out = await self._get_handle().sample.remote(payload)
+        return [Sample(**s) for s in out]
+
     async def sample(self, request: SampleRequest) -> list[Sample]:
-        payload = request.to_dict()
-        for attempt in range(self.max_retries + 1):
-            try:
-                out = await self._get_handle().sample.remote(payload)
-                return [Sample(**s) for s in out]
-            except RETRYABLE as e:
-                if attempt == self.max_retries:
-                    raise
-                self.retries += 1
-                delay = random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** attempt))
-                logger.warning("sampler call failed (%s); retry %d in %.1fs", type(e).__name__, attempt + 1, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        policy = retrying(retries=self.max_retries, backoff_s=self.backoff_s, backoff_max_s=self.backoff_max_s,
+                          retry=lambda e: isinstance(e, RETRYABLE), on_retry=self._on_retry)
+        return await policy(self._once, request.to_dict())
 
     def sample_sync(self, request: SampleRequest) -> list[Sample]:
         return asyncio.run(self.sample(request))

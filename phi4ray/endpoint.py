@@ -3,7 +3,8 @@
 Synthesis and judging actors call models that this system does not serve: a hosted API or a
 vLLM/SGLang server elsewhere. Those calls fail in ordinary ways (overload, restarts, slow
 replies), so this client retries what is transient and fails fast on what is not, and bounds both
-concurrency and request rate so a thousand actors cannot flood a shared teacher.
+concurrency and request rate so a thousand actors cannot flood a shared teacher. The retry policy
+and the rate limit are the shared ones of phi4ray.retry (tenacity, aiolimiter).
 The API key is read from an environment variable at request time: it lives in no config, no repr,
 no log line and no exception message, so configs and run manifests can be shared freely.
 """
@@ -12,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from phi4ray.retry import rate_limiter, retry_after_s, retrying
 
 log = logging.getLogger(__name__)
 
@@ -52,37 +53,19 @@ class EndpointConfig:
 
 
 class EndpointError(RuntimeError):
-    """A request that failed for good; `retryable` says whether trying later could help."""
+    """A request that failed for good; `retryable` says whether trying later could help, and
+    `retry_after` is the wait (seconds) the server asked for, if it did."""
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
+                 retry_after: float | None = None):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
-class RateLimiter:
-    """Async token bucket: on average `rate` acquisitions a second, at most `burst` at once."""
-
-    def __init__(self, rate: float, burst: int = 1):
-        if rate <= 0 or burst < 1:
-            raise ValueError(f"RateLimiter: rate must be > 0 and burst >= 1, got {rate}, {burst}")
-        self.rate, self.burst = rate, burst
-        self._tokens = float(burst)
-        self._last = time.monotonic()
-        self._lock = asyncio.Lock()  # waiters queue here in order, so none starves
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            self._refill()
-            if self._tokens < 1:
-                await asyncio.sleep((1 - self._tokens) / self.rate)
-                self._refill()
-            self._tokens -= 1
+def _retryable(err: BaseException) -> bool:
+    return isinstance(err, EndpointError) and err.retryable
 
 
 def _server_message(resp: httpx.Response) -> str:
@@ -96,13 +79,6 @@ def _server_message(resp: httpx.Response) -> str:
     return str(err)[:200]
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(resp.headers["retry-after"]))
-    except (KeyError, ValueError):  # absent, or an HTTP date: fall back to our own backoff
-        return None
-
-
 class OpenAIEndpoint:
     """One client per event loop; share it across the tasks of that loop."""
 
@@ -110,7 +86,7 @@ class OpenAIEndpoint:
         self.config = config
         self._client = httpx.AsyncClient(base_url=config.base_url, timeout=config.timeout_s)
         self._sem = asyncio.Semaphore(config.max_concurrency)
-        self._limiter = RateLimiter(config.requests_per_s) if config.requests_per_s else None
+        self._limiter = rate_limiter(config.requests_per_s) if config.requests_per_s else None
         # requests: HTTP attempts sent; retries: attempts after the first; failures: calls that raised
         self.stats = {"requests": 0, "retries": 0, "failures": 0}
 
@@ -130,39 +106,37 @@ class OpenAIEndpoint:
         key = os.environ.get(self.config.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _backoff(self, attempt: int) -> float:
-        # full jitter: many actors failing together must not retry in lockstep
-        cfg = self.config
-        return random.uniform(0, min(cfg.backoff_max_s, cfg.backoff_s * 2**attempt))
+    async def _attempt(self, method: str, path: str, body: dict[str, Any] | None, where: str) -> Any:
+        async with self._sem:  # held for the request only: a call backing off holds no slot
+            if self._limiter:
+                await self._limiter.acquire()
+            self.stats["requests"] += 1
+            try:
+                resp = await self._client.request(method, path, json=body, headers=self._headers())
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+                # from None: httpx's own message names the full URL, whose query string may carry credentials
+                raise EndpointError(f"{where}: {type(e).__name__}", retryable=True) from None
+        if resp.status_code < 400:
+            return resp.json()
+        status = resp.status_code
+        raise EndpointError(f"{where}: HTTP {status}: {_server_message(resp)}", status=status,
+                            retryable=status == 429 or status >= 500, retry_after=retry_after_s(resp.headers))
+
+    def _on_retry(self, err: BaseException, retry: int, wait: float) -> None:
+        log.warning("%s (retry %d/%d in %.2fs)", err, retry, self.config.max_retries, wait)
+        self.stats["retries"] += 1
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         # only the path goes into messages: a query string may carry credentials
         where = f"{method} {self._client.base_url.path.rstrip('/')}{path}"
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                async with self._sem:
-                    if self._limiter:
-                        await self._limiter.acquire()
-                    self.stats["requests"] += 1
-                    resp = await self._client.request(method, path, json=body, headers=self._headers())
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
-                err = EndpointError(f"{where}: {type(e).__name__}", retryable=True)
-                wait = None
-            else:
-                if resp.status_code < 400:
-                    return resp.json()
-                status = resp.status_code
-                err = EndpointError(f"{where}: HTTP {status}: {_server_message(resp)}", status=status,
-                                    retryable=status == 429 or status >= 500)
-                wait = _retry_after(resp)
-            if not err.retryable or attempt == self.config.max_retries:
-                break
-            wait = self._backoff(attempt) if wait is None else wait
-            log.warning("%s (retry %d/%d in %.2fs)", err, attempt + 1, self.config.max_retries, wait)
-            self.stats["retries"] += 1
-            await asyncio.sleep(wait)  # outside the semaphore: a backing-off call holds no slot
-        self.stats["failures"] += 1
-        raise err
+        cfg = self.config
+        policy = retrying(retries=cfg.max_retries, backoff_s=cfg.backoff_s, backoff_max_s=cfg.backoff_max_s,
+                          retry=_retryable, on_retry=self._on_retry)
+        try:
+            return await policy(self._attempt, method, path, body, where)
+        except EndpointError:
+            self.stats["failures"] += 1
+            raise
 
     async def completions(self, prompt: str | list[int], *, max_tokens: int, temperature: float = 1.0,
                           top_p: float = 1.0, n: int = 1, logprobs: int | None = None,

@@ -6,8 +6,10 @@ so one server plays a healthy teacher, a flaky one, an overloaded one and a brok
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
+import random
 import socket
 import threading
 import time
@@ -16,8 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from phi4ray import endpoint as ep_mod
-from phi4ray.endpoint import EndpointConfig, EndpointError, OpenAIEndpoint, RateLimiter
+from phi4ray.endpoint import EndpointConfig, EndpointError, OpenAIEndpoint
+from phi4ray.retry import rate_limiter, retry_after_s
+from phi4ray.sampling import SampleRequest
 
 KEY = "sk-test-5ecret-key"
 
@@ -64,6 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(500, {"error": {"message": "engine restarting"}})
             elif scenario.startswith("busy-") and n == 1:
                 self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": scenario[5:]})
+            elif scenario == "busydate" and n == 1:  # Retry-After as an HTTP date, 2 s ahead
+                self._send(503, {"error": {"message": "restarting"}},
+                           {"Retry-After": email.utils.formatdate(time.time() + 2, usegmt=True)})
             elif scenario == "bad":
                 self._send(400, {"error": {"message": "max_tokens must be positive",
                                            "type": "invalid_request_error"}})
@@ -132,7 +138,7 @@ def _complete(ep: OpenAIEndpoint, **kw):
 
 def test_retries_server_errors_then_succeeds(state, cfg, monkeypatch):
     ceilings = []
-    monkeypatch.setattr(ep_mod.random, "uniform", lambda a, b: ceilings.append(b) or 0.0)
+    monkeypatch.setattr(random, "uniform", lambda a, b: ceilings.append(b) or 0.0)
     out, ep, _ = _run(cfg("flaky", backoff_s=0.01, backoff_max_s=0.015), _complete)
     assert out["path"] == "/v1/completions"
     assert state.calls["flaky"] == 3
@@ -143,11 +149,29 @@ def test_retries_server_errors_then_succeeds(state, cfg, monkeypatch):
 @pytest.mark.parametrize("retry_after", ["0", "0.3"])
 def test_429_honours_retry_after(state, cfg, monkeypatch, retry_after):
     # our own backoff would wait 5 s: finishing fast proves the server's value was used
-    monkeypatch.setattr(ep_mod.random, "uniform", lambda a, b: b)
+    monkeypatch.setattr(random, "uniform", lambda a, b: b)
     out, ep, dt = _run(cfg(f"busy-{retry_after}", backoff_s=5, backoff_max_s=5), _complete)
     assert out["echo"]["prompt"] == "hi"
     assert ep.stats["retries"] == 1
     assert float(retry_after) <= dt < float(retry_after) + 2
+
+
+def test_retry_after_as_an_http_date_is_honoured(state, cfg, monkeypatch):
+    monkeypatch.setattr(random, "uniform", lambda a, b: b)  # our own backoff: 5 s
+    out, ep, dt = _run(cfg("busydate", backoff_s=5, backoff_max_s=5), _complete)
+    assert out["echo"]["prompt"] == "hi" and ep.stats["retries"] == 1
+    assert 0.9 <= dt < 3  # the date has whole seconds: 1-2 s ahead when it arrives
+
+
+def test_retry_after_header_parsing():
+    assert retry_after_s({"retry-after": "1.5"}) == 1.5
+    assert retry_after_s({"retry-after": "-3"}) == 0.0
+    assert 3 <= retry_after_s({"retry-after": email.utils.formatdate(time.time() + 5, usegmt=True)}) <= 5
+    assert retry_after_s({"retry-after": email.utils.formatdate(time.time() - 60, usegmt=True)}) == 0.0
+    assert retry_after_s({"retry-after": "soon"}) is None
+    assert retry_after_s({"retry-after": "inf"}) is None  # never an endless wait
+    assert retry_after_s({"retry-after-ms": "250", "retry-after": "1"}) == 0.25  # OpenAI's finer header first
+    assert retry_after_s({}) is None
 
 
 def test_client_error_is_not_retried(state, cfg):
@@ -165,6 +189,9 @@ def test_timeout_retried_then_raises(state, cfg):
     assert isinstance(err, EndpointError)
     assert (err.status, err.retryable) == (None, True)
     assert "Timeout" in str(err)
+    deadline = time.monotonic() + 5  # the client gave up on the last one: the server may not have counted it yet
+    while state.calls["slow"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert state.calls["slow"] == 3
     assert ep.stats == {"requests": 3, "retries": 2, "failures": 1}
 
@@ -187,16 +214,20 @@ def test_rate_limit_spaces_requests(state, cfg):
     assert dt >= 0.4  # 1 at once, then 9 spaced 1/20 s apart
 
 
-def test_rate_limiter_allows_bursts():
+def test_rate_limiter_allows_bursts_then_holds_the_rate():
     async def go():
-        lim = RateLimiter(rate=1.0, burst=5)
+        lim = rate_limiter(rate=10.0, burst=5)
         t0 = time.monotonic()
-        for _ in range(5):
+        stamps = []
+        for _ in range(8):
             await lim.acquire()
-        return time.monotonic() - t0
-    assert asyncio.run(go()) < 0.5
+            stamps.append(time.monotonic() - t0)
+        return stamps
+    stamps = asyncio.run(go())
+    assert stamps[4] < 0.05  # the burst passes at once
+    assert 0.25 <= stamps[7] < 0.6  # then one every 1/10 s
     with pytest.raises(ValueError):
-        RateLimiter(rate=0)
+        rate_limiter(rate=0)
 
 
 def test_concurrency_is_bounded(state, cfg):
@@ -253,3 +284,50 @@ def test_config_validation_names_field(field, value):
     kw = {"base_url": "http://127.0.0.1:8000/v1", "model": "teacher", field: value}
     with pytest.raises(ValueError, match=rf"\b{field}\b"):
         EndpointConfig(**kw)
+
+
+# --- the fleet client: the same policy over Ray Serve's errors -----------------------------------------
+class _FakeHandle:
+    """Stands in for a Serve deployment handle: `.sample.remote(payload)` raises the scripted errors
+    in turn, then answers."""
+
+    def __init__(self, errors: list[BaseException]):
+        self.errors, self.calls, self.sample = list(errors), 0, self
+
+    async def remote(self, payload: dict) -> list[dict]:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return [{"token_ids": payload["prompt_ids"], "logprobs": [0.0], "finish_reason": "stop"}]
+
+
+def test_fleet_sampler_retries_lost_replicas_only(monkeypatch):
+    from ray.exceptions import ActorDiedError  # deferred: Ray loads only for the fleet-client tests
+    from ray.serve.exceptions import BackPressureError
+
+    from actors.sampler_client import FleetSampler  # deferred too: it imports Ray Serve
+
+    def fleet(errors, **kw):
+        s = FleetSampler("sampler", backoff_s=0.01, backoff_max_s=0.02, **kw)
+        s._handle = _FakeHandle(errors)
+        return s
+
+    req = SampleRequest(prompt_ids=[5, 6])
+    s = fleet([ActorDiedError(), BackPressureError(1, 1)])
+    assert [x.token_ids for x in s.sample_sync(req)] == [[5, 6]]
+    assert (s._handle.calls, s.retries) == (3, 2)
+    s = fleet([ValueError("bad request")])  # not a lost replica: fails at once
+    with pytest.raises(ValueError, match="bad request"):
+        s.sample_sync(req)
+    assert (s._handle.calls, s.retries) == (1, 0)
+    s = fleet([ActorDiedError()] * 5, max_retries=2)  # gives up with the replica's own error
+    with pytest.raises(ActorDiedError):
+        s.sample_sync(req)
+    assert (s._handle.calls, s.retries) == (3, 2)
+    # Serve's backpressure may say when to come back: that wait replaces our 5 s backoff
+    monkeypatch.setattr(random, "uniform", lambda a, b: b)
+    s = FleetSampler("sampler", backoff_s=5, backoff_max_s=5)
+    s._handle = _FakeHandle([BackPressureError(1, 1, retry_after_s=0.2)])
+    t0 = time.monotonic()
+    s.sample_sync(req)
+    assert 0.2 <= time.monotonic() - t0 < 2

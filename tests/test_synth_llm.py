@@ -174,6 +174,35 @@ class HangingEngine:
         await asyncio.sleep(30)
 
 
+class FinalError(RuntimeError):
+    retryable = False  # as phi4ray.endpoint.EndpointError says of a 400
+
+
+class FinalEngine:
+    """'bad' fails with a final error: in its own slot (`slots`), or by failing the whole call."""
+
+    def __init__(self, slots: bool):
+        self.slots, self.calls = slots, []
+
+    async def generate(self, prompts, *, n, max_tokens, temperature):
+        self.calls.append(list(prompts))
+        if not self.slots and "bad" in prompts:
+            raise FinalError("rejected")
+        return [FinalError("rejected") if p == "bad" else [p] * n for p in prompts]
+
+
+def test_a_final_error_is_not_retried_unless_a_batch_mate_may_have_caused_it():
+    eng = FinalEngine(slots=True)
+    outs = run(call_all(eng, [Request("a"), Request("bad")], retries=2, backoff_s=0))
+    assert outs[0].text == "a" and outs[1].error == "llm_error: FinalError: rejected" and outs[1].attempts == 1
+    assert eng.calls == [["a", "bad"]]  # its own error said final: no retry
+    eng = FinalEngine(slots=False)
+    outs = run(call_all(eng, [Request("a"), Request("bad")], retries=2, backoff_s=0))
+    assert outs[0].text == "a" and outs[0].attempts == 2  # the batch's failure was not a's: a retried alone
+    assert outs[1].error == "llm_error: FinalError: rejected" and outs[1].attempts == 2  # alone once, then final
+    assert sorted(map(tuple, eng.calls)) == [("a",), ("a", "bad"), ("bad",)]
+
+
 def test_malformed_replies_and_hung_calls_become_reasons():
     outs = run(call_all(WrongShapeEngine(), [Request("a"), Request("b")], retries=0))
     assert all(o.error == "llm_error: ValueError: engine returned 1 replies for 2 prompts" for o in outs)

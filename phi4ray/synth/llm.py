@@ -14,22 +14,24 @@ Engines (anything with this `generate`):
 An engine fails a whole call by raising. It may instead put an Exception in place of one prompt's
 replies to fail that prompt alone, so one bad prompt does not cost its batch-mates a retry.
 
-Retry policy: a batch is tried once as a whole; when it fails, each of its requests is retried
-alone (up to `retries` more attempts each), so one poisonous prompt (too long, rejected by the
-server) fails only itself. Every request is attempted at most 1 + retries times.
+Retry policy (phi4ray.retry's, full-jitter backoff): a batch is tried once as a whole; when it
+fails, each of its requests is retried alone (up to `retries` more attempts each), so one poisonous
+prompt (too long, rejected by the server) fails only itself. Every request is attempted at most
+1 + retries times; a request whose own error says it is final (`retryable` False, as an endpoint's
+400 does) is not tried again.
 
 Also here: the row plumbing every step shares (`make_row`, `seed_value`, `require`).
 """
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import pyarrow as pa
 
 from phi4ray.config import ConfigError
+from phi4ray.retry import retrying
 
 
 class Engine(Protocol):
@@ -113,6 +115,16 @@ def _reason(err: BaseException) -> str:
     return f"llm_error: {type(err).__name__}" + (f": {msg}" if msg else "")
 
 
+class _Failed(Exception):
+    """A request's failure as call_all's retry loop carries it: the engine's error, whatever it is,
+    stays a value (an engine may put any exception in a prompt's slot), apart from the loop's own
+    cancellation."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(error)
+        self.error = error
+
+
 def _checked(replies: Any, count: int, n: int) -> list[list[str] | BaseException]:
     """The engine's replies if they have the promised shape, else ValueError (a whole-call failure)."""
     if not isinstance(replies, (list, tuple)) or len(replies) != count:
@@ -137,36 +149,49 @@ async def call_all(engine: Engine, requests: Sequence[Request], *, concurrency: 
     sem = asyncio.Semaphore(concurrency)
     outcomes: list[Outcome | None] = [None] * len(requests)
 
-    async def attempt(idx: list[int]) -> list[list[str] | BaseException]:
+    async def attempt(idx: list[int]) -> tuple[list[list[str] | BaseException], bool]:
+        """Each request's replies or error, and whether the call failed as a whole."""
         first = requests[idx[0]]
         async with sem:
             try:
                 coro = engine.generate([requests[i].prompt for i in idx], n=first.n,
                                        max_tokens=first.max_tokens, temperature=first.temperature)
                 replies = await (asyncio.wait_for(coro, timeout_s) if timeout_s else coro)
-                return _checked(replies, len(idx), first.n)
+                return _checked(replies, len(idx), first.n), False
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # anything an engine raises fails this call, not the step
-                return [e] * len(idx)
+                return [e] * len(idx), True
 
-    async def alone(i: int, err: BaseException) -> None:
-        for a in range(retries):
-            # full jitter: actors that failed together must not retry in lockstep
-            await asyncio.sleep(random.uniform(0, min(backoff_max_s, backoff_s * 2 ** a)))
-            (result,) = await attempt([i])
-            if not isinstance(result, BaseException):
-                outcomes[i] = Outcome(tuple(result), None, a + 2)
-                return
-            err = result
-        outcomes[i] = Outcome(None, _reason(err), retries + 1)
+    async def alone(i: int, first: BaseException, shared: bool) -> None:
+        """Retry request i by itself; `first` was its batch's failure (`shared`: the whole batch's,
+        so possibly a batch-mate's doing and never final for this request)."""
+        tries = 0
+
+        async def once() -> list[str]:
+            nonlocal tries
+            tries += 1
+            result = first if tries == 1 else (await attempt([i]))[0][0]
+            if isinstance(result, BaseException):
+                raise _Failed(result)
+            return result
+
+        def retryable(e: BaseException) -> bool:
+            return isinstance(e, _Failed) and ((shared and e.error is first)
+                                               or getattr(e.error, "retryable", True) is not False)
+
+        policy = retrying(retries=retries, backoff_s=backoff_s, backoff_max_s=backoff_max_s, retry=retryable)
+        try:
+            outcomes[i] = Outcome(tuple(await policy(once)), None, tries)
+        except _Failed as e:
+            outcomes[i] = Outcome(None, _reason(e.error), tries)
 
     async def batch(idx: list[int]) -> None:
-        results = await attempt(idx)
+        results, whole = await attempt(idx)
         failed = []
         for i, r in zip(idx, results):
             if isinstance(r, BaseException):
-                failed.append(alone(i, r))
+                failed.append(alone(i, r, whole and len(idx) > 1))
             else:
                 outcomes[i] = Outcome(tuple(r), None, 1)
         await asyncio.gather(*failed)
