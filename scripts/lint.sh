@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/lint-imports
-.venv/bin/ruff check phi4ray actors jobs tests benchmarks
+.venv/bin/ruff check phi4ray actors jobs tests benchmarks cluster
