@@ -4,8 +4,9 @@ Pivotal Token Search scores prefixes by how often their continuations are judged
 grades benchmarks, and the synthesis plurality filter groups sampled answers; all three use these
 judges. Completions are untrusted text, so nothing here calls eval/sympify on them: numbers go
 through a small exact parser (Fraction), expressions through a whitelist tokenizer that builds
-sympy objects itself. No function raises on any text (None / False instead), and the work is
-linear in the input or capped by a length guard.
+sympy objects itself (math-verify, for what that grammar lacks, parses LaTeX with an ANTLR grammar
+in a helper process). No function raises on any text (None / False instead), and the work is
+linear in the input or capped by a length guard, a math-verify verdict by its deadline.
 
 `math_equal` treats as equal:
 - numbers of the same exact value: 0.5, 1/2, \frac{1}{2}, \dfrac12; 1,000 and 1000; 1e3; 2^{3};
@@ -22,9 +23,15 @@ linear in the input or capped by a length guard.
   (2\sqrt{2} = \sqrt{8}, x^2-1 = (x-1)(x+1)), when both sides are at most 200 characters of digits,
   + - * / ^, brackets, \frac \sqrt \pi \cdot \times \div \ln \sin \cos \tan \exp and one-letter
   variables (adjacent letters are a word, not a product: "yes" != "sey"), parsed by the whitelist
-  grammar of `phi4ray.mathexpr`.
-Not handled (normalized strings must match): equations beyond an "x =" prefix, inequalities,
-"x = 1 or 2", unit conversion (10 cm vs 0.1 m), multi-letter names, matrices, \log with a base.
+  grammar of `phi4ray.mathexpr`;
+- answers written outside that grammar (\binom, \log_b, n!, |x|, matrices, Greek letters,
+  "x = 1 \text{ or } x = 2", \infty): HF's math-verify judges them (the reference is its gold),
+  in a helper process under a deadline (`phi4ray.mathexpr.library_equal`). What our grammar reads
+  stays ours: there it is as right or righter (units, \text answers, 1e3, \sqrt[3]{-8} = -2, "yes"
+  is no product y*e*s, (1,2) is no bare list 1,2), exact, and hundreds of times faster
+  (benchmarks/math_equal.py).
+Not handled: inequalities against intervals ("x > 3" vs "(3, \infty)"), unit conversion (10 cm vs
+0.1 m).
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-from phi4ray.mathexpr import parse_expr
+from phi4ray.mathexpr import in_vocabulary, library_equal, parse_expr
 from phi4ray.sandbox import CodeOracle
 
 __all__ = ["last_boxed", "extract_answer", "normalize_answer", "parse_number", "math_equal",
@@ -46,6 +53,9 @@ _MAX_NUM = 200    # longer is not a plain number; also keeps int() far from its 
 _MAX_SYM = 200    # the most that sympy sees of one side
 _MAX_LIST = 50    # elements compared in a comma list
 _SYM_CALLS = 20   # sympy comparisons per math_equal call, however the answer is nested
+# what math-verify is asked about: one line of ASCII, not too long (its time grows with the text).
+# Its extractor takes the first number it finds, so "9\left(]" or a number amid binary junk would be 9.
+_LIBRARY_TEXT = re.compile(r"[ -~]{1,300}")
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _BRACE = re.compile(r"\\.|[{}]", re.S)  # \{ and \} are literal braces, not grouping
@@ -280,13 +290,28 @@ def _by_name(parts: list[str]) -> dict[str, str] | None:
     return {n: p[m.end():] for n, p, m in zip(names, parts, found)}
 
 
-def _structured(a: str, b: str, tol: Fraction, depth: int, budget: list[int]) -> bool | None:
-    (ka, pa), (kb, pb) = _shape(a), _shape(b)
-    if ka is None and kb is None:
-        return None
-    if ka != kb or pa is None or pb is None or len(pa) != len(pb):
+def _all(verdicts) -> bool | None:
+    """Three-valued "and": False if any is False, else None (undecided) if any is None."""
+    undecided = False
+    for v in verdicts:
+        if v is False:
+            return False
+        undecided |= v is None
+    return None if undecided else True
+
+
+def _structured(a: str, b: str, shapes, tol: Fraction, depth: int, budget: list[int]) -> bool | None:
+    (ka, pa), (kb, pb) = shapes
+    if pa is None or pb is None:
         return False
-    def same(p: str, q: str) -> bool:
+    if ka != kb:
+        # a tuple is no set and no interval, but "x = 1 \text{ or } x = 2" is one part to us, not a
+        # single answer: unequal shapes decide only when we can read every part
+        return False if all(in_vocabulary(p) for p in pa + pb) else None
+    if len(pa) != len(pb):
+        return False
+
+    def same(p: str, q: str) -> bool | None:
         return _equal(p, q, tol, depth + 1, budget)
 
     def key(p: str):
@@ -295,29 +320,39 @@ def _structured(a: str, b: str, tol: Fraction, depth: int, budget: list[int]) ->
         return n if v is None else v
 
     if ka != "set":
-        return all(map(same, pa, pb))
+        return _all(map(same, pa, pb))
     na, nb = _by_name(pa), _by_name(pb)
     if na is not None or nb is not None:
-        return na is not None and nb is not None and na.keys() == nb.keys() and all(same(na[k], nb[k]) for k in na)
+        if na is None or nb is None or na.keys() != nb.keys():
+            return False
+        return _all(same(na[k], nb[k]) for k in na)
     if Counter(map(key, pa)) == Counter(map(key, pb)):
         return True
     if len(pa) > 8:  # pairwise matching is quadratic; long lists must match by value or text
         return False
-    unused = list(pb)
+    unused, undecided = list(pb), False
     for p in pa:  # greedy is enough: equality here is transitive in practice
-        hit = next((i for i, q in enumerate(unused) if same(p, q)), None)
+        hit = None
+        for i, q in enumerate(unused):
+            verdict = same(p, q)
+            undecided |= verdict is None
+            if verdict:
+                hit = i
+                break
         if hit is None:
-            return False
+            return None if undecided else False
         unused.pop(hit)
     return True
 
 
-def _equal(x: str, y: str, tol: Fraction, depth: int, budget: list[int]) -> bool:
+def _equal(x: str, y: str, tol: Fraction, depth: int, budget: list[int]) -> bool | None:
+    """True / False, or None when an answer is written outside our grammar (math-verify's turn)."""
     a, b = normalize_answer(x), normalize_answer(y)
     if not a or not b or a == b:
         return bool(a) and a == b
-    if depth < 4 and (shaped := _structured(a, b, tol, depth, budget)) is not None:
-        return shaped
+    shapes = _shape(a), _shape(b)
+    if depth < 4 and (shapes[0][0] is not None or shapes[1][0] is not None):
+        return _structured(a, b, shapes, tol, depth, budget)
     va, vb = _value(a), _value(b)
     if va is not None and vb is not None:
         pairs = [(va, vb)] + [(va * 100, vb)] * a.endswith("%") + [(va, vb * 100)] * b.endswith("%")
@@ -330,8 +365,9 @@ def _equal(x: str, y: str, tol: Fraction, depth: int, budget: list[int]) -> bool
     return _sym_equal(a, b, tol)
 
 
-def math_equal(pred: str | None, ref: str | None, rel_tol: float = 1e-6) -> bool:
-    """Whether two answers mean the same thing (see the module docstring); False for None/empty."""
+def math_equal(pred: str | None, ref: str | None, rel_tol: float = 1e-6, *, library: bool = True) -> bool:
+    """Whether two answers mean the same thing (see the module docstring); False for None/empty.
+    `library=False` leaves answers outside our grammar unequal instead of asking math-verify."""
     pred, ref = (str(v) if isinstance(v, (int, float, Fraction)) and not isinstance(v, bool)
                  else v for v in (pred, ref))
     if not isinstance(pred, str) or not isinstance(ref, str):
@@ -341,9 +377,13 @@ def math_equal(pred: str | None, ref: str | None, rel_tol: float = 1e-6) -> bool
     except (TypeError, ValueError, OverflowError):
         tol = Fraction(0)
     try:
-        return _equal(pred, ref, tol, 0, [_SYM_CALLS])
+        verdict = _equal(pred, ref, tol, 0, [_SYM_CALLS])
     except Exception:  # sympy and deep recursion can fail in ways not worth enumerating
         return False
+    if verdict is None:
+        return (library and bool(_LIBRARY_TEXT.fullmatch(pred.strip()) and _LIBRARY_TEXT.fullmatch(ref.strip()))
+                and library_equal(pred, ref))
+    return verdict
 
 
 def _to_sympy(s: str, sp):
@@ -353,12 +393,12 @@ def _to_sympy(s: str, sp):
     return parse_expr(s, sp)
 
 
-def _sym_equal(a: str, b: str, tol: Fraction) -> bool:
+def _sym_equal(a: str, b: str, tol: Fraction) -> bool | None:
     import sympy as sp  # deferred: about a second to import, paid only once an answer is not a plain number
 
     ea, eb = _to_sympy(a, sp), _to_sympy(b, sp)
-    if ea is None or eb is None:
-        return False
+    if ea is None or eb is None:  # refused as too big or malformed, or written in words we lack
+        return False if in_vocabulary(a) and in_vocabulary(b) else None
     d = ea - eb
     if d == 0:
         return True

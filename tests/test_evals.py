@@ -12,9 +12,10 @@ import math
 import operator
 import re
 import socket
+import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,6 +102,75 @@ def test_ifeval_cases_cover_every_check_type():
 def test_ifeval_bad_specs_name_the_field(spec, field):
     with pytest.raises(ifeval.CheckError, match=field):
         ifeval.validate_check(spec)
+
+
+def test_ifeval_verdicts_are_lm_evals_checkers(monkeypatch):
+    calls = []
+
+    class Recorder:  # stands in for every lm-eval checker class
+        def __init__(self, iid):
+            self.iid = iid
+
+        def build_description(self, **params):
+            calls.append((self.iid, params))
+
+        def check_following(self, text):
+            return text == "yes"
+
+    monkeypatch.setattr(ifeval, "_lm_eval_registry", lambda: defaultdict(lambda: Recorder))
+    for kind in ifeval.LM_EVAL_IDS:
+        spec = next(c[0] for c in IFEVAL_CASES if c[0]["type"] == kind)
+        assert ifeval.check("yes", spec) is True and ifeval.check("no", spec) is False
+    assert {iid for iid, _ in calls} == set(ifeval.LM_EVAL_IDS.values())
+    assert ("keywords:existence", {"keywords": ["compass", "orbit"]}) in calls  # our parameters, by their names
+    assert set(ifeval.CHECKS) - set(ifeval.LM_EVAL_IDS) == {"lowercase", "uppercase", "response_language"}
+
+
+def test_ifeval_keywords_and_markers_match_as_written():
+    # lm-eval hands them to `re` as patterns ("C++" would raise, "x+" would count every x); we escape them
+    assert ifeval.check("I write C++ daily.", {"type": "include_keywords", "keywords": ["C++"]})
+    assert not ifeval.check("I write C daily.", {"type": "include_keywords", "keywords": ["C++"]})
+    assert ifeval.check("An axb here.", {"type": "forbidden_words", "forbidden_words": ["a.b"]})
+    assert not ifeval.check("An a.b here.", {"type": "forbidden_words", "forbidden_words": ["a.b"]})
+    spec = {"type": "keyword_frequency", "keyword": "x+", "frequency": 2, "relation": "at least"}
+    assert not ifeval.check("x+ and x", spec) and ifeval.check("x+ and x+", spec)
+    assert ifeval.check("Hi.\nNote: later", {"type": "postscript", "postscript_marker": "Note:"})
+    assert not ifeval.check("Hi.\nNote later", {"type": "postscript", "postscript_marker": "Note:"})
+
+
+def test_ifeval_wording_is_ifevals():
+    registry = ifeval._lm_eval_registry()
+    own = {"lowercase": "change_case:english_lowercase", "uppercase": "change_case:english_capital",
+           "response_language": "language:response_language"}
+    for spec, _, _ in IFEVAL_CASES:
+        iid = ifeval.LM_EVAL_IDS.get(spec["type"]) or own[spec["type"]]
+        params = {k: v for k, v in spec.items() if k != "type"}
+        theirs = registry[iid](iid).build_description(**params)
+        for words in params.get("keywords", params.get("forbidden_words")) or [], :
+            theirs = theirs.replace(str(sorted(words)), ", ".join(words))  # a list, not its Python repr
+        assert ifeval.describe(spec) == theirs
+
+
+def test_ifeval_case_checks_tell_languages_by_fasttext():
+    # IFEval's langdetect takes upper-case Spanish for English and short English for something else
+    assert not ifeval.check("HOY HACE BUEN TIEMPO Y VAMOS A PASEAR POR EL PARQUE.", {"type": "uppercase"})
+    assert ifeval.check("ok", {"type": "lowercase"}) and ifeval.check("HI THERE", {"type": "uppercase"})
+
+
+def test_ifeval_grading_downloads_nothing(monkeypatch, capsys):
+    # lm-eval's import calls nltk.download("punkt_tab") when the data is absent; grading must not
+    import nltk  # deferred: only this test touches nltk itself
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"nltk.download{args} called")
+
+    monkeypatch.setattr(nltk, "download", refuse)
+    for name in [m for m in sys.modules if m.startswith("lm_eval.tasks.ifeval.")]:
+        monkeypatch.delitem(sys.modules, name)  # so the import runs again, download attempt and all
+    registry = ifeval._lm_eval_registry.__wrapped__()
+    assert registry["punctuation:no_comma"]("punctuation:no_comma").check_following("no commas here")
+    assert nltk.download is refuse  # put back after the import
+    assert capsys.readouterr().out == ""  # nor is lm-eval's "Downloaded punkt_tab on rank 0" printed
 
 
 # --- built-in suites ------------------------------------------------------------------------------

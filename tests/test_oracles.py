@@ -1,11 +1,14 @@
-"""Answer oracles: extraction, normalization, semantic equality, choices, and robustness on junk."""
+"""Answer oracles: extraction, normalization, semantic equality (ours, and math-verify past our
+grammar), choices, and robustness on junk."""
+import time
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray import oracles
+from phi4ray import mathexpr, oracles
 from phi4ray.oracles import (
     ChoiceOracle,
     MathOracle,
@@ -170,6 +173,62 @@ def test_math_equal_tolerance_and_odd_arguments():
     assert math_equal(0.5, "1/2") and math_equal(Fraction(3, 4), "0.75") and math_equal(3, "3.0")
     assert not math_equal(True, "1") and not math_equal(["1"], "1")
     assert math_equal("1", "1", rel_tol="junk") and not math_equal("0.333333", "1/3", rel_tol="junk")
+
+
+# --- past our grammar: math-verify, in its helper process -------------------------------------
+@pytest.mark.parametrize("pred, ref", [
+    (r"\binom{5}{2}", "10"),
+    ("5!", "120"),
+    (r"\log_2 8", "3"),
+    ("|-3|", "3"),
+    (r"\begin{pmatrix} 1 \\ 0.5 \end{pmatrix}", r"\begin{pmatrix}1\\\frac{1}{2}\end{pmatrix}"),
+    (r"\frac{\alpha}{2}", r"\frac{1}{2}\alpha"),
+    (r"x = 3 \text{ or } x = -1", "-1, 3"),
+])
+def test_math_equal_past_our_grammar(pred, ref):
+    assert math_equal(pred, ref) and MathOracle()(rf"so \boxed{{{pred}}}.", ref)
+    assert not math_equal(pred, ref, library=False)  # it is math-verify that knows these
+
+
+@pytest.mark.parametrize("pred, ref", [
+    (r"\binom{5}{2}", "11"),
+    ("5!", "100"),
+    (r"\log_2 8", "4"),
+    (r"\alpha", r"\beta"),
+    (r"\infty", r"-\infty"),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix} 2 \\ 1 \end{pmatrix}"),
+    (r"x = 3 \text{ or } x = 4", "3"),
+])
+def test_math_equal_past_our_grammar_false(pred, ref):
+    assert not math_equal(pred, ref)
+
+
+def test_what_our_grammar_reads_never_reaches_math_verify(monkeypatch):
+    # math-verify calls several of these equal ((1,2) = 1,2; yes = s*e*y; \{1,2\} = (1,2)); ours decides them
+    monkeypatch.setattr(oracles, "library_equal", lambda *a: pytest.fail(f"math-verify asked about {a}"))
+    decided = {("(1,2)", "1,2"): False, ("yes", "sey"): False, (r"\{1, 2\}", "(1, 2)"): False, ("x", "y"): False,
+               (r"\pi", "3.14"): False, (r"9^{9^{9}}", "1"): False, ("1e3", "1000"): True, (r"\text{10 cm}", "10"): True,
+               (r"\sqrt[3]{-8}", "-2"): True, ("x=1, y=2", "y = 2, x = 1"): True}
+    assert {pair: math_equal(*pair) for pair in decided} == decided
+    # nor does text that is no single line of ASCII: its extractor would find the 10 in it
+    for junk in ["10\u00e9\u00df\\binom", "\\binom{5}{2}\n10", "\\binom{5}{2}" + " 1" * 200]:
+        assert not math_equal(junk, "10")
+
+
+def test_math_verify_answers_from_threads():
+    # its own timeout is signal.alarm, which raises outside the main thread, where the oracles run
+    with ThreadPoolExecutor(3) as pool:
+        verdicts = list(pool.map(lambda p: math_equal(p, "10"), [r"\binom{5}{2}", "5!", r"\log_{2} 1024", r"\binom{5}{3}"]))
+    assert verdicts == [True, False, True, True]
+
+
+def test_a_runaway_verdict_ends_at_the_deadline():
+    assert mathexpr.library_equal(r"\binom{4}{2}", "6")  # the helper is up
+    first = mathexpr._HELPER.proc.pid
+    start = time.monotonic()
+    assert mathexpr.library_equal(r"(10^{8})!", "1", deadline=0.5) is False  # sympy would compute (10^8)! for minutes
+    assert time.monotonic() - start < 5
+    assert mathexpr.library_equal(r"\binom{4}{2}", "6") and mathexpr._HELPER.proc.pid != first  # killed, then restarted
 
 
 @pytest.mark.parametrize("text, expected", [
