@@ -3,14 +3,18 @@ stage models side by side on the real Ray Serve + vLLM fleet), serving in turns,
 lm-evaluation-harness talking to the same kind of endpoint."""
 import dataclasses
 import json
+import re
+from statistics import mean
 
 import pytest
+from openai import OpenAI
 
 from phi4ray.errors import MissingInput
 from phi4ray.evals.config import EvalConfig
 from phi4ray.evals.generators import arith_suite
 from phi4ray.evals.lm_eval_task import run_lm_eval, write_lm_eval_task
 from phi4ray.evals.models import graded_dir, model_fingerprint
+from phi4ray.oracles import math_equal
 from phi4ray.presets import run_preset
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -64,9 +68,21 @@ def test_lm_eval_harness_runs_a_local_task_against_our_endpoint(sampler_app, tmp
     from a local file, against the real Serve + vLLM endpoint (API key on, no hub access)."""
     task_yaml = write_lm_eval_task(arith_suite(seed=3, size=4), tmp_path / "task", max_gen_toks=16)
     m = run_lm_eval(sampler_app["url"] + "/v1", sampler_app["model_id"], task_yaml.parent, chat=chat,
-                    api_key_env="PHI4RAY_TEST_API_KEY", num_concurrent=4)
-    assert m["n"] == 4  # every document went through the endpoint and came back scored
-    assert 0.0 <= m["exact_match"] <= 1.0 and 0.0 <= m["oracle_match"] <= 1.0
+                    api_key_env="PHI4RAY_TEST_API_KEY", num_concurrent=4, samples=True)
+    assert m["n"] == 4 == len(m["samples"])  # every document went through the endpoint and came back scored
+    # the harness's scores are those of the answers it got: its normalisation (case, ",", "$", " ")
+    # for exact_match, phi4ray's oracle for oracle_match
+    def norm(s: str) -> str:
+        return re.sub(r"[,$ ]", "", s).lower()
+
+    assert m["exact_match"] == pytest.approx(mean(norm(s["answer"]) == norm(s["target"]) for s in m["samples"]))
+    assert m["oracle_match"] == pytest.approx(mean(math_equal(s["answer"], s["target"]) for s in m["samples"]))
+    if not chat:  # ... and the answers are the served model's own greedy completions of the task's prompts
+        client = OpenAI(base_url=sampler_app["url"] + "/v1", api_key=sampler_app["key"], timeout=120)
+        for s in m["samples"]:
+            direct = client.completions.create(model=sampler_app["model_id"], prompt=s["prompt"], max_tokens=16,
+                                               temperature=0, stop=["<|im_end|>", "<|endoftext|>"])
+            assert s["response"] == direct.choices[0].text
 
 
 def test_models_are_served_in_turns_when_the_cluster_cannot_hold_them_all(ray_cluster, tmp_path):

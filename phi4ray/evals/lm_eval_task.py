@@ -124,11 +124,14 @@ def _api_url(base_url: str, chat: bool) -> str:
 
 def run_lm_eval(base_url: str, model: str, task_dir: str | os.PathLike, *, chat: bool, limit: int | None = None,
                 tokenizer: str | os.PathLike | None = None, task: str | None = None, num_concurrent: int = 8,
-                max_retries: int = 3, timeout_s: int = 300, api_key_env: str | None = None) -> dict[str, Any]:
+                max_retries: int = 3, timeout_s: int = 300, api_key_env: str | None = None,
+                samples: bool = False) -> dict[str, Any]:
     """Run one task of `task_dir` (the only one there, or `task`) through lm_eval.simple_evaluate
     against the endpoint at `base_url` (e.g. http://host:8000/v1) serving `model`. Returns the
     task's metrics by name ("exact_match", "oracle_match" and their "_stderr"), plus "task" and
-    "n" (documents evaluated). Call it from synchronous code: the harness runs its own event loop."""
+    "n" (documents evaluated); with `samples`, "samples" too: per document its prompt, target, the
+    endpoint's response and the filtered answer the metrics scored. Call it from synchronous code:
+    the harness runs its own event loop."""
     task_dir = Path(task_dir)
     names = sorted(p.stem for p in task_dir.glob("*.yaml"))
     if task is None:
@@ -158,7 +161,7 @@ def run_lm_eval(base_url: str, model: str, task_dir: str | os.PathLike, *, chat:
         manager = TaskManager(include_path=str(task_dir.resolve()), include_defaults=False)
         out = lm_eval.simple_evaluate(model="local-chat-completions" if chat else "local-completions",
                                       model_args=model_args, tasks=[task], task_manager=manager, limit=limit,
-                                      apply_chat_template=chat, log_samples=False)
+                                      apply_chat_template=chat, log_samples=samples)
     finally:
         for var, value in saved.items():
             if value is None:
@@ -172,4 +175,7 @@ def run_lm_eval(base_url: str, model: str, task_dir: str | os.PathLike, *, chat:
         if filt:  # "exact_match,boxed" -> "exact_match": the task has one filter
             # plain floats (the harness hands back numpy scalars, or "N/A" for a missing stderr)
             metrics[metric] = float(value) if isinstance(value, (int, float)) or hasattr(value, "item") else value
+    if samples:
+        metrics["samples"] = [{"prompt": s["doc"]["question"], "target": s["target"], "response": s["resps"][0][0],
+                               "answer": s["filtered_resps"][0]} for s in out["samples"][task]]
     return metrics
