@@ -55,7 +55,8 @@ class Fleet:
         llm_configs = [sampler_llm_config(
             folder, model_id=mid, device=s.device, engine=s.engine, min_replicas=s.min_replicas,
             max_replicas=s.max_replicas, target_ongoing_requests=s.target_ongoing_requests,
-            max_model_len=s.max_model_len or None, kv_cache_gib=s.kv_cache_gib) for mid, folder in models.items()]
+            max_model_len=s.max_model_len or None, kv_cache_gib=s.kv_cache_gib,
+            max_request_tokens=s.max_request_tokens) for mid, folder in models.items()]
         prefix = "/" if name == APP_NAME else f"/{name}"
         forget_targets(name, [sampler_deployment_name(c) for c in llm_configs])
         serve.run(build_sampler_app(llm_configs, api_key_env=s.api_key_env or None), name=name, route_prefix=prefix)

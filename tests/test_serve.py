@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -15,6 +20,7 @@ from actors.weights import refresh_weights, registry, running_replicas, target_k
 from phi4ray import tokenizer as T
 from phi4ray.hf import export_hf
 from phi4ray.model import greedy_decode
+from phi4ray.request_limits import LLM_CONFIG_KEY, MAX_LOGPROBS, MAX_MESSAGES, MAX_N, MAX_NEW_TOKENS
 from phi4ray.sampling import SampleRequest, SamplingError
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -65,9 +71,9 @@ def test_api_key_required_on_http(sampler_app):
 
 @pytest.mark.parametrize("body, status, needle", [
     ({"model": "nope", "prompt": "x", "max_tokens": 4}, 404, "nope"),
-    ({"model": "phi4ray", "prompt": "x " * 600, "max_tokens": 4}, 400, "maximum context length"),
+    ({"model": "phi4ray", "prompt": "x " * 600, "max_tokens": 4}, 400, "model's context of 512"),
     ({"model": "phi4ray", "prompt": "x", "max_tokens": 100_000}, 400, "max_tokens"),
-    ({"model": "phi4ray", "prompt": "x", "max_tokens": 4, "n": 0}, 400, "n must be at least 1"),
+    ({"model": "phi4ray", "prompt": "x", "max_tokens": 4, "n": 0}, 400, "n=0 must be an integer in [1, 64]"),
     ({"model": "phi4ray", "prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
     ({"model": "phi4ray", "max_tokens": 4}, 400, "prompt"),
 ])
@@ -229,3 +235,227 @@ def test_seeded_long_prompts_in_one_batch_keep_the_engine_alive(sampler_app):
     answers = asyncio.run(all_of_them())
     assert len(answers) == 24 and all(len(a) == 2 for a in answers)
     assert len(_greedy(sampler_app, PROMPT, 4)) >= 1  # the engine still serves afterwards
+
+
+# --- request limits: one check (phi4ray.request_limits) on the HTTP routes and the token path --------
+CONTEXT = 512  # the sampler_app fixture's max_model_len
+
+
+def _post(url: str, route: str, body: dict, key: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{url}/{route}", json={"model": "phi4ray", **body}, headers=headers, timeout=120)
+
+
+def _http(app, route: str, body: dict) -> httpx.Response:
+    return _post(app["url"] + "/v1", route, body, app["key"])
+
+
+def _rejected_on_http(r: httpx.Response, needle: str) -> str:
+    """A 400 with an OpenAI error body whose message names the field (not a 500, no traceback)."""
+    assert r.status_code == 400, (r.status_code, r.text)
+    message = r.json()["error"]["message"]
+    assert needle in message and "Traceback" not in r.text, message
+    return message
+
+
+def _token_error(handle, request: dict) -> SamplingError:
+    with pytest.raises(SamplingError) as info:
+        handle.sample.remote(request).result()
+    return info.value
+
+
+def _chat_of(n_tokens: int) -> tuple[list[dict], int]:
+    """A one-message chat whose rendered prompt is as close to n_tokens as words allow, and its length."""
+    words = n_tokens
+    while True:
+        msgs = [{"role": "user", "content": " ".join(["x"] * words)}]
+        length = len(T.get_tokenizer().render_chat(msgs, add_generation_prompt=True).ids)
+        if length <= n_tokens:
+            return msgs, length
+        words -= 1
+
+
+def test_sampler_llm_config_carries_the_cost_cap_and_the_grace_period(tiny_export):
+    from actors.serve_app import sampler_llm_config
+
+    cfg = sampler_llm_config(str(tiny_export), max_request_tokens=256, shutdown_grace_s=7.0)
+    assert cfg.experimental_configs[LLM_CONFIG_KEY] == {"max_request_tokens": 256}
+    assert cfg.deployment_config["graceful_shutdown_timeout_s"] == 7.0
+    assert cfg.engine_kwargs["max_logprobs"] == MAX_LOGPROBS  # the engine's bound is the limit's
+    with pytest.raises(ValueError, match="max_request_tokens=0"):
+        sampler_llm_config(str(tiny_export), max_request_tokens=0)
+
+
+PROMPT_OVER = list(range(1000, 1000 + CONTEXT - 3))  # + max_tokens=4: one token past the context
+
+
+@pytest.mark.parametrize("route, body, token_request, needle", [
+    ("completions", {"prompt": "hi", "max_tokens": 1, "n": MAX_N + 1}, {"n": MAX_N + 1, "max_tokens": 1},
+     f"n={MAX_N + 1} must be an integer in [1, {MAX_N}]"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "n": MAX_N + 1}, None,
+     f"n={MAX_N + 1} must be an integer"),
+    ("completions", {"prompt": "hi", "max_tokens": MAX_NEW_TOKENS + 1}, {"max_tokens": MAX_NEW_TOKENS + 1},
+     f"max_tokens={MAX_NEW_TOKENS + 1} must be an integer in [1, {MAX_NEW_TOKENS}]"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": MAX_NEW_TOKENS + 1},
+     None, f"max_completion_tokens={MAX_NEW_TOKENS + 1}"),
+    ("completions", {"prompt": PROMPT_OVER, "max_tokens": 4}, {"prompt_ids": PROMPT_OVER, "max_tokens": 4},
+     f"of {CONTEXT - 3} tokens + max_tokens=4 exceeds the model's context of {CONTEXT} tokens"),
+    ("completions", {"prompt": "hi", "max_tokens": 1, "logprobs": MAX_LOGPROBS + 1}, None,
+     f"logprobs={MAX_LOGPROBS + 1} must be an integer in [0, {MAX_LOGPROBS}]"),
+    ("completions", {"prompt": "hi", "max_tokens": 1, "prompt_logprobs": -1}, None, "prompt_logprobs=-1"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "logprobs": True,
+                          "top_logprobs": MAX_LOGPROBS + 1}, None, f"top_logprobs={MAX_LOGPROBS + 1}"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}] * (MAX_MESSAGES + 1), "max_tokens": 1}, None,
+     f"messages holds {MAX_MESSAGES + 1} messages, more than the limit of {MAX_MESSAGES}"),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}, {"role": "developer", "content": "obey"}],
+                          "max_tokens": 1}, None, "messages[1].role='developer' must be one of system, user, assistant"),
+    ("chat/completions", {"messages": [{"role": "root", "content": "obey"}], "max_tokens": 1, "stream": True}, None,
+     "messages[0].role='root'"),  # streamed: the 400 comes before the first chunk, not inside the stream
+    ("completions", {"prompt": "hi", "max_tokens": 1, "temperature": 2.5}, {"temperature": 2.5},
+     "temperature=2.5 must be in [0, 2]"),
+])
+def test_a_request_over_a_limit_is_400_on_http_and_a_sampling_error_on_the_token_path(
+        sampler_app, route, body, token_request, needle):
+    _rejected_on_http(_http(sampler_app, route, body), needle)
+    if token_request is not None:  # the same limit, the same words, on the token path
+        error = _token_error(sampler_app["handle"], {"prompt_ids": [1, 2], **token_request})
+        assert needle in str(error)
+
+
+def test_the_chat_prompt_length_is_the_rendered_conversation(sampler_app):
+    """Our count of a chat's prompt is the tokens vLLM renders: max_tokens that exactly fill the
+    context succeed (and an omitted max_tokens becomes the rest of the context), one more is ours to refuse."""
+    msgs, length = _chat_of(CONTEXT - 6)
+    message = _rejected_on_http(_http(sampler_app, "chat/completions", {"messages": msgs, "max_tokens": CONTEXT - length + 1}),
+                                f"messages of {length} tokens + max_tokens={CONTEXT - length + 1} exceeds")
+    assert "model's context of 512" in message
+    ok = _http(sampler_app, "chat/completions", {"messages": msgs, "max_tokens": CONTEXT - length, "temperature": 0,
+                                                 "ignore_eos": True})
+    assert ok.status_code == 200, ok.text
+    usage = ok.json()["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (length, CONTEXT - length)
+    default = _http(sampler_app, "chat/completions", {"messages": msgs, "temperature": 0, "ignore_eos": True})
+    assert default.status_code == 200 and default.json()["usage"]["completion_tokens"] == CONTEXT - length
+
+
+def test_requests_just_inside_the_limits_are_served(sampler_app):
+    handle = sampler_app["handle"]
+    # n at its limit: 64 one-token samples on both paths
+    r = _http(sampler_app, "completions", {"prompt": "hi", "max_tokens": 1, "n": MAX_N})
+    assert r.status_code == 200 and len(r.json()["choices"]) == MAX_N
+    assert len(handle.sample.remote({"prompt_ids": [1, 2], "n": MAX_N, "max_tokens": 1}).result()) == MAX_N
+    # prompt + max_tokens exactly the context, on both paths
+    inside = PROMPT_OVER[:-1]
+    r = _http(sampler_app, "completions", {"prompt": inside, "max_tokens": 4, "ignore_eos": True})
+    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] == CONTEXT
+    assert len(handle.sample.remote({"prompt_ids": inside, "max_tokens": 4}).result()[0]["token_ids"]) >= 1
+    # logprobs at their bound
+    r = _http(sampler_app, "completions", {"prompt": "hi", "max_tokens": 2, "logprobs": MAX_LOGPROBS})
+    assert r.status_code == 200 and len(r.json()["choices"][0]["logprobs"]["top_logprobs"]) == 2  # (keyed by text)
+    r = _http(sampler_app, "chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                                                "logprobs": True, "top_logprobs": MAX_LOGPROBS})
+    assert r.status_code == 200 and len(r.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == MAX_LOGPROBS
+    # every allowed role
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Add 2 and 3."},
+            {"role": "assistant", "content": "5"}, {"role": "user", "content": "So?"}]
+    r = _http(sampler_app, "chat/completions", {"messages": msgs, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    # temperature at its bound
+    assert _http(sampler_app, "completions", {"prompt": "hi", "max_tokens": 2, "temperature": 2.0}).status_code == 200
+    assert len(handle.sample.remote({"prompt_ids": [1, 2], "max_tokens": 2, "temperature": 2.0}).result()) == 1
+    # as many messages as the limit allows pass the count check (in a 512-token context they
+    # cannot all fit, so it is the context that refuses them, by name)
+    many = [{"role": "user", "content": ""}] * MAX_MESSAGES
+    message = _rejected_on_http(_http(sampler_app, "chat/completions", {"messages": many, "max_tokens": 1}),
+                                "model's context of 512")
+    assert "more than the limit" not in message
+
+
+# --- `phi4ray serve` as a user (or Kubernetes) runs it: the cost cap knob and SIGTERM --------------
+CLI_APP = "phi4ray-cli"
+CAP = 512
+
+
+@pytest.fixture(scope="module")
+def serve_cli(sampler_app, tiny_export, tmp_path_factory):
+    """`phi4ray serve --model <the session's export>` in its own process, joined to the session's
+    Ray cluster (RAY_ADDRESS) and Serve proxy, as a second app beside the fixture's (--app), with
+    a per-request cost cap of CAP tokens (serve.max_request_tokens)."""
+    from ray import serve
+
+    port = int(sampler_app["url"].rsplit(":", 1)[1])
+    run_dir = tmp_path_factory.mktemp("serve_cli")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    argv = [sys.executable, "-m", "jobs.cli", "serve", "--preset", "tiny", "--run-dir", str(run_dir),
+            "--model", str(tiny_export), "--app", CLI_APP, f"serve.port={port}", f"serve.max_request_tokens={CAP}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    lines: list[tuple[float, str]] = []
+    err: list[str] = []
+    readers = [threading.Thread(target=lambda: [lines.append((time.time(), ln)) for ln in proc.stdout], daemon=True),
+               threading.Thread(target=lambda: [err.append(ln) for ln in proc.stderr], daemon=True)]
+    for t in readers:
+        t.start()
+    deadline = time.time() + 600
+    while not any("Ctrl-C (or SIGTERM) to stop" in ln for _, ln in lines):
+        assert proc.poll() is None and time.time() < deadline, ("".join(ln for _, ln in lines), "".join(err))
+        time.sleep(0.5)
+    deployment = next(d for d in serve.status().applications[CLI_APP].deployments if d.startswith("PhiSampler:"))
+    yield {"proc": proc, "lines": lines, "err": err, "readers": readers, "run_dir": run_dir,
+           "url": f"http://127.0.0.1:{port}/{CLI_APP}/v1", "handle": serve.get_deployment_handle(deployment, CLI_APP)}
+    if proc.poll() is None:  # the SIGTERM test did not run or failed: stop it, and its app
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if CLI_APP in serve.status().applications:
+        serve.delete(CLI_APP)
+
+
+def test_the_cost_cap_from_the_config_holds_on_both_paths(serve_cli):
+    over, inside = {"n": 4, "max_tokens": CAP // 4 + 1}, {"n": 4, "max_tokens": CAP // 4}
+    needle = f"n=4 x max_tokens={CAP // 4 + 1} = {CAP + 4} tokens exceeds the per-request cap of {CAP} tokens"
+    message = _rejected_on_http(_post(serve_cli["url"], "completions", {"prompt": "hi", **over}), needle)
+    assert "serve.max_request_tokens" in message
+    _rejected_on_http(_post(serve_cli["url"], "chat/completions",
+                            {"messages": [{"role": "user", "content": "hi"}], **over}), needle)
+    _rejected_on_http(_post(serve_cli["url"], "completions", {"prompt": ["a", "b"], "n": 2, "max_tokens": CAP // 4 + 1}),
+                      f"2 prompts x n=2 x max_tokens={CAP // 4 + 1}")
+    assert needle in str(_token_error(serve_cli["handle"], {"prompt_ids": [1, 2], **over}))
+    r = _post(serve_cli["url"], "completions", {"prompt": "hi", **inside})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 4
+    assert len(serve_cli["handle"].sample.remote({"prompt_ids": [1, 2], **inside}).result()) == 4
+
+
+def test_sigterm_stops_serve_cleanly_and_lets_the_request_in_flight_finish(serve_cli, sampler_app):
+    """What Kubernetes does to a pod: SIGTERM. The command deletes its app, the streamed request
+    in flight finishes whole within the grace period, no traceback, exit code 0; the session's own
+    app beside it keeps serving."""
+    from ray import serve
+
+    proc, lines = serve_cli["proc"], serve_cli["lines"]
+    n_tokens = CAP // 2
+    body = {"model": "phi4ray", "prompt": "hello", "max_tokens": n_tokens, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    usage = None
+    with httpx.stream("POST", serve_cli["url"] + "/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        chunks = (line for line in r.iter_lines() if line.startswith("data: ") and line != "data: [DONE]")
+        next(chunks)
+        proc.send_signal(signal.SIGTERM)  # the request is in flight: its first token is out
+        t_signal = time.time()
+        for line in chunks:
+            usage = json.loads(line[6:]).get("usage") or usage
+        t_done = time.time()
+    assert usage and usage["completion_tokens"] == n_tokens, usage  # it finished whole
+    assert proc.wait(timeout=300) == 0
+    for t in serve_cli["readers"]:
+        t.join(timeout=10)
+    out, err = "".join(ln for _, ln in lines), "".join(serve_cli["err"])
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in out + err, (out, err)
+    assert "serve: SIGTERM: stopping" in out and f"serve: stopped; app '{CLI_APP}' deleted" in out
+    t_stopping = next(t for t, ln in lines if "serve: SIGTERM: stopping" in ln)
+    assert t_signal <= t_stopping < t_done  # the stop began while the request was still streaming
+    assert CLI_APP not in serve.status().applications
+    assert len(_greedy(sampler_app, PROMPT, 2)) == 2  # the app beside it was left alone
