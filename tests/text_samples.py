@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import textwrap
 
 SAMPLES = [
@@ -36,3 +37,14 @@ def python_sources(limit: int = 5) -> list[str]:
     """Real code from the standard library (present on any Python install)."""
     mods = [json, textwrap, inspect]
     return [inspect.getsource(m)[:20_000] for m in mods[:limit]]
+
+
+def chunks(text: str, lo: int = 600, hi: int = 2000) -> list[str]:
+    """Consecutive paragraphs gathered into documents of lo..hi characters."""
+    out, cur = [], ""
+    for para in re.split(r"\n\s*\n", text):
+        cur = f"{cur}\n\n{para}" if cur else para
+        if len(cur) >= lo:
+            out.append(cur[:hi])
+            cur = ""
+    return out

@@ -42,7 +42,10 @@ class ClassifierFileError(ValueError):
 class QualityClassifierConfig:
     buckets: int = 1 << 18          # hashed feature rows; a power of two (buckets take the top hash bits)
     dim: int = 16
-    epochs: int = 5
+    # the stage trains on a sample of a few hundred annotated documents (annotate_docs), where 5
+    # epochs leave a many-class task near chance; on thousands of documents 5 and 25 end level
+    # (benchmarks/quality_classifier.py)
+    epochs: int = 25
     # SGD rate, decayed linearly to 0 (as fastText). High because a feature row's gradient is divided
     # by the document's feature count (fastText's normalisation), so rows move slowly: at 0.5,
     # prose vs shuffled prose stayed at chance after 5 epochs; 1 to 5 all reach ~0.9.
