@@ -8,11 +8,22 @@ path (the same JSON body as vLLM's own 400s, no traceback in it).
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncGenerator
 
 from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
 
-from phi4ray.request_limits import LLM_CONFIG_KEY, RequestLimits, SamplingError
+from phi4ray.request_limits import (
+    LLM_CONFIG_KEY,
+    RequestLimits,
+    SamplingError,
+    chat_prompt_tokens,
+    check_openai_request,
+    completion_prompt_tokens,
+)
+
+logger = logging.getLogger("phi4ray.sampler")
 
 
 def limits_of(llm_config) -> RequestLimits:
@@ -23,6 +34,27 @@ def limits_of(llm_config) -> RequestLimits:
 def error_response(error: SamplingError) -> ErrorResponse:
     return ErrorResponse(error=ErrorInfo(message=str(error), type="BadRequestError",
                                          param=getattr(error, "field", None), code=400))
+
+
+async def check_http(request, limits: RequestLimits, *, chat: bool, context: int, tokenizer) -> SamplingError | None:
+    """The limits' verdict on an OpenAI chat or completion request (None: within them). Prompts are
+    counted with the replica's own tokenizer and chat template."""
+    count = chat_prompt_tokens if chat else completion_prompt_tokens
+
+    def prompt_tokens(r) -> int | None:
+        try:
+            return count(r, tokenizer)
+        except Exception as e:  # noqa: BLE001 - not countable here: the engine's own length check stays
+            logger.warning("could not count a prompt's tokens (%s); the engine checks its length", e)
+            return None
+
+    try:
+        # off the event loop: rendering and tokenizing a long prompt would stall every stream
+        await asyncio.to_thread(check_openai_request, request, limits, chat=chat, context=context,
+                                count_tokens=prompt_tokens)
+    except SamplingError as e:
+        return e
+    return None
 
 
 async def rejected(error: SamplingError) -> AsyncGenerator[ErrorResponse, None]:

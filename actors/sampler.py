@@ -30,9 +30,9 @@ from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
-from actors.request_guard import limits_of, rejected
+from actors.request_guard import check_http, limits_of, rejected
 from actors.weights import model_shape, registry, target_key
-from phi4ray.request_limits import SamplingError, chat_prompt_tokens, check_openai_request, completion_prompt_tokens
+from phi4ray.request_limits import SamplingError
 from phi4ray.sampling import SampleRequest
 
 logger = logging.getLogger("phi4ray.sampler")
@@ -105,22 +105,8 @@ class PhiSampler(LLMServer):
         return rejected(error) if error else await super().completions(request, raw_request_info)
 
     async def _check_http(self, request, chat: bool) -> SamplingError | None:
-        count = chat_prompt_tokens if chat else completion_prompt_tokens
-
-        def prompt_tokens(r) -> int | None:
-            try:
-                return count(r, self._tokenizer)
-            except Exception as e:  # noqa: BLE001 - not countable here: the engine's own length check stays
-                logger.warning("could not count a prompt's tokens (%s); the engine checks its length", e)
-                return None
-
-        try:
-            # off the event loop: rendering and tokenizing a long prompt would stall every stream
-            await asyncio.to_thread(check_openai_request, request, self._limits, chat=chat,
-                                    context=self._max_model_len, count_tokens=prompt_tokens)
-        except SamplingError as e:
-            return e
-        return None
+        return await check_http(request, self._limits, chat=chat, context=self._max_model_len,
+                                tokenizer=self._tokenizer)
 
     # --- weight refresh (see actors/weights.py) ---------------------------------------------
     async def _sync_weights(self) -> None:

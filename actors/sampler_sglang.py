@@ -10,15 +10,14 @@ this path has not been run end to end; weight refresh is vLLM-only for now.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 from functools import cached_property
 from pathlib import Path
 
 from ray.llm._internal.serve.engines.sglang.sglang_engine import SGLangServer
 
-from actors.request_guard import error_response, limits_of
-from phi4ray.request_limits import SamplingError, chat_prompt_tokens, check_openai_request, completion_prompt_tokens
+from actors.request_guard import check_http, error_response, limits_of
+from phi4ray.request_limits import SamplingError
 from phi4ray.sampling import SampleRequest
 
 
@@ -80,10 +79,4 @@ class PhiSGLangSampler(SGLangServer):
             yield chunk
 
     async def _check_http(self, request, chat: bool) -> SamplingError | None:
-        count = chat_prompt_tokens if chat else completion_prompt_tokens
-        try:
-            await asyncio.to_thread(check_openai_request, request, self._limits, chat=chat, context=self._context,
-                                    count_tokens=lambda r: count(r, self._tokenizer))
-        except SamplingError as e:
-            return e
-        return None
+        return await check_http(request, self._limits, chat=chat, context=self._context, tokenizer=self._tokenizer)
