@@ -33,7 +33,6 @@ class Console:
             self._owned = True
         except (AttributeError, OSError, ValueError):  # sys.stdout is no file (pytest's capsys): write to it
             self.stream, self._owned = sys.stdout, False
-        self.log: Path | None = None      # where fds 1 and 2 go now (None: the terminal)
 
     def say(self, line: str) -> None:
         self.stream.write(line + "\n")
@@ -50,7 +49,6 @@ class Console:
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
-        before, self.log = self.log, path
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.dup2(fd, 1)
@@ -63,7 +61,6 @@ class Console:
             os.dup2(saved[1], 2)
             for f in (fd, *saved):
                 os.close(f)
-            self.log = before
 
     def close(self) -> None:
         if self._owned:

@@ -7,7 +7,7 @@ import json
 import threading
 from pathlib import Path
 
-from phi4ray.console import progress
+from phi4ray.console import progress, tail
 
 
 def metrics_file(run_dir: str | Path, stage: str) -> Path:
@@ -47,13 +47,10 @@ def step_progress(run_dir: str | Path, stage: str, steps: int, every_s: float = 
 
 
 def _last_line(path: Path) -> dict | None:
+    lines = tail(path, 1)  # [] before the file exists
     try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
-        return json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):  # not written yet, or a line half written
+        return json.loads(lines[0]) if lines else None
+    except ValueError:  # a line half written
         return None
 
 
