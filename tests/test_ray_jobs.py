@@ -85,7 +85,7 @@ class LocalHead:
             # bounds for a busy 2-core machine: both take seconds when it is quiet
             self.client = self._wait_for(self._job_client, 120, "the dashboard's job server")
             # the state API lists no node for a few seconds after the dashboard answers
-            self._wait_for(lambda: self.alive_nodes() or None, 60, "the head in the state API")
+            self._wait_for(lambda: self.alive_nodes(timeout=5) or None, 60, "the head in the state API")
         except BaseException:
             self.__exit__()
             raise
@@ -114,14 +114,19 @@ class LocalHead:
     def log_tail(self, n: int = 3000) -> str:
         return (self.tmp / "head.log").read_text(errors="replace")[-n:]
 
-    def alive_nodes(self) -> int:
+    def alive_nodes(self, timeout: float = 60) -> int:
+        """Alive nodes by the state API. A refused connection is retried: on a loaded 2-core
+        machine the dashboard has refused one poll while a job ran (a CI run), and a missed sample
+        is no evidence about the nodes. A head that stays unreachable still fails, with its log."""
         from ray.util.state.api import StateApiClient
         from ray.util.state.common import ListApiOptions, StateResource
 
-        nodes = StateApiClient(self.dashboard, headers=self.headers).list(
-            StateResource.NODES, options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
-            raise_on_missing_output=False)
-        return len(nodes)
+        def alive() -> int:
+            return len(StateApiClient(self.dashboard, headers=self.headers).list(
+                StateResource.NODES, options=ListApiOptions(filters=[("state", "=", "ALIVE")]),
+                raise_on_missing_output=False))
+
+        return self._wait_for(alive, timeout, "the state API")
 
     def submit(self, *argv: str) -> str:
         """`python <argv>` as a job, in a copy of this repo (the job's working_dir)."""
