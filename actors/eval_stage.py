@@ -130,4 +130,5 @@ def run(ctx) -> StageResult:
 STAGE = Stage(name="eval",
               summary="verifiable suites (math, choice, code, IFEval) against each stage's model on the endpoint",
               run=run, sections=("eval",), uses=MODEL_STAGES, outputs=("eval",),
-              headline=("models", "suites", "items", "endpoint_errors"), check=check_eval_files)
+              headline=("models", "suites", "items", "endpoint_errors"), check=check_eval_files,
+              files=lambda cfg: list(cfg.eval.files))

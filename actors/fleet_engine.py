@@ -13,9 +13,8 @@ at any temperature.
 from __future__ import annotations
 
 import asyncio
-import zlib
 
-from actors.sampler_client import FleetSampler
+from actors.sampler_client import FleetSampler, derived_seed
 from actors.serve_names import APP_NAME
 from phi4ray.sampling import SampleRequest
 from phi4ray.tokenizer import IM_END, decode_response, render_prompt
@@ -28,9 +27,7 @@ class FleetEngine:
         self.sampler, self.seed = sampler, seed
 
     def _seed_for(self, prompt: str) -> int | None:
-        if self.seed is None:
-            return None
-        return zlib.crc32(f"{self.seed}\0{prompt}".encode()) & 0x7FFFFFFF
+        return None if self.seed is None else derived_seed(self.seed, prompt)
 
     async def _one(self, prompt: str, n: int, max_tokens: int, temperature: float) -> list[str]:
         req = SampleRequest(prompt_ids=render_prompt(prompt), n=n, max_tokens=max_tokens, temperature=temperature,

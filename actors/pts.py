@@ -31,8 +31,9 @@ from phi4ray.endpoint import EndpointConfig
 from phi4ray.judge_endpoint import EndpointJudge
 from phi4ray.judged_pairs import build_judged_pairs
 from phi4ray.manifest import read_checkpoint_lines
-from phi4ray.pts import answer_oracle, plot_p_query, pts_queries, query_record, search_query, search_report, write_pairs
-from phi4ray.stage import Stage, StageResult
+from phi4ray.pts import plot_p_query, query_record, search_query, search_report, write_pairs
+from phi4ray.pts_queries import check_queries_file, pts_queries, query_files, query_oracle
+from phi4ray.stage import Stage, StageResult, stage_key
 from phi4ray.tokenizer import IM_END, get_tokenizer
 
 
@@ -49,10 +50,12 @@ class BoundedSampler:
 
 @ray.remote(max_restarts=-1, max_task_retries=3)
 class PTSActor:
-    def __init__(self, deployment: str, app: str, cfg, model_id: str, oracle_for=answer_oracle):
+    def __init__(self, deployment: str, app: str, cfg, model_id: str, oracle_for=query_oracle,
+                 seed: int | None = None):
         self.cfg, self.model_id, self.oracle_for = cfg, model_id, oracle_for
         self.tok = get_tokenizer()
-        self.sampler = BoundedSampler(FleetSampler(deployment, app), cfg.concurrency)
+        # seeded per prompt: a call retried on another replica samples what the lost one would have
+        self.sampler = BoundedSampler(FleetSampler(deployment, app, seed=seed), cfg.concurrency)
 
     async def search(self, query: dict) -> dict:
         query_ids = self.tok.render_chat([{"role": "user", "content": query["question"]}],
@@ -63,21 +66,25 @@ class PTSActor:
 
 
 def run_search(queries: list[dict], out_dir: Path, deployment: str, app: str, cfg, model_id: str,
-               oracle_for=answer_oracle) -> list[dict]:
-    """Search every query not yet in out_dir/queries.jsonl; returns all results (old and new).
-    `oracle_for(query) -> oracle(solution_ids) -> bool` (default: the math answer oracle)."""
+               oracle_for=query_oracle, key: str = "", seed: int | None = None) -> list[dict]:
+    """Search every query not yet in out_dir/queries.jsonl under `key` (the stage's key: a record
+    made under another config is not a result of this one); returns all results (old and new).
+    `oracle_for(query) -> oracle(solution_ids) -> bool` (default: the query's own kind, phi4ray.pts_queries).
+    With `seed`, each sampling call's seed is derived from (seed, prompt ids) (FleetSampler): a
+    replica lost mid-search or a resumed run changes no result."""
     done_file = out_dir / "queries.jsonl"
-    done = read_checkpoint_lines(done_file)
+    done = read_checkpoint_lines(done_file, keep=lambda r: r.get("key", "") == key)
     todo = [q for q in queries if q["id"] not in done]
     if todo:
         n = min(cfg.actors, len(todo))
-        actors = [PTSActor.options(num_cpus=0).remote(deployment, app, cfg, model_id, oracle_for) for _ in range(n)]
+        actors = [PTSActor.options(num_cpus=0).remote(deployment, app, cfg, model_id, oracle_for, seed)
+                  for _ in range(n)]
         pending = {actors[i % n].search.remote(q): q["id"] for i, q in enumerate(todo)}
         with open(done_file, "a") as f, progress(len(queries), "pts queries", "query") as bar:
             bar.update(len(done))
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
-                r = ray.get(ready[0])
+                r = {**ray.get(ready[0]), "key": key}
                 pending.pop(ready[0])
                 if r["query_id"] not in done:
                     f.write(json.dumps(r) + "\n")
@@ -114,17 +121,21 @@ def run(ctx) -> StageResult:
     out = run_dir / "pts"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    queries, read = pts_queries(cfg, out)  # a bad file fails here, before an engine starts
+    # records of another config (or query file, or model) in queries.jsonl are not this run's
+    key = stage_key(STAGE, cfg, run_dir, ctx.options)
     app = ctx.fleet.start(str(model_dir))
     t_ready = time.time() - t0
     try:
-        results = run_search(pts_queries(cfg), out, app.deployment, app.name, cfg.pts, str(model_dir))
+        results = run_search(queries, out, app.deployment, app.name, cfg.pts, str(model_dir), key=key,
+                             seed=cfg.seed)
         judged = judge_round(run_dir, cfg, app) if cfg.dpo.judge_prompts else None
     finally:
         # eval serves this model shape on this fleet next; on CPU the idle replica through DPO
         # costs memory only, on GPU it would hold a GPU the DPO trainer needs
         ctx.fleet.release(app, keep=ctx.cluster.holding and cfg.serve.device == "cpu")
     n_pairs = write_pairs(results, out / "pairs")
-    report = {**search_report(results, cfg.pts), "wall_s": round(time.time() - t0, 1),
+    report = {**search_report(results, cfg.pts), "input": read, "wall_s": round(time.time() - t0, 1),
               "fleet_ready_s": round(t_ready, 1)}
     if judged is not None:
         report["judge_round"] = {k: judged.get(k) for k in ("prompts_in", "pairs", "no_pair", "acceptance_rate")}
@@ -146,5 +157,7 @@ STAGE = Stage(
               "dpo.judge_model", "dpo.judge_api_key_env"),
     reads=("sft",),
     outputs=("pts", "dpo/pairs_full", "report/pts_p_query.png"),
+    files=query_files,
+    check=check_queries_file,
     headline=("queries", "kept", "pivots", "pairs", "samples"),
 )

@@ -31,8 +31,8 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from phi4ray.arith import check_answer, make_problems
 from phi4ray.config import ConfigError
+from phi4ray.pts_queries import PTS_KINDS
 from phi4ray.sampling import Sample, SampleRequest
 from phi4ray.tokenizer import get_tokenizer
 
@@ -50,6 +50,10 @@ class PTSConfig:
     memo: bool = True
     # the stage (actors/pts.py): how many queries, PTS actors, sampling calls in flight per actor
     queries: int = 64
+    # the user's queries (JSONL/Parquet, fsspec path; phi4ray.pts_queries); "" = the toy domain.
+    # With a file, `queries` caps how many of its rows are searched.
+    queries_file: str = ""
+    queries_kind: str = "math"       # the kind of a row that names none: math, choice or code
     actors: int = 2
     concurrency: int = 16
 
@@ -62,6 +66,8 @@ class PTSConfig:
             raise ConfigError(f"pts.samples_per_estimate={self.samples_per_estimate} must be >= 2")
         if self.split not in ("logprob", "middle"):
             raise ConfigError(f"pts.split={self.split!r} must be 'logprob' or 'middle'")
+        if self.queries_kind not in PTS_KINDS:
+            raise ConfigError(f"pts.queries_kind={self.queries_kind!r} must be one of {', '.join(PTS_KINDS)}")
         for name in ("max_tokens", "solutions_per_query", "queries", "actors", "concurrency"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"pts.{name}={getattr(self, name)} must be >= 1")
@@ -240,23 +246,7 @@ async def search_query(sampler, oracle: Callable[[list[int]], bool], query_ids: 
     return result
 
 
-# --- the pts stage: queries, oracle, result records and outputs ---------------------------------------
-def pts_queries(cfg) -> list[dict]:
-    """The toy domain's training questions for a RunConfig (held-out ones stay for evaluation)."""
-    return make_problems(cfg.pts.queries, cfg.seed + 1, cfg.arith)
-
-
-def answer_oracle(query: dict):
-    """The default oracle: the toy domain's answer check (the math oracle, or primality) on the
-    decoded solution against query["answer"] (decoded only to read the final answer; the search
-    itself stays in token ids)."""
-    tok = get_tokenizer()
-
-    def oracle(ids: list[int]) -> bool:
-        return check_answer(tok.decode([t for t in ids if t < tok.eot_id]), query["answer"])
-    return oracle
-
-
+# --- the pts stage: result records and outputs (queries and oracles: phi4ray.pts_queries) ----------------
 def query_record(query: dict, query_ids: list[int], res: QueryResult, model_id: str, wall_s: float) -> dict:
     """One finished query as RUN/pts/queries.jsonl holds it: the funnel's figures and its pairs
     (token ids for the DPO trainer plus texts for reading, p estimates, query and model ids)."""
@@ -268,13 +258,19 @@ def query_record(query: dict, query_ids: list[int], res: QueryResult, model_id: 
         "chosen_text": tok.decode([p.chosen]), "rejected_text": tok.decode([p.rejected]),
         "position": p.position, "p_query": res.p_query, "p_before": p.p_before, "p_after": p.p_after,
         "p_chosen": p.p_chosen, "p_rejected": p.p_rejected} for p in res.pairs]
-    return {"query_id": query["id"], "p_query": res.p_query, "kept": res.kept, "pivots": res.pivots,
+    return {"query_id": query["id"], "kind": query.get("kind"), "p_query": res.p_query, "kept": res.kept, "pivots": res.pivots,
             "no_alternative": res.no_alternative, "samples": res.samples, "estimates": res.estimates,
             "wall_s": wall_s, "pairs": pairs}
 
 
 def search_report(results: list[dict], pts: PTSConfig) -> dict:
-    """The search's funnel and cost; queries = kept + too_hard + too_easy."""
+    """The search's funnel and cost, overall and per query kind; queries = kept + too_hard + too_easy."""
+    kinds = sorted({r.get("kind") or "" for r in results})
+    return {**_funnel(results, pts),
+            "by_kind": {k: _funnel([r for r in results if (r.get("kind") or "") == k], pts) for k in kinds}}
+
+
+def _funnel(results: list[dict], pts: PTSConfig) -> dict:
     kept = [r for r in results if r["kept"]]
     pivots = sum(r["pivots"] for r in results)
     samples = sum(r["samples"] for r in results)

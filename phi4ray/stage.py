@@ -7,6 +7,7 @@ sections it depends on. It declares:
   reads / uses      stages whose outputs it needs / reads when they exist (a fallback otherwise)
   outputs           paths under RUN it writes
   headline          the counts the report's table shows
+  files(cfg)        optional: the user's input files named by the config; their contents join the key
   check(cfg, run_dir, options)  optional: user errors found before Ray starts (a missing input file)
   flags             its own command-line flags (their values reach run() as ctx.options)
   run(ctx) -> StageResult       the work
@@ -14,7 +15,7 @@ sections it depends on. It declares:
 The runner (`run_stage`) does the rest the same way for every stage: refuse a stage whose inputs
 are missing before anything starts, skip a complete one, time it, write its manifest and the
 report, and print one line. Completeness is a content key: the hash of the stage's own config
-sections and of the keys of the stages it read. Changing `eval.size` changes only eval's key;
+sections, of its input files' contents and of the keys of the stages it read. Changing `eval.size` changes only eval's key;
 changing `pretrain.steps` changes pretrain's key and, through it, the key of every stage after it.
 """
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Stage:
     headline: tuple[str, ...] = ()
     check: Callable[[Any, Path, dict], None] | None = None
     flags: tuple[Flag, ...] = ()
+    files: Callable[[Any], Iterable[str]] | None = None
     rerun_alone: bool = False     # run by hand, it runs even when complete (serving is the point of serve)
     needs_ray: bool = True
 
@@ -96,12 +98,29 @@ def _complete_key(run_dir: Path, name: str) -> str | None:
     return m["key"] if m and m.get("complete") and m.get("key") else None
 
 
+def file_digest(path: str) -> str | None:
+    """sha256 of a file's bytes through fsspec (streamed), None when it does not exist: a user's
+    file edited in place is new input, whatever its name."""
+    import fsspec  # deferred: only stages with input files read through it
+
+    h = hashlib.sha256()
+    try:
+        with fsspec.open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except FileNotFoundError:
+        return None
+    return h.hexdigest()[:16]
+
+
 def stage_key(stage: Stage, cfg, run_dir: Path, options: dict | None = None) -> str:
     """Content key: own sections + CLI options + the keys of the complete stages it reads or uses.
     A used stage that has not run counts as absent, so running it later changes this key."""
     upstream = {s: _complete_key(run_dir, s) for s in (*stage.reads, *stage.uses)}
+    files = {f: file_digest(f) for f in (stage.files(cfg) if stage.files else ())}
     blob = json.dumps({"sections": section_values(cfg, stage.sections), "options": options or {},
-                       "upstream": upstream}, sort_keys=True, default=manifest.jsonable)
+                       "upstream": upstream, **({"files": files} if files else {})},
+                      sort_keys=True, default=manifest.jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
