@@ -11,17 +11,30 @@ only true pivot is at k. Printed: samples drawn, pivots found (and how many are 
 one), samples per pivot, wall time, and the naive / PTS ratio (goal: >= 5x fewer samples per
 pivot). A sample is one sampled continuation.
 
+With --run-dir RUN (a finished `phi4ray run`): no planted pivot. The model is RUN/models/sft, the
+queries are the ones its own pts stage kept (RUN/pts/queries.jsonl; questions rebuilt from the
+stage's recorded config), the oracle is the stage's. Also printed there: precision, the share of
+found pivots whose |p(after) - p(before)| >= p_gap when both are re-estimated with --verify fresh
+rollouts each (a pivot that was sampling noise fails it).
+
 Run: .venv/bin/python benchmarks/pts_search.py [--queries 12] [--samples 32] [--max-tokens 24]
+     .venv/bin/python benchmarks/pts_search.py --run-dir RUN [--queries 12] [--verify 64]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import tempfile
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from phi4ray.tokenizer import IM_END  # noqa: E402  (after the environment vLLM reads)
 
 
 class OfflineSampler:
@@ -47,25 +60,64 @@ def planted(k: int):
     return lambda ids: len(ids) > k and ids[k] % 2 == 0
 
 
-async def search_all(sampler, queries, cfg, prefix_ids=None):
+async def verify(sampler, oracle, query_ids, pair, cfg, n: int) -> bool:
+    """Re-estimate p before and after the pivot token with n fresh rollouts each."""
+    from phi4ray.pts import PivotSearch
+
+    token = pair.chosen if pair.p_after > pair.p_before else pair.rejected  # the token the search found
+    fresh = PivotSearch(sampler, oracle, query_ids, dataclasses.replace(cfg, samples_per_estimate=n, memo=False),
+                        stop_ids=(IM_END,))
+    before, after = await asyncio.gather(fresh.estimate(pair.prefix), fresh.estimate(pair.prefix + [token]))
+    return abs(after.p - before.p) >= cfg.p_gap
+
+
+async def search_all(sampler, queries, cfg, prefix_ids=None, verify_n: int = 0):
+    """queries: (query ids, oracle, planted position or None)."""
     from phi4ray.pts import search_query
 
     t0 = time.perf_counter()
-    results = [await search_query(sampler, planted(k), q, cfg, prefix_ids=prefix_ids) for q, k in queries]
+    results = [await search_query(sampler, oracle, q, cfg, stop_ids=(IM_END,), prefix_ids=prefix_ids)
+               for q, oracle, _ in queries]
     wall = time.perf_counter() - t0
     samples = sum(r.samples for r in results)
     pivots = sum(r.pivots for r in results)
-    exact = sum(sum(p.position == k for p in r.pairs) for r, (_, k) in zip(results, queries))
-    return {"kept": sum(r.kept for r in results), "samples": samples, "pivots": pivots,
-            "pairs_at_planted_pivot": exact, "samples_per_pivot": samples / pivots if pivots else float("inf"),
-            "wall_s": wall}
+    out = {"kept": sum(r.kept for r in results), "samples": samples, "pivots": pivots,
+           "samples_per_pivot": samples / pivots if pivots else float("inf"), "wall_s": wall}
+    if all(k is not None for _, _, k in queries):
+        out["pairs_at_planted_pivot"] = sum(sum(p.position == k for p in r.pairs) for r, (_, _, k) in zip(results, queries))
+    if verify_n:
+        checked = [await verify(sampler, oracle, q, pair, cfg, verify_n)
+                   for r, (q, oracle, _) in zip(results, queries) for pair in r.pairs]
+        out["verified"], out["precision"] = len(checked), sum(checked) / len(checked) if checked else float("nan")
+    return out
+
+
+def run_queries(run_dir: Path, n: int):
+    """The queries the run's own pts stage kept, with their oracles, and its PTS config."""
+    from phi4ray.arith import ArithConfig
+    from phi4ray.pts import PTSConfig
+    from phi4ray.pts_queries import pts_queries, query_oracle
+    from phi4ray.tokenizer import get_tokenizer
+
+    conf = json.loads((run_dir / "manifests" / "pts.json").read_text())["config"]
+    cfg = SimpleNamespace(seed=conf["seed"], arith=ArithConfig(**conf["arith"]),
+                          pts=PTSConfig(**{k: v for k, v in conf["pts"].items() if k in PTSConfig.__dataclass_fields__}))
+    with tempfile.TemporaryDirectory() as d:
+        queries = {q["id"]: q for q in pts_queries(cfg, Path(d))[0]}
+    kept = [r["query_id"] for r in map(json.loads, (run_dir / "pts" / "queries.jsonl").read_text().splitlines())
+            if r["kept"]][:n]
+    tok = get_tokenizer()
+    return [(tok.render_chat([{"role": "user", "content": queries[i]["question"]}], add_generation_prompt=True).ids,
+             query_oracle(queries[i]), None) for i in kept], cfg.pts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=12)
-    ap.add_argument("--samples", type=int, default=32, help="rollouts per p estimate")
-    ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--samples", type=int, default=32, help="rollouts per p estimate (planted mode)")
+    ap.add_argument("--max-tokens", type=int, default=24, help="solution length (planted mode)")
+    ap.add_argument("--run-dir", type=Path, help="a finished run: its SFT model and its own kept queries")
+    ap.add_argument("--verify", type=int, default=64, help="fresh rollouts per re-estimate (--run-dir)")
     args = ap.parse_args()
 
     from vllm import LLM
@@ -78,27 +130,37 @@ def main() -> None:
 
     tok = get_tokenizer()
     with tempfile.TemporaryDirectory() as d:
-        # unit-std embeddings: near-uniform sampling, so the planted pivot is the only one
-        cfg = model_preset("tiny").replace(n_layers=2, tie_embeddings=False, embed_init_std=1.0)
-        export_hf(build_model(cfg, seed=1234), d)
-        llm = LLM(d, dtype="float32", enforce_eager=True, max_model_len=512, enable_prefix_caching=True, seed=0)
+        if args.run_dir:
+            model, verify_n = str(args.run_dir / "models" / "sft"), args.verify
+            queries, cfg = run_queries(args.run_dir, args.queries)
+            what = f"{len(queries)} queries kept by {args.run_dir}'s pts stage, its SFT model and oracle"
+        else:
+            # unit-std embeddings: near-uniform sampling, so the planted pivot is the only one
+            mcfg = model_preset("tiny").replace(n_layers=2, tie_embeddings=False, embed_init_std=1.0)
+            model, verify_n = export_hf(build_model(mcfg, seed=1234), d), 0
+            queries = [(tok.render_chat([{"role": "user", "content": f"Tell me fact number {i}."}],
+                                        add_generation_prompt=True).ids, planted(k), k)
+                       for i, k in ((i, 2 + (5 * i) % (args.max_tokens - 4)) for i in range(args.queries))]
+            cfg = PTSConfig(samples_per_estimate=args.samples, p_gap=0.35, max_tokens=args.max_tokens,
+                            solutions_per_query=2)
+            what = f"{args.queries} queries, one planted pivot each"
+        llm = LLM(str(model), dtype="float32", enforce_eager=True, max_model_len=512, enable_prefix_caching=True, seed=0)
         sampler = OfflineSampler(llm)
-        queries = [(tok.render_chat([{"role": "user", "content": f"Tell me fact number {i}."}],
-                                    add_generation_prompt=True).ids, 2 + (5 * i) % (args.max_tokens - 4))
-                   for i in range(args.queries)]
-        base = dict(samples_per_estimate=args.samples, p_gap=0.35, max_tokens=args.max_tokens, solutions_per_query=2)
-        pts = asyncio.run(search_all(sampler, queries, PTSConfig(**base)))
-        naive = asyncio.run(search_all(sampler, queries, PTSConfig(**base, split="middle", memo=False),
-                                       prefix_ids=lambda ids: tok.encode(tok.decode(ids))))
+        pts = asyncio.run(search_all(sampler, queries, cfg, verify_n=verify_n))
+        naive = asyncio.run(search_all(sampler, queries, dataclasses.replace(cfg, split="middle", memo=False),
+                                       prefix_ids=lambda ids: tok.encode(tok.decode(ids)), verify_n=verify_n))
         llm.llm_engine.engine_core.shutdown()
-    print(f"{args.queries} queries, {args.samples} rollouts per estimate, solutions of {args.max_tokens} tokens, "
-          f"one planted pivot each")
-    print(f"{'search':>8} {'kept':>5} {'samples':>8} {'pivots':>7} {'at planted':>10} {'samples/pivot':>14} {'wall s':>7}")
+    print(f"{what}; {cfg.samples_per_estimate} rollouts per estimate, p_gap {cfg.p_gap}, "
+          f"solutions of <= {cfg.max_tokens} tokens")
+    cols = ["kept", "samples", "pivots", "samples_per_pivot", "pairs_at_planted_pivot", "verified", "precision", "wall_s"]
+    cols = [c for c in cols if c in pts]
+    print(f"{'search':>8} " + " ".join(f"{c:>{max(8, len(c))}}" for c in cols))
     for name, r in (("PTS", pts), ("naive", naive)):
-        print(f"{name:>8} {r['kept']:>5} {r['samples']:>8} {r['pivots']:>7} {r['pairs_at_planted_pivot']:>10} "
-              f"{r['samples_per_pivot']:>14.1f} {r['wall_s']:>7.1f}")
+        print(f"{name:>8} " + " ".join(f"{r[c]:>{max(8, len(c))}.{2 if isinstance(r[c], float) else 0}f}"
+                                       if isinstance(r[c], float) else f"{r[c]:>{max(8, len(c))}}" for c in cols))
     print(f"samples per pivot, naive / PTS: {naive['samples_per_pivot'] / pts['samples_per_pivot']:.2f}x "
-          f"(goal >= 5x); wall time naive / PTS: {naive['wall_s'] / pts['wall_s']:.2f}x")
+          f"(goal >= 5x); wall time naive / PTS: {naive['wall_s'] / pts['wall_s']:.2f}x"
+          + (f"; precision PTS {pts['precision']:.2f} vs naive {naive['precision']:.2f}" if verify_n else ""))
 
 
 if __name__ == "__main__":
