@@ -30,9 +30,14 @@ TOY_KIND = "arith"            # the toy domain's queries (no file), judged by ar
 _VERDICTS_PER_QUERY = 1024    # distinct rollout texts whose verdict one query's oracle remembers
 
 
+class BadLine(str):
+    """A JSONL line that is not JSON: the line itself (kept aside as it was), and why."""
+    reason: str = ""
+
+
 def rows(path: str) -> Iterator[tuple[str, object]]:
     """(where, row) for every row of a JSONL or Parquet file: where is "file:line" (JSONL) or
-    "file:row N" (Parquet); a JSONL line that is not JSON is yielded as its error text."""
+    "file:row N" (Parquet); a JSONL line that is not JSON comes as a BadLine."""
     import fsspec  # deferred: only a run with a queries file reads through fsspec
 
     if path.endswith(".parquet"):
@@ -51,14 +56,16 @@ def rows(path: str) -> Iterator[tuple[str, object]]:
                 try:
                     yield f"{path}:{lineno}", json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield f"{path}:{lineno}", f"invalid JSON: {e.msg} at column {e.colno}"
+                    bad = BadLine(line.rstrip("\n"))
+                    bad.reason = f"invalid JSON: {e.msg} at column {e.colno}"
+                    yield f"{path}:{lineno}", bad
 
 
 def _item(row: object, default_kind: str, default_id: str) -> EvalItem:
     """The row as an item. GSM8K-style rows work as they are: `question` for prompt, `answer` for
     reference (its final "#### N" when it is a worked solution), no id (then file:line names it)."""
-    if isinstance(row, str):
-        raise SuiteError(row)
+    if isinstance(row, BadLine):
+        raise SuiteError(row.reason)
     if not isinstance(row, dict):
         raise SuiteError(f"a query must be an object, got {type(row).__name__}")
     row = {k: v for k, v in row.items() if v is not None}  # Parquet fills a row's unused columns with null

@@ -51,6 +51,7 @@ def test_a_file_of_three_kinds_with_bad_rows_kept_aside(tmp_path):
     assert queries[1]["question"].startswith(GOOD[1]["prompt"]) and "The answer is (X)" in queries[1]["question"]
     bad = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
     assert [b["where"] for b in bad] == [f"{path}:{n}" for n in (2, 5, 6, 7, 8, 9)]
+    assert bad[0]["row"] == "{not json"  # kept as it was
     for b, (_, reason) in zip(bad, BAD):
         assert reason in b["reason"], (b, reason)
 
