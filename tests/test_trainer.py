@@ -60,7 +60,13 @@ def test_fsdp_pretrain_learns_and_exports(ray_cluster, tokens, tmp_path):
     m = read_metrics(tmp_path, "pretrain")
     assert [x["step"] for x in m] == [2, 4, 6, 8, 10, 12] and all(x["world_size"] == 2 for x in m)
     assert m[-1]["loss"] < 0.8 * m[0]["loss"], [x["loss"] for x in m]
-    assert all(x["tokens_per_s"] > 0 and x["tflops_per_worker"] > 0 for x in m)
+    # throughput: the tokens of the steps since the last line over the wall time between the lines
+    # (every token of the 8 x 32 rows trains in pretraining), and its FLOPs split over the workers
+    assert all(x["step_tokens"] == 8 * SEQ for x in m)
+    for before, x in zip(m, m[1:]):
+        assert x["tokens_per_s"] == pytest.approx(2 * 8 * SEQ / (x["time"] - before["time"]), rel=0.02), (before, x)
+    flops = model_preset("tiny").replace(n_layers=2, max_seq_len=SEQ).flops_per_token(SEQ)
+    assert all(x["tflops_per_worker"] == pytest.approx(flops * x["tokens_per_s"] / 2 / 1e12, rel=1e-9) for x in m)
     model = import_hf(tmp_path / "models" / "pretrain")
     assert model.cfg.n_layers == 2 and torch.isfinite(model.tok_embeddings.weight).all()
     assert (tmp_path / "ray_train" / "pretrain" / "step_000012" / "trainer_state.json").is_file()
