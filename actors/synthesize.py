@@ -142,10 +142,12 @@ def run(ctx, app=None) -> StageResult:
 
 STAGE = Stage(
     name="synthesize",
-    summary="synthetic data: rewrites, self-revision, instruction reversal, sandboxed code, plurality filter",
+    summary="synthetic data: rewrites, self-revision, instruction reversal, sandboxed code, plurality filter, "
+            "verified toy problems",
     run=run,
     # synth: the steps and the teacher; seed: chunk ids and the arithmetic seeds; arith: those
-    # problems; data.builtin_max_docs: the seed documents when nothing is curated
+    # problems and the toy source's (synth.toy_problems); data.builtin_max_docs: the seed documents
+    # when nothing is curated
     sections=("synth", "seed", "arith", "data.builtin_max_docs"),
     # curate: the seed documents (the built-in corpus otherwise); init: the default teacher is the
     # run's newest model (check_teacher refuses a fleet teacher without one before Ray starts)

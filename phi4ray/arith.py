@@ -117,7 +117,7 @@ def make_arithmetic(n: int, seed: int, cfg: ArithConfig = ArithConfig(), split: 
             break
         nums, ops = _problem(rng, cfg)
         q = question_text(nums, ops)
-        if q in seen or _split_of(q) != split:
+        if q in seen or split_of(q) != split:
             continue
         seen.add(q)
         sol, ans = worked_solution(nums, ops)
@@ -127,8 +127,9 @@ def make_arithmetic(n: int, seed: int, cfg: ArithConfig = ArithConfig(), split: 
     return out
 
 
-def _split_of(question: str) -> str:
-    # 80% train, 20% held out, decided by the text so that any seed keeps the sets disjoint
+def split_of(question: str) -> str:
+    """An arithmetic question's split: 80% "train", 20% "test" (held out), decided by the text so
+    that any seed and any generator (SFT data, synthetic data, eval suites) keeps the sets disjoint."""
     return "train" if zlib.crc32(question.encode()) % 5 else "test"
 
 

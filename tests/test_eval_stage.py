@@ -4,6 +4,7 @@ lm-evaluation-harness talking to the same kind of endpoint."""
 import dataclasses
 import json
 import re
+from collections import Counter
 from statistics import mean
 
 import pytest
@@ -11,9 +12,11 @@ from openai import OpenAI
 
 from phi4ray.errors import MissingInput
 from phi4ray.evals.config import EvalConfig
-from phi4ray.evals.generators import arith_suite
+from phi4ray.evals.generators import BUILTIN_SUITES, arith_suite
+from phi4ray.evals.jsonl import load_suite_jsonl
 from phi4ray.evals.lm_eval_task import run_lm_eval, write_lm_eval_task
 from phi4ray.evals.models import graded_dir, model_fingerprint
+from phi4ray.evals.runner import grade, wilson_interval
 from phi4ray.oracles import math_equal
 from phi4ray.presets import run_preset
 
@@ -26,29 +29,45 @@ def check_eval_outputs(run_dir, stages, size: int) -> None:
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
     assert set(summary) == set(stages)
     for stage, per in summary.items():
-        assert set(per) == {"arith", "choice", "code", "ifeval"}
+        assert set(per) == set(run_preset("tiny").eval.suites)  # the e2e run's preset: benchmarks + toy suites
         for name, r in per.items():
             assert r["n"] + r["errors"] == r["n_items"] == size
             assert r["errors"] == 0  # our endpoint answered every request
-            assert 0.0 <= r["ci_low"] <= (r["accuracy"] or 0.0) <= r["ci_high"] <= 1.0
-            records = [json.loads(x) for x in (run_dir / "eval" / stage / f"{name}.jsonl").read_text().splitlines()]
-            assert len({r["id"] for r in records}) == size and all(isinstance(r["response"], str) for r in records)
-            assert all(r["run"]["model"] == f"phi4ray-{stage}" for r in records)
+            items = {item.id: item for item in load_suite_jsonl(run_dir / "eval" / "suites" / f"{name}.jsonl").items}
+            records = {}  # the latest line per item wins (a resumed run appends)
+            for line in (run_dir / "eval" / stage / f"{name}.jsonl").read_text().splitlines():
+                records[json.loads(line)["id"]] = json.loads(line)
+            assert records.keys() == items.keys() and len(items) == size
+            assert all(rec["run"]["model"] == f"phi4ray-{stage}" for rec in records.values())
+            # each grade is the item's oracle on the response recorded, and the score, its interval
+            # and the reasons count those grades
+            assert all(isinstance(rec["response"], str) and rec["error"] is None for rec in records.values())
+            grades = {i: grade(items[i], rec["response"]) for i, rec in records.items()}
+            assert {i: rec["correct"] for i, rec in records.items()} == {i: g.correct for i, g in grades.items()}
+            assert r["reasons"] == dict(Counter(g.reason for g in grades.values()))
+            correct = sum(g.correct for g in grades.values())
+            assert r["correct"] == correct and r["accuracy"] == correct / size
+            assert (r["ci_low"], r["ci_high"]) == pytest.approx(wilson_interval(correct, size))
     assert (run_dir / "report" / "eval_scores.png").stat().st_size > 1000
     done = json.loads((run_dir / "manifests" / "eval.json").read_text())
     assert done["counts"]["endpoint_errors"] == 0 and done["counts"]["models"] == len(stages)
     # the built-in suites as the model saw them, and the (larger) ones curation decontaminated against
-    suites = {"arith.jsonl", "choice.jsonl", "code.jsonl", "ifeval.jsonl"}
-    assert {p.name for p in (run_dir / "eval" / "suites").iterdir()} == suites
-    assert {p.name for p in (run_dir / "eval" / "decontam").iterdir()} == suites
+    assert {p.name for p in (run_dir / "eval" / "suites").iterdir()} == {f"{n}.jsonl" for n in per}
+    assert {p.name for p in (run_dir / "eval" / "decontam").iterdir()} == {f"{n}.jsonl" for n in BUILTIN_SUITES}
+    # an unchanged model keeps its grades: its fingerprint is the one recorded, the grading the same
+    first = stages[0]
+    grading = json.loads((run_dir / "eval" / first / "model.json").read_text())["grading"]
+    fp = model_fingerprint(run_dir / "models" / first)
+    assert fp == done["inputs"]["models"][first]
+    assert (graded_dir(run_dir, first, fp, grading) / "arith.jsonl").is_file()
     # a retrained model (another file, another size or mtime) must not reuse the old grades
     stage = stages[-1]
+    grading = json.loads((run_dir / "eval" / stage / "model.json").read_text())["grading"]
     (run_dir / "models" / stage / "extra.txt").write_text("a new file changes the model's fingerprint")
     fp = model_fingerprint(run_dir / "models" / stage)
     assert fp != done["inputs"]["models"][stage]
     assert (run_dir / "eval" / stage / "arith.jsonl").is_file()
-    assert not (graded_dir(run_dir, stage, fp) / "arith.jsonl").exists()
-    assert (run_dir / "eval" / stages[0] / "arith.jsonl").is_file()  # an unchanged model keeps its grades
+    assert not (graded_dir(run_dir, stage, fp, grading) / "arith.jsonl").exists()
 
 
 def test_no_stage_model_at_all_fails_naming_the_setting(tmp_path):

@@ -24,13 +24,22 @@ from types import SimpleNamespace
 
 import pytest
 
+from phi4ray.arith import PRIME_TEMPLATES, ArithConfig, make_problems, question_text, sft_conversation, split_of
 from phi4ray.config import ConfigError
 from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
 from phi4ray.errors import MissingInput
 from phi4ray.evals import ifeval
 from phi4ray.evals.config import EvalConfig
 from phi4ray.evals.files import check_eval_files, decontam_files, load_suites, suite_files
-from phi4ray.evals.generators import BUILTIN_SUITES, MAX_SIZE, arith_suite, builtin_suites, is_prime, write_builtin_suites
+from phi4ray.evals.generators import (
+    BUILTIN_SUITES,
+    DEFAULT_SUITES,
+    MAX_SIZE,
+    arith_suite,
+    builtin_suites,
+    is_prime,
+    write_builtin_suites,
+)
 from phi4ray.evals.jsonl import load_suite_jsonl
 from phi4ray.evals.kinds import REGISTRY, Grade, ItemKind, is_empty, render_completion, render_prompt
 from phi4ray.evals.lm_eval_task import run_lm_eval, write_lm_eval_task
@@ -43,10 +52,21 @@ from phi4ray.evals.models import (
     split_main_lane,
     stage_models,
 )
-from phi4ray.evals.runner import EvalError, grade, pass_at_k, run_suite, run_suites, wilson_interval, write_results
+from phi4ray.evals.runner import (
+    EvalError,
+    grade,
+    item_seed,
+    pass_at_k,
+    run_suite,
+    run_suites,
+    wilson_interval,
+    write_results,
+)
 from phi4ray.evals.schema import EvalItem, Suite, SuiteError
 from phi4ray.evals.scores import score_lines, stage_counts
+from phi4ray.evals.toy import TOY_SUITES, toy_arith_suite
 from phi4ray.oracles import ChoiceOracle, MathOracle, math_equal
+from phi4ray.presets import run_preset
 from phi4ray.sandbox import CodeOracle
 
 # --- IFEval checks ------------------------------------------------------------------------------
@@ -182,7 +202,12 @@ def test_builtin_suites_are_deterministic_and_sized():
     a, b = builtin_suites(seed=3, size=20), builtin_suites(seed=3, size=20)
     assert _as_json(a) == _as_json(b)
     assert _as_json(builtin_suites(seed=4, size=20)) != _as_json(a)
-    assert [s.name for s in a] == list(BUILTIN_SUITES) == ["arith", "choice", "code", "ifeval"]
+    assert [s.name for s in a] == list(BUILTIN_SUITES) == ["arith", "choice", "code", "ifeval", "toy_prime",
+                                                           "toy_arith"]
+    # the toy suites measure the tiny preset's training domain only: evaluated when a preset asks
+    assert EvalConfig().suites == DEFAULT_SUITES == ("arith", "choice", "code", "ifeval")
+    assert set(run_preset("tiny").eval.suites) == set(BUILTIN_SUITES)
+    assert run_preset("small").eval.suites == DEFAULT_SUITES
     assert all(len(s.items) == 20 for s in a)
     defaults = {s.name: len(s.items) for s in builtin_suites()}
     assert 30 <= defaults["arith"] <= 60 and 30 <= defaults["choice"] <= 60 and 30 <= defaults["ifeval"] <= 60
@@ -230,6 +255,54 @@ def test_decontam_files_do_not_depend_on_eval_size_or_suites(tmp_path):
 
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def test_toy_suites_are_held_out_questions_in_the_sft_prompt_format():
+    prime, arith = builtin_suites(seed=5, size=40, names=TOY_SUITES)
+    assert (prime.name, arith.name, len(prime.items), len(arith.items)) == ("toy_prime", "toy_arith", 40, 40)
+    for item in prime.items + arith.items:
+        # the user message is the bare question: what SFT puts in the user turn, no instruction added
+        sft_user = sft_conversation({"question": item.prompt, "solution": "x"})[0]["content"]
+        assert item.kind == "toy" and render_prompt(item) == item.prompt == sft_user
+    assert {i.prompt for i in prime.items} == set(PRIME_TEMPLATES["test"]) and {i.reference for i in prime.items} == {
+        "prime"}
+    assert all(split_of(i.prompt) == "test" for i in arith.items) and len({i.prompt for i in arith.items}) == 40
+    for i in arith.items:  # the reference is the expression's value (+ and -: left to right is Python's order)
+        assert int(i.reference) == eval(i.prompt.removeprefix("What is ").removesuffix("?"))
+    trained = {p["question"] for p in make_problems(4000, 0, ArithConfig())}  # SFT's and the synthetic source's kind
+    assert len(trained) > 2000 and not trained & {i.prompt for i in prime.items + arith.items}
+
+
+def test_toy_arith_suite_holds_every_held_out_question_at_most():
+    space = {question_text([a, b, c], [o1, o2]) for a in range(1, 10) for b in range(1, 10) for c in range(1, 10)
+             for o1 in "+-" for o2 in "+-"}
+    heldout = {q for q in space if split_of(q) == "test"}
+    full = toy_arith_suite(seed=1, size=MAX_SIZE)
+    assert 400 < len(full.items) == len(heldout) < MAX_SIZE and {i.prompt for i in full.items} == heldout
+    assert full.version.endswith(f"-n{len(heldout)}")
+    assert [i.prompt for i in toy_arith_suite(seed=1, size=30).items] == [i.prompt for i in full.items[:30]]
+    assert [i.prompt for i in toy_arith_suite(seed=2, size=30).items] != [i.prompt for i in full.items[:30]]
+
+
+@pytest.mark.parametrize("reference, response, ok, reason", [
+    ("prime", "The answer is \\boxed{37}.", True, "correct"),
+    ("prime", "The answer is \\boxed{39}.", False, "wrong answer"),
+    ("prime", "The answer is \\boxed{101}.", False, "wrong answer"),  # the domain's primes are below 100
+    ("prime", "I would rather not say.", False, "no answer found"),
+    ("prime", "  ", False, "empty response"),
+    ("6", "3 + 5 = 8. 8 - 2 = 6. The answer is \\boxed{6}.", True, "correct"),
+    ("6", "3 + 5 = 8. 8 - 2 = 7. The answer is \\boxed{7}.", False, "wrong answer"),
+])
+def test_toy_kind_grades_by_the_domain_oracle(reference, response, ok, reason):
+    item = EvalItem("t", "toy", "Write down a prime below one hundred." if reference == "prime" else
+                    "What is 3 + 5 - 2?", reference)
+    g = grade(item, response)
+    assert (g.correct, g.reason) == (ok, reason)
+
+
+def test_toy_items_need_a_reference():
+    with pytest.raises(SuiteError, match="reference must not be empty"):
+        EvalItem("t", "toy", "What is 1 + 2 + 3?", "")
 
 
 def _evaluate(formula: str, values: dict[str, int]) -> Fraction:
@@ -704,6 +777,26 @@ def test_completion_mode_samples_and_pass_at_k(tmp_path):
         assert len((tmp_path / "two.jsonl").read_text().splitlines()) == 2
     finally:
         server.close()
+
+
+def test_each_item_is_sampled_with_its_own_seed(tmp_path):
+    """One question asked six times at temperature 1 (the toy_prime suite's case) must be six draws:
+    one seed for every request would make them one answer counted six times."""
+    items = tuple(EvalItem(f"p{i}", "toy", "Write down a prime below one hundred.", "prime") for i in range(6))
+    # the scripted model's "sample" is a function of the request's seed: 2 is prime, 4 is not
+    server = Scripted({items[0].prompt: lambda call, body: (200, [f"\\boxed{{{2 + 2 * (body['seed'] % 2)}}}"])})
+    try:
+        r = _run(server.url, Suite("same", "v", items), seed=7, temperature=1.0)
+        seeds = [b["seed"] for b in server.bodies]
+        assert sorted(seeds) == sorted(item_seed(7, i.id) for i in items) and len(set(seeds)) == 6
+        assert r.correct == sum(1 - item_seed(7, i.id) % 2 for i in items)  # each item graded on its own draw
+        _run(server.url, Suite("same", "v", items), seed=7, temperature=1.0)
+        assert sorted(b["seed"] for b in server.bodies[6:]) == sorted(seeds)  # the same draws on a rerun
+        _run(server.url, Suite("same", "v", items), temperature=1.0)
+        assert all("seed" not in b for b in server.bodies[12:])  # no seed asked: none sent
+    finally:
+        server.close()
+    assert item_seed(7, "p0") != item_seed(8, "p0") and 0 <= item_seed(7, "p0") < 2 ** 31
 
 
 def test_malformed_replies_are_error_rows(tmp_path):

@@ -85,6 +85,9 @@ def test_non_monotone_reports_only_real_pivots():
     sol = list(range(10, 21)) + [WIN]
     p = steps(L, 0.7, {3: 0.3, 9: -0.3, 10: 0.3})
     pivots, _ = run_pivots(p, sol, [-1.0] * L, PTSConfig(samples_per_estimate=10))
+    # equal log-probs split at the middle: (0, 12) -> (0, 6) finds 3; p(6) == p(12) == 1.0, so
+    # (6, 12) stops there and the fall at 9 and rise at 10 go unseen
+    assert [pv.position for pv in pivots] == [3]
     assert all(abs(p(pv.position + 1) - p(pv.position)) >= 0.2 for pv in pivots)
 
 

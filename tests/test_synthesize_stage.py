@@ -100,8 +100,10 @@ def teacher(prompt: str) -> str | list[str]:
 
 
 def config(**synth):
+    # the verified toy source off (the tiny preset's is on): these tests look at the teacher's steps;
+    # test_toy_source_beside_the_steps turns it on
     base = {"seeds": 4, "chunk_size": 2, "arith_questions": 2, "plurality.n_answers": 4, "passage_min_chars": 100,
-            "passage_max_chars": 1000, "call.backoff_s": 0.0, "call.backoff_max_s": 0.0}
+            "passage_max_chars": 1000, "call.backoff_s": 0.0, "call.backoff_max_s": 0.0, "toy_problems": 0}
     return apply_overrides(run_preset("tiny"), [f"synth.{k}={v}" for k, v in {**base, **synth}.items()])
 
 
@@ -197,6 +199,33 @@ def test_stage_outputs_counts_report_and_noop_rerun(tmp_path):
     calls = len(engine.calls)
     again = run_local(tmp_path, cfg, LocalRunner(engine, "scripted"))
     assert again == m and len(engine.calls) == calls  # complete: a no-op
+
+
+def test_toy_source_beside_the_steps(tmp_path):
+    """synth.toy_problems: verified problems land with the steps' outputs (RUN/synthetic/synthetic,
+    where the mixture's synthetic source reads), their rejects with the dropped rows; the counts
+    and the report add them up; the steps' own outputs are those of a run without it."""
+    write_curated(tmp_path / "with")
+    write_curated(tmp_path / "without")
+    m = run_local(tmp_path / "with", config(steps="qa,plurality", toy_problems=40),
+                  LocalRunner(ScriptedEngine(teacher), "scripted"))
+    run_local(tmp_path / "without", config(steps="qa,plurality"), LocalRunner(ScriptedEngine(teacher), "scripted"))
+    out, rep = tables(tmp_path / "with"), report(tmp_path / "with")
+    docs, rejects = out["synthetic/synthetic/toy.parquet"], out["synthesize/dropped/toy.parquet"]
+    assert pq.read_schema(tmp_path / "with" / "synthetic" / "synthetic" / "toy.parquet").equals(OUT_SCHEMA)
+    assert rep["toy"]["generated"] == 40 == len(docs) + len(rejects) and rep["toy"]["kept"] == len(docs) > 20
+    assert rejects and {r["status"] for r in rejects} == {"not_prime"} == set(rep["toy"]["dropped"])
+    assert all(d["step"] == "toy" and d["text"].startswith("User: ") for d in docs)
+    assert m["counts"]["toy"] == {"generated": 40, "kept": len(docs), "rejected": len(rejects)}
+    assert m["counts"]["kept"] == sum(len(rows) for p, rows in out.items() if p.startswith("synthetic/"))
+    assert m["counts"]["dropped"] == sum(len(rows) for p, rows in out.items() if p.startswith("synthesize/"))
+    assert rep["outputs"]["synthetic"] == len(docs) + rep["steps"]["qa"]["ok"] + rep["steps"]["plurality"]["ok"]
+    assert set(rep["steps"]) == {"qa", "plurality"}  # a source beside the steps, not one of them
+    assert_counts_add_up(tmp_path / "with", rep)
+    without = tables(tmp_path / "without")
+    assert {p: rows for p, rows in out.items() if "toy" not in p} == without
+    # the config decides it: another number of problems is another stage key
+    assert not is_current(STAGE, local_ctx(tmp_path / "with", config(steps="qa,plurality", toy_problems=41)))
 
 
 class CrashAfter(LocalRunner):

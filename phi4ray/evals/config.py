@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from phi4ray.config import ConfigError
-from phi4ray.evals.generators import BUILTIN_SUITES, MAX_SIZE
+from phi4ray.evals.generators import BUILTIN_SUITES, DEFAULT_SUITES, MAX_SIZE
 from phi4ray.runs import MODEL_STAGES as NEWEST_FIRST
 
 # the run's model folders, in recipe order: each is scored, so the report shows what each stage did
@@ -13,7 +13,7 @@ MODEL_STAGES = tuple(reversed(NEWEST_FIRST))
 
 @dataclass(frozen=True)
 class EvalConfig:
-    suites: tuple[str, ...] = BUILTIN_SUITES   # built-in suites (phi4ray.evals.generators)
+    suites: tuple[str, ...] = DEFAULT_SUITES   # built-in suites (phi4ray.evals.generators.BUILTIN_SUITES)
     files: tuple[str, ...] = ()                # user suites: JSONL files of EvalItem lines
     size: int = 40                             # items per built-in suite, at most MAX_SIZE
     models: tuple[str, ...] = MODEL_STAGES     # RUN/models/<stage> folders scored (absent ones skipped)

@@ -9,7 +9,9 @@ project ships small suites of the same kinds whose answers are checkable by code
   (MMLU / GPQA-like);
 - `code`: small functions with docstring prompts and hidden tests (`data/code_tasks.jsonl`,
   HumanEval-like);
-- `ifeval`: writing tasks with programmatic instructions (see `ifeval.py`).
+- `ifeval`: writing tasks with programmatic instructions (see `ifeval.py`);
+- `toy_prime`, `toy_arith`: the held-out questions of the toy domain the tiny preset trains on
+  (see `toy.py`); not in `eval.suites` by default (`DEFAULT_SUITES`), the tiny preset adds them.
 
 Every generator is prefix-stable: the first n items of a suite of size N > n are the items of
 the suite of size n (item i depends only on the seed and the items before it), and the code
@@ -32,6 +34,7 @@ from phi4ray.evals.jsonl import write_suite_jsonl
 from phi4ray.evals.kinds import LETTERS
 from phi4ray.evals.schema import EvalItem, Suite, SuiteError
 from phi4ray.evals.templates import ARITH_FORMULAS, ARITH_TEXT, NAMES, NONSENSE, PROPERTIES
+from phi4ray.evals.toy import toy_arith_suite, toy_prime_suite
 
 # bump when a generator's output changes: it is part of every suite version
 # (2: choice draws its correct letters per block of four items, so that suites are prefix-stable)
@@ -266,14 +269,18 @@ def ifeval_suite(seed: int = 0, size: int = 40) -> Suite:
 
 
 _BUILDERS = {"arith": (arith_suite, 48), "choice": (choice_suite, 48), "code": (code_suite, None),
-             "ifeval": (ifeval_suite, 40)}
+             "ifeval": (ifeval_suite, 40), "toy_prime": (toy_prime_suite, 48), "toy_arith": (toy_arith_suite, 48)}
 BUILTIN_SUITES = tuple(_BUILDERS)
+# what `eval.suites` runs unless told: the benchmark-like kinds; the toy suites measure only the toy
+# domain (the tiny preset's training task) and are the tiny preset's choice
+DEFAULT_SUITES = ("arith", "choice", "code", "ifeval")
 
 
 def builtin_suites(seed: int = 0, size: int | None = None, names: tuple[str, ...] | list[str] | None = None
                    ) -> list[Suite]:
-    """The built-in suites, each regenerated identically from (seed, size). `size` None keeps each
-    suite's default (arith 48, choice 48, every code task, ifeval 40); code never exceeds its tasks."""
+    """The built-in suites (all of them unless `names`), each regenerated identically from (seed,
+    size). `size` None keeps each suite's default (arith 48, choice 48, every code task, ifeval 40,
+    toy 48 each); code never exceeds its tasks, nor toy_arith the held-out questions there are."""
     names = list(names or BUILTIN_SUITES)
     unknown = [n for n in names if n not in _BUILDERS]
     if unknown:

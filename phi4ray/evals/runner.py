@@ -18,6 +18,7 @@ pass@k of Chen et al. (2021).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -66,6 +67,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         prod *= 1.0 - k / i
     return 1.0 - prod
+
+
+def item_seed(seed: int | None, item_id: str) -> int | None:
+    """The sampling seed of one item's request: the run's seed and the item's id, hashed. One seed
+    for every request would give two items with the same prompt the same sampled answer (the toy
+    suites ask one question many times), so a sampled score would count one draw many times."""
+    if seed is None:
+        return None
+    return int.from_bytes(hashlib.sha256(f"{seed}\x00{item_id}".encode()).digest()[:4], "big") >> 1
 
 
 # --- grading ----------------------------------------------------------------------------------
@@ -198,6 +208,7 @@ async def run_suite(endpoint: OpenAIEndpoint, suite: Suite, *, mode: str = "chat
     With `records_path`, records already there from the same settings are reused (items with an
     endpoint error run again unless `retry_errors` is False) and each new record is appended as it
     is graded. `samples` answers per item (pass@k); accuracy counts each item's first answer.
+    `seed` seeds each item's request apart (`item_seed`).
     `model_label` names the model in the records when the endpoint's model id does not (a
     replica that serves several checkpoints in turn under one id)."""
     if mode not in MODES:
@@ -242,7 +253,7 @@ async def run_suite(endpoint: OpenAIEndpoint, suite: Suite, *, mode: str = "chat
         try:
             async with request_slots:
                 answers = await _ask(endpoint, prompt, mode=mode, samples=samples, max_tokens=max_tokens,
-                                     temperature=temperature, seed=seed, stop=stop)
+                                     temperature=temperature, seed=item_seed(seed, item.id), stop=stop)
         except EndpointError as e:
             rec["error"] = str(e)
         except (KeyError, TypeError, ValueError, AttributeError) as e:  # a reply not shaped like OpenAI's

@@ -42,6 +42,10 @@ class SynthesizeConfig:
     code_min_lines: int = 3
     code_max_chars: int = 3000
     arith_questions: int = 16       # plurality: toy arithmetic problems besides qa's questions
+    # > 0: that many toy-domain problems with worked solutions, each verified by the domain's oracle,
+    # become synthetic documents (phi4ray.synth.toy): a synthetic source that needs no teacher, for
+    # runs whose teacher writes nothing usable (the tiny preset's random model); 0 = off
+    toy_problems: int = 0
     # rewrite kinds that restate a web passage in another form go to the mixture's `web_rewrites`
     # source; the other kinds (new exercises, reasoning problems) are new data, `synthetic`
     web_rewrite_kinds: tuple[str, ...] = ("discussion",)
@@ -79,6 +83,8 @@ class SynthesizeConfig:
                               f"[0, passage_max_chars={self.passage_max_chars}]")
         if self.arith_questions < 0:
             raise ConfigError(f"synth.arith_questions={self.arith_questions} must be >= 0")
+        if self.toy_problems < 0:
+            raise ConfigError(f"synth.toy_problems={self.toy_problems} must be >= 0 (0: no toy source)")
         if "plurality" in self.steps and "qa" not in self.steps and not self.arith_questions:
             raise ConfigError("synth.steps has plurality without qa and synth.arith_questions=0: "
                               "plurality would have no question to filter")

@@ -4,6 +4,7 @@
   as training documents (`text` + provenance, `OUT_SCHEMA`), only non-empty files (the tokenize
   stage reads every file there);
 - RUN/synthesize/dropped/<step>.parquet: every other row, with its status;
+- the verified toy source's documents and rejects (phi4ray.synth.toy) beside them, as `toy.parquet`;
 - the per-step report (`step_report`): counts, drop reasons, a few examples.
 """
 from __future__ import annotations
@@ -17,6 +18,9 @@ import pyarrow as pa
 
 from phi4ray.synth.chunks import write_table
 from phi4ray.synth.steps import STEPS
+from phi4ray.synth.toy import DROPPED_SCHEMA as TOY_DROPPED_SCHEMA
+from phi4ray.synth.toy import STEP as TOY
+from phi4ray.synth.toy import ToySource
 
 EXCERPT = 300  # characters of a seed or an output a report example shows
 
@@ -96,9 +100,10 @@ def _swap_in(tmp: Path, dest: Path) -> None:
     tmp.rename(dest)
 
 
-def write_outputs(run_dir: Path, work: Path, steps: dict[str, tuple[list[dict], list[dict]]], s) -> dict:
+def write_outputs(run_dir: Path, work: Path, steps: dict[str, tuple[list[dict], list[dict]]], s,
+                  toy: ToySource | None = None) -> dict:
     """RUN/synthetic (kept, only non-empty files) and RUN/synthesize/dropped, each written aside and
-    swapped in whole; the kept rows by destination."""
+    swapped in whole, with the toy source's files when there is one; the kept rows by destination."""
     kept_tmp, dropped_tmp = run_dir / "synthetic.partial", work / "dropped.partial"
     for d in (kept_tmp, dropped_tmp):
         shutil.rmtree(d, ignore_errors=True)
@@ -111,6 +116,11 @@ def write_outputs(run_dir: Path, work: Path, steps: dict[str, tuple[list[dict], 
                 counts[dest] += len(out)
         write_table(pa.Table.from_pylist(dropped_rows(step, rows), schema=STEPS[step].schema),
                     dropped_tmp / f"{step}.parquet")
+    if toy is not None:
+        if toy.docs:
+            write_table(pa.Table.from_pylist(toy.docs, schema=OUT_SCHEMA), kept_tmp / "synthetic" / f"{TOY}.parquet")
+            counts["synthetic"] += len(toy.docs)
+        write_table(pa.Table.from_pylist(toy.dropped, schema=TOY_DROPPED_SCHEMA), dropped_tmp / f"{TOY}.parquet")
     _swap_in(kept_tmp, run_dir / "synthetic")
     _swap_in(dropped_tmp, work / "dropped")
     return counts

@@ -6,6 +6,7 @@
       -> chunks of `synth.chunk_size` seeds (phi4ray.synth.chunks), the missing ones run by a
          runner, each writing RUN/synthesize/<step>/<chunk_id>.parquet
       -> plurality after qa (qa's questions, deduplicated across seeds, are among its seeds)
+      -> with synth.toy_problems, the verified toy source (phi4ray.synth.toy: no teacher, no chunks)
       -> RUN/synthetic/..., RUN/synthesize/dropped/<step>.parquet (phi4ray.synth.outputs),
          RUN/synthesize/report.json
 
@@ -29,6 +30,8 @@ from phi4ray.synth.chunks import Chunk, clean_stale, plan_chunks, process_chunk,
 from phi4ray.synth.outputs import check_counts, step_report, write_outputs
 from phi4ray.synth.seeds import code_seeds, dedupe_questions, pick_documents, plurality_seeds, prose_seeds, revise_seeds
 from phi4ray.synth.steps import STEPS
+from phi4ray.synth.toy import STEP as TOY_STEP
+from phi4ray.synth.toy import toy_source
 
 WORK = "synthesize"  # RUN/<WORK>: chunk files, dropped rows, report.json
 
@@ -95,19 +98,27 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     for st in order:
         check_counts(st, seeds[st], rows[st])
     clean_stale(work, plans)
-    outputs = write_outputs(run_dir, work, {st: (seeds[st], rows[st]) for st in order}, s)
+    toy = toy_source(cfg) if s.toy_problems else None  # no teacher: in this process, a second for thousands
+    outputs = write_outputs(run_dir, work, {st: (seeds[st], rows[st]) for st in order}, s, toy)
     report = {"teacher": runner.name, "seeds_from": origin, "outputs": outputs,
               "steps": {st: step_report(st, seeds[st], rows[st], len(plans[st]), redone[st]) for st in order},
-              "wall_s": round(time.time() - t0, 1), **runner.timings()}
+              **({"toy": toy.report} if toy else {}), "wall_s": round(time.time() - t0, 1), **runner.timings()}
     work.mkdir(parents=True, exist_ok=True)
     (work / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     for st, r in report["steps"].items():
         say(f"synthesize: {st}: {r['seeds_in']} seeds -> {r['rows_out']} rows, {r['ok']} kept "
             f"({r['acceptance_rate']}); dropped {r['dropped']}")
+    if toy:
+        t = toy.report
+        say(f"synthesize: {TOY_STEP}: {t['generated']} problems -> {t['kept']} kept, verified by the oracle "
+            f"({t['rejected']} rejected); none of {t['heldout_checked']} held-out questions among them")
     steps = {st: {k: v for k, v in r.items() if k != "examples"} for st, r in report["steps"].items()}
     kept = sum(outputs.values())
-    counts = {"seeds": sum(r["seeds_in"] for r in steps.values()), "kept": kept,
-              "dropped": sum(r["rows_out"] for r in steps.values()) - kept, "outputs": outputs, "steps": steps}
+    toy_counts = {k: toy.report[k] for k in ("generated", "kept", "rejected")} if toy else None
+    # a step's rows are kept or dropped; the toy problems are kept or rejected
+    dropped = sum(r["rows_out"] for r in steps.values()) - kept + (toy.report["generated"] if toy else 0)
+    counts = {"seeds": sum(r["seeds_in"] for r in steps.values()), "kept": kept, "dropped": dropped,
+              "outputs": outputs, "steps": steps, **({"toy": toy_counts} if toy else {})}
     return StageResult(counts=counts, inputs={"seeds_from": origin, "teacher": runner.name},
                        outputs={"synthetic": str(run_dir / "synthetic"), "dropped": str(work / "dropped"),
                                 "report": str(work / "report.json")},
