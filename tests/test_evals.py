@@ -511,6 +511,10 @@ def test_wilson_interval_known_values():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+    # the interval holds the accuracy exactly, also where the formula's end equals it only up to
+    # rounding (0/22, 6/6: the plot's error bars, accuracy - low and high - accuracy, went negative)
+    assert wilson_interval(0, 22)[0] == 0.0 and wilson_interval(6, 6)[1] == 1.0
+    assert all(lo <= k / n <= hi for n in range(1, 130) for k in range(n + 1) for lo, hi in [wilson_interval(k, n)])
 
 
 def test_pass_at_k_unbiased_estimator():

@@ -53,7 +53,9 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p, z2 = k / n, z * z
     center = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # the interval holds p; at k = 0 or k = n an end equals p exactly, which rounding may miss by
+    # 1e-17 (0/22 gave a low of 1.4e-17, above the accuracy, and the plot's error bar went negative)
+    return max(0.0, min(p, center - half)), min(1.0, max(p, center + half))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
