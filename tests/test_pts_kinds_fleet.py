@@ -34,9 +34,13 @@ QUERIES = [  # (row, the coin that decides it, the winning side)
 BAD = [json.dumps({"id": "c2", "kind": "choice", "prompt": "p", "reference": "E"}), "not json"]
 
 
-def test_pts_stage_on_a_file_of_every_kind(ray_cluster, tmp_path):
-    from actors import pts
+def test_pts_stage_on_a_file_of_every_kind(ray_cluster, tmp_path, monkeypatch):
+    from actors import fleet, pts
     from actors.context import RunContext
+
+    # an app of its own: under the default name the stage would replace the session's sampler
+    # fleet (tests/conftest.py sampler_app) with the planted model, then delete it on close
+    monkeypatch.setattr(fleet, "APP_NAME", "phi4ray-pts-kinds-test")
 
     tok = get_tokenizer()
     gen_prompt_end = tok.render_chat([{"role": "user", "content": "q"}], add_generation_prompt=True).ids[-1]
