@@ -11,6 +11,7 @@ exactly one pivotal token, at a position known in advance, with p after it exact
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import pytest
@@ -34,13 +35,9 @@ QUERIES = [  # (row, the coin that decides it, the winning side)
 BAD = [json.dumps({"id": "c2", "kind": "choice", "prompt": "p", "reference": "E"}), "not json"]
 
 
-def test_pts_stage_on_a_file_of_every_kind(ray_cluster, tmp_path, monkeypatch):
-    from actors import fleet, pts
+def test_pts_stage_on_a_file_of_every_kind(ray_cluster, tmp_path):
+    from actors import pts
     from actors.context import RunContext
-
-    # an app of its own: under the default name the stage would replace the session's sampler
-    # fleet (tests/conftest.py sampler_app) with the planted model, then delete it on close
-    monkeypatch.setattr(fleet, "APP_NAME", "phi4ray-pts-kinds-test")
 
     tok = get_tokenizer()
     gen_prompt_end = tok.render_chat([{"role": "user", "content": "q"}], add_generation_prompt=True).ids[-1]
@@ -58,6 +55,9 @@ def test_pts_stage_on_a_file_of_every_kind(ray_cluster, tmp_path, monkeypatch):
         cfg.pts, queries_file=str(qfile), samples_per_estimate=48, p_gap=0.35, max_tokens=24, actors=2, concurrency=8),
         dpo=dataclasses.replace(cfg.dpo, judge_prompts=0))
     with RunContext.local(run, cfg) as ctx:
+        # an app of its own: under the default name the stage would replace the session's sampler
+        # fleet (tests/conftest.py sampler_app) with the planted model, then delete it on close
+        ctx.fleet.start = functools.partial(ctx.fleet.start, app="phi4ray-pts-kinds-test")
         done, ran = run_stage(pts.STAGE, ctx)
     assert ran
     report = json.loads((run / "pts" / "report.json").read_text())
