@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 
-from actors.sampler_client import FleetSampler, derived_seed
+from actors.sampler_client import FleetSampler
 from actors.serve_names import APP_NAME
-from phi4ray.sampling import SampleRequest
+from phi4ray.sampling import SampleRequest, derived_seed
 from phi4ray.tokenizer import IM_END, decode_response, render_prompt
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import zlib
 
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -25,15 +24,10 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from actors.serve_names import APP_NAME
 from phi4ray.retry import retrying
-from phi4ray.sampling import Sample, SampleRequest
+from phi4ray.sampling import Sample, SampleRequest, derived_seed
 
 logger = logging.getLogger("phi4ray.sampler_client")
 RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError)
-
-
-def derived_seed(seed: int, key: str) -> int:
-    """A sampling seed for one prompt: a function of (seed, key) only, in vLLM's non-negative int32 range."""
-    return zlib.crc32(f"{seed}\0{key}".encode()) & 0x7FFFFFFF
 
 
 class FleetSampler:

@@ -7,6 +7,7 @@ against a scripted sampler and run against the Serve fleet unchanged.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -15,6 +16,13 @@ from typing import Protocol
 from phi4ray.request_limits import DEFAULT_LIMITS, MAX_N, MAX_NEW_TOKENS, RequestLimits, SamplingError, check_request
 
 __all__ = ["MAX_N", "MAX_NEW_TOKENS", "RequestLimits", "Sample", "SampleRequest", "Sampler", "SamplingError"]
+
+
+def derived_seed(seed: int, key: str) -> int:
+    """A sampling seed for one prompt or item: a function of (seed, key) only, in vLLM's
+    non-negative int32 range. One seed for every request would give equal prompts equal samples;
+    a seed per key keeps them independent and still reproducible (a retried call, a resumed run)."""
+    return zlib.crc32(f"{seed}\0{key}".encode()) & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from ray import serve
 from ray.exceptions import ActorDiedError
 
 from actors.pts import run_search
-from actors.sampler_client import FleetSampler, derived_seed
+from actors.sampler_client import FleetSampler
 from phi4ray.pts import PTSConfig
-from phi4ray.sampling import SampleRequest
+from phi4ray.sampling import SampleRequest, derived_seed
 
 pytestmark = pytest.mark.ray
 PIVOT = 2

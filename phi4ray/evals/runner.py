@@ -18,7 +18,6 @@ pass@k of Chen et al. (2021).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ from typing import Any
 from phi4ray.endpoint import EndpointError, OpenAIEndpoint
 from phi4ray.evals.kinds import Grade, get_kind, render_completion, render_prompt
 from phi4ray.evals.schema import EvalItem, Suite
+from phi4ray.sampling import derived_seed
 from phi4ray.sandbox import SandboxLimits
 
 log = logging.getLogger(__name__)
@@ -72,12 +72,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def item_seed(seed: int | None, item_id: str) -> int | None:
-    """The sampling seed of one item's request: the run's seed and the item's id, hashed. One seed
-    for every request would give two items with the same prompt the same sampled answer (the toy
-    suites ask one question many times), so a sampled score would count one draw many times."""
-    if seed is None:
-        return None
-    return int.from_bytes(hashlib.sha256(f"{seed}\x00{item_id}".encode()).digest()[:4], "big") >> 1
+    """The sampling seed of one item's request (phi4ray.sampling.derived_seed of the run's seed and
+    the item's id). One seed for every request would give two items with the same prompt the same
+    sampled answer (the toy suites ask one question many times): one draw counted many times."""
+    return None if seed is None else derived_seed(seed, item_id)
 
 
 # --- grading ----------------------------------------------------------------------------------
