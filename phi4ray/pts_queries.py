@@ -1,4 +1,4 @@
-"""The queries PTS searches: the user's own file, or the toy domain.
+"""The queries PTS searches: the user's own file, or the toy domain (as items of kind `toy`).
 
 `pts.queries_file` (JSONL or Parquet, any fsspec path) holds one query per row in the evaluation
 item format (`phi4ray.evals.schema.EvalItem`: id, kind, prompt, and the kind's reference / tests /
@@ -14,19 +14,20 @@ response, so PTS prefers the tokens that the evaluation rewards.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Callable, Iterator
 
-from phi4ray.arith import check_answer, make_problems
+from phi4ray.arith import make_problems
 from phi4ray.errors import MissingInput
 from phi4ray.evals.kinds import get_kind, render_prompt
 from phi4ray.evals.schema import EvalItem, SuiteError
+from phi4ray.evals.toy import TOY_KIND
 from phi4ray.tokenizer import get_tokenizer
 
 PTS_KINDS = ("math", "choice", "code")
-TOY_KIND = "arith"            # the toy domain's queries (no file), judged by arith.check_answer
 _VERDICTS_PER_QUERY = 1024    # distinct rollout texts whose verdict one query's oracle remembers
 
 
@@ -101,17 +102,14 @@ def load_query_file(path: str, default_kind: str, limit: int, quarantine: Path) 
                 bad.append({"where": where, "reason": str(e), "row": row})
                 continue
             seen.add(item.id)
-            queries.append({"id": item.id, "kind": item.kind, "question": render_prompt(item), "item": item.to_json()})
+            queries.append(_query(item))
     except FileNotFoundError:
         raise MissingInput(f"pts.queries_file: {path} does not exist") from None
     quarantine.parent.mkdir(parents=True, exist_ok=True)
     with open(quarantine, "w") as f:
         for b in bad:
             f.write(json.dumps(b, default=str) + "\n")
-    by_kind: dict[str, int] = {}
-    for q in queries:
-        by_kind[q["kind"]] = by_kind.get(q["kind"], 0) + 1
-    counts = {"read": read, "used": len(queries), "quarantined": len(bad), "by_kind": by_kind}
+    counts = {"read": read, "used": len(queries), "quarantined": len(bad), "by_kind": _by_kind(queries)}
     if not queries:
         raise MissingInput(f"pts.queries_file: no valid query in {path} ({len(bad)} quarantined, "
                            f"reasons in {quarantine}; first: {bad[0]['reason'] if bad else 'empty file'})")
@@ -124,8 +122,18 @@ def pts_queries(cfg, out_dir: Path) -> tuple[list[dict], dict]:
     p = cfg.pts
     if p.queries_file:
         return load_query_file(p.queries_file, p.queries_kind, p.queries, out_dir / "quarantine.jsonl")
-    queries = [{**q, "kind": TOY_KIND} for q in make_problems(p.queries, cfg.seed + 1, cfg.arith)]
-    return queries, {"read": len(queries), "used": len(queries), "quarantined": 0, "by_kind": {TOY_KIND: len(queries)}}
+    queries = [_query(EvalItem(q["id"], TOY_KIND.name, q["question"], q["answer"]))
+               for q in make_problems(p.queries, cfg.seed + 1, cfg.arith)]
+    return queries, {"read": len(queries), "used": len(queries), "quarantined": 0, "by_kind": _by_kind(queries)}
+
+
+def _query(item: EvalItem) -> dict:
+    """A query as the stage hands it to a PTS actor: the question as the model sees it, the item."""
+    return {"id": item.id, "kind": item.kind, "question": render_prompt(item), "item": item.to_json()}
+
+
+def _by_kind(queries: list[dict]) -> dict[str, int]:
+    return dict(Counter(q["kind"] for q in queries))
 
 
 def query_files(cfg) -> list[str]:
@@ -144,28 +152,23 @@ def check_queries_file(cfg, run_dir: Path, options: dict) -> None:
 
 
 def query_oracle(query: dict) -> Callable[[list[int]], bool]:
-    """oracle(solution_ids) -> bool for a query: the toy domain's answer check, or the query's kind
-    grading the decoded rollout as the eval stage would. Verdicts are remembered per rollout text
-    (bounded): PTS samples the same short completions many times, and a code verdict costs a
-    sandboxed interpreter."""
+    """oracle(solution_ids) -> bool for a query: its kind grading the decoded rollout as the eval
+    stage would (the toy domain's queries are of kind `toy`: the domain's own answer check).
+    Verdicts are remembered per rollout text (bounded, keyed by a digest so that long rollouts
+    cost 16 bytes each): PTS samples the same short completions many times, and a code verdict
+    costs a sandboxed interpreter."""
     tok = get_tokenizer()
-    if query.get("kind", TOY_KIND) == TOY_KIND:
-        def judge(text: str) -> bool:
-            return check_answer(text, query["answer"])
-    else:
-        item, kind = EvalItem.from_json(query["item"]), get_kind(query["kind"])
-
-        def judge(text: str) -> bool:
-            return kind.grade(item, text).correct
-    verdicts: OrderedDict[str, bool] = OrderedDict()
+    item, kind = EvalItem.from_json(query["item"]), get_kind(query["kind"])
+    verdicts: OrderedDict[bytes, bool] = OrderedDict()
 
     def oracle(ids: list[int]) -> bool:
         text = tok.decode([t for t in ids if t < tok.eot_id])
-        if text in verdicts:
-            verdicts.move_to_end(text)
+        key = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        if key in verdicts:
+            verdicts.move_to_end(key)
         else:
-            verdicts[text] = judge(text)
+            verdicts[key] = kind.grade(item, text).correct
             if len(verdicts) > _VERDICTS_PER_QUERY:
                 verdicts.popitem(last=False)
-        return verdicts[text]
+        return verdicts[key]
     return oracle

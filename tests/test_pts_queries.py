@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from phi4ray.arith import make_problems
 from phi4ray.config import ConfigError
 from phi4ray.errors import MissingInput
 from phi4ray.evals.kinds import render_prompt
@@ -83,10 +84,11 @@ def test_without_a_file_the_toy_domain(tmp_path):
     cfg = run_preset("tiny")
     queries, counts = pts_queries(cfg, tmp_path)
     assert len(queries) == cfg.pts.queries == counts["used"] == counts["read"] and counts["quarantined"] == 0
-    assert {q["kind"] for q in queries} == {"arith"}
-    oracle, tok = query_oracle(queries[0]), get_tokenizer()
-    assert oracle(tok.encode(f"The answer is {queries[0]['answer']}."))
-    assert not oracle(tok.encode(f"The answer is {queries[0]['answer']}1."))
+    assert {q["kind"] for q in queries} == {"toy"} and counts["by_kind"] == {"toy": cfg.pts.queries}
+    # the model sees the bare question, as SFT trains it
+    assert [q["question"] for q in queries] == [p["question"] for p in make_problems(cfg.pts.queries, cfg.seed + 1, cfg.arith)]
+    oracle, tok, answer = query_oracle(queries[0]), get_tokenizer(), queries[0]["item"]["reference"]
+    assert oracle(tok.encode(f"The answer is {answer}.")) and not oracle(tok.encode(f"The answer is {answer}1."))
 
 
 def test_each_kind_judges_a_rollout_as_eval_grades_it(tmp_path):
