@@ -6,14 +6,16 @@ Two halves, the library pieces in phi4ray/curate/:
    dedup keys (phi4ray.curate.documents), batch by batch (phi4ray.curate.shards); each shard's
    rows, kept or not, go to RUN/curate/shards/<shard>.parquet, moved into place when whole: a
    rerun after a crash redoes only the shards without a file.
-2. Across documents, over those files, as Ray Data jobs: exact dedup (group by normalised-text
-   hash: the losers are a dataset) and MinHash LSH dedup (the survivors' band keys exploded and
-   grouped, star edges, union-find over the duplicate edges on the driver); the ids to drop are a
-   dataset. The quality classifier is trained on a sample drawn by a join and a top-k (only the k
-   texts reach the driver). The kept documents' ids are joined with the ids to drop, the verdicts
-   written per shard, and `Finalize` actors, as many as in the first half, apply them with the
-   classifier shard by shard into RUN/curated/<source>/<shard>.parquet (dropped and quarantined
-   rows aside), moved into place whole. Deterministic: a rerun gives the same files.
+2. Across documents, over those files, as Ray Data jobs: every kept document's exact key and
+   MinHash band keys go through one hash shuffle, each partition resolved whole
+   (phi4ray.curate.dedup: exact losers, and star edges between distinct texts sharing a band); the
+   edges stream into a union-find on the driver; the ids to drop (each with its shard) are written
+   per shard. The quality classifier is trained on a sample drawn by a top-k per shard and a sort
+   of those (only the k ids, then the k texts, reach the driver). `Finalize` actors, as many as in
+   the first half, apply the verdicts and the classifier shard by shard into
+   RUN/curated/<source>/<shard>.parquet (dropped and quarantined rows aside), moved into place
+   whole. Every per-shard pass reads its file a row group at a time. Deterministic: a rerun gives
+   the same files.
 The driver holds counts, the duplicate edges' union-find (O(duplicates)), the k sampled texts and
 the manifests. RUN/curate/stats.json is the funnel: read = kept + dropped (by filter) +
 quarantined (by reason).
@@ -33,7 +35,7 @@ import ray
 from ray.data.expressions import col
 
 from phi4ray.curate.classifier import QualityClassifier
-from phi4ray.curate.dedup import components, exact_losers, star_edges, to_drop
+from phi4ray.curate.dedup import EDGE, EXACT, components, key_rows, resolve_partition, to_drop
 from phi4ray.curate.documents import KEPT, DocumentFilters
 from phi4ray.curate.outputs import finalize_shard, funnel, place_outputs
 from phi4ray.curate.quality import RANK_ORDER, top_ranked, train_quality
@@ -44,7 +46,9 @@ from phi4ray.evals.files import decontam_files
 from phi4ray.stage import Stage, StageResult
 
 COUNTS = pa.schema([("shard", pa.string()), ("counts", pa.string())])
-DROP = pa.schema([("doc_id", pa.string()), ("dedup", pa.string())])
+DROP = pa.schema([("doc_id", pa.string()), ("shard", pa.string()), ("dedup", pa.string())])
+TEXTS = pa.schema([("doc_id", pa.string()), ("text", pa.large_string())])
+SAMPLE = pa.schema([("doc_id", pa.string()), ("shard", pa.string()), ("rank", pa.int64())])
 FUZZY_BLOCK = 1_000_000  # fuzzy losers per block handed from the driver to the object store
 
 
@@ -81,90 +85,119 @@ def filter_shards(shards: list[dict], cfg, eval_files: list[str], out_dir: Path,
 
 # --- half 2: across documents --------------------------------------------------------------------
 def partitions(files: list[str]) -> int:
-    """Shuffle partitions for the groupbys and joins: Ray's default of 200 is per-partition
-    overhead a small corpus pays in full; one partition per ~10k docs, 2 to 200."""
+    """Hash partitions of the dedup shuffle: Ray's default of 200 is per-partition overhead a small
+    corpus pays in full; one partition per ~10k docs (~150k key rows, ~15 MB), 2 to 200."""
     rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     return min(200, max(2, rows // 10_000))
 
 
-def kept(files: list[str], columns: list[str], **read) -> ray.data.Dataset:
-    """The kept rows of the shard files (after the per-document filters), `columns` only (plus
-    `path` with include_paths). The columns are read from the files, not selected after reading: a
-    read task batches several shard files, and their texts would otherwise pass through it."""
-    stored = ["status"] + [c for c in columns if c != "path"]
-    return (ray.data.read_parquet(files, columns=stored, **read)
-            .filter(expr=col("status") == KEPT).select_columns(columns))
+def _shards(files: list[str]) -> ray.data.Dataset:
+    """One row per shard file (its path and shard id), a block each: the per-shard passes below
+    read their file a row group at a time, so a task holds one filter batch, whatever the file."""
+    items = [{"path": f, "shard": Path(f).stem} for f in files]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items)))
 
 
-def _with(table: pa.Table, name: str, value: str) -> pa.Table:
-    return table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+def _kept_groups(path: str, columns: list[str]):
+    """The kept rows of one shard file, `columns` only, a row group at a time."""
+    f = pq.ParquetFile(path)
+    for g in range(f.num_row_groups):
+        t = f.read_row_group(g, columns=["status"] + columns)
+        yield t.filter(pc.equal(t.column("status"), KEPT)).select(columns)
+
+
+def shard_keys(batch: pa.Table):
+    """map_batches over `_shards`: the dedup key rows of each file's kept documents."""
+    for path, shard in zip(batch.column("path").to_pylist(), batch.column("shard").to_pylist()):
+        for t in _kept_groups(path, ["doc_id", "exact_key", "bands"]):
+            if t.num_rows:
+                yield key_rows(t, shard)
 
 
 def dedup(files: list[str], parts: int) -> tuple[ray.data.Dataset, int]:
-    """The ids to drop as a dataset (doc_id, dedup: "dedup:exact" or "dedup:minhash"), each
-    duplicate group keeping its smallest doc id; and the number of duplicate edges.
+    """The ids to drop as a dataset (DROP: doc_id, shard, dedup "dedup:exact" or "dedup:minhash"),
+    each duplicate group keeping its smallest doc id; and the number of near-duplicate edges.
 
-    Exact losers stay a dataset (materialized: O(exact duplicates) in the object store) and are
-    anti-joined out before MinHash, so a page copied 10^5 times adds no edges. The fuzzy edges
-    stream to the driver into a union-find whose memory is O(documents with a near-duplicate): the
-    one thing here that grows with the corpus on the driver, bounded by the duplicates, never by
-    the documents (phi4ray.curate.dedup says how to make it distributed past a few 10^8)."""
-    exact = kept(files, ["doc_id", "exact_key"]).groupby("exact_key", num_partitions=parts).map_groups(
-        exact_losers, batch_format="pyarrow").map_batches(
-        _with, batch_format="pyarrow", fn_args=("dedup", "dedup:exact")).materialize()
-    survivors = kept(files, ["doc_id", "bands"]).join(exact, join_type="left_anti", num_partitions=parts,
-                                                      on=("doc_id",))
-
-    def explode(r):
-        return [{"band": k, "doc_id": r["doc_id"]} for k in r["bands"]]
-
-    edges = survivors.flat_map(explode).groupby("band", num_partitions=parts).map_groups(
-        star_edges, batch_format="pyarrow")
-    n_edges = 0
+    One hash shuffle of the key rows (phi4ray.curate.dedup: exact and band keys together), read a
+    partition at a time by `resolve_partition`, as Ray's own map_groups does (repartition by key,
+    then whole blocks). Its output, O(duplicates) rows, is materialized: the exact losers stay a
+    dataset, the near-duplicate edges stream to the driver into a union-find whose memory is
+    O(documents with a near-duplicate): the one thing here that grows with the corpus on the
+    driver, bounded by the duplicates, never by the documents."""
+    grouped = (_shards(files).map_batches(shard_keys, batch_size=1, batch_format="pyarrow")
+               .repartition(parts, keys=["key"], sort=True)
+               .map_batches(resolve_partition, batch_size=None, batch_format="pyarrow")).materialize()
+    exact = grouped.filter(expr=col("dedup") == EXACT).select_columns(DROP.names)
+    shard_of, n_edges = {}, 0
 
     def pairs():
         nonlocal n_edges
-        for b in edges.iter_batches(batch_format="pyarrow"):
+        for b in grouped.filter(expr=col("dedup") == EDGE).iter_batches(batch_format="pyarrow"):
             n_edges += b.num_rows
-            yield from zip(b.column("a").to_pylist(), b.column("b").to_pylist())
+            for a, a_shard, d, d_shard in zip(*(b.column(c).to_pylist() for c in ("rep", "rep_shard", "doc_id", "shard"))):
+                shard_of[a], shard_of[d] = a_shard, d_shard
+                yield a, d
 
     fuzzy = sorted(to_drop(components(pairs())))
-    blocks = [pa.table({"doc_id": fuzzy[i:i + FUZZY_BLOCK], "dedup": ["dedup:minhash"] * len(fuzzy[i:i + FUZZY_BLOCK])},
-                       schema=DROP) for i in range(0, len(fuzzy), FUZZY_BLOCK)]
-    drop = exact.union(ray.data.from_arrow(blocks or [DROP.empty_table()]))
-    return drop, n_edges
+    blocks = [pa.table({"doc_id": ids, "shard": [shard_of[d] for d in ids], "dedup": ["dedup:minhash"] * len(ids)},
+                       schema=DROP) for ids in (fuzzy[i:i + FUZZY_BLOCK] for i in range(0, len(fuzzy), FUZZY_BLOCK))]
+    return exact.union(ray.data.from_arrow(blocks or [DROP.empty_table()])), n_edges
 
 
-def quality_sample(files: list[str], drop: ray.data.Dataset, k: int, parts: int) -> list[tuple[str, str]]:
-    """(doc id, text) of the first k kept prose documents not dropped as duplicates, in the sample
-    order (phi4ray.curate.quality.sample_rank): an anti-join, a top-k per block and a sort of what
-    is left; only the k ids, then their k texts, reach the driver."""
-    prose = (ray.data.read_parquet(files, columns=["doc_id", "status", "content_type"])
-             .filter(expr=(col("status") == KEPT) & (col("content_type") != "code")).select_columns(["doc_id"]))
-    ids = [r["doc_id"] for r in prose.join(drop, join_type="left_anti", num_partitions=parts, on=("doc_id",))
-           .map_batches(top_ranked, batch_format="pyarrow", fn_args=(k,))
-           .sort([c for c, _ in RANK_ORDER]).limit(k).take_all()]
-    if not ids:
-        return []
-    texts = {r["doc_id"]: r["text"] for r in ray.data.read_parquet(files, columns=["doc_id", "text"])
-             .filter(expr=col("doc_id").is_in(ids)).take_all()}
-    return [(d, texts[d]) for d in ids]
-
-
-def shard_id(batch: pa.Table) -> pa.Table:
-    """The shard a row came from (its file's name, phi4ray.curate.shards.shard_file), for the
-    `path` column `include_paths` adds."""
-    shard = pc.replace_substring_regex(batch.column("path"), r"^.*/([^/]+)\.parquet$", r"\1")
-    return batch.drop_columns(["path"]).append_column("shard", shard)
-
-
-def write_verdicts(files: list[str], drop: ray.data.Dataset, parts: int, out: Path) -> None:
-    """The kept documents' ids joined with the ids to drop: one folder of (doc_id, dedup) per
-    shard with any, out/shard=<shard>/ (O(duplicates) rows in all)."""
+def write_verdicts(drop: ray.data.Dataset, out: Path) -> None:
+    """The ids to drop, one folder per shard with any, out/shard=<shard>/ (O(duplicates) rows)."""
     shutil.rmtree(out, ignore_errors=True)
-    hits = kept(files, ["doc_id", "path"], include_paths=True).map_batches(shard_id, batch_format="pyarrow").join(
-        drop, join_type="inner", num_partitions=parts, on=("doc_id",))
-    hits.write_parquet(str(out), partition_cols=["shard"])
+    out.mkdir(parents=True)
+    drop.write_parquet(str(out), partition_cols=["shard"])
+
+
+def shard_verdicts(verdicts: Path, shard: str) -> dict[str, str]:
+    """doc id -> "dedup:exact" / "dedup:minhash" for the shard's kept documents that lost."""
+    mine = verdicts / f"shard={shard}"
+    table = pq.read_table(mine, columns=["doc_id", "dedup"]) if mine.is_dir() else DROP.empty_table()
+    return dict(zip(table.column("doc_id").to_pylist(), table.column("dedup").to_pylist()))
+
+
+def sample_candidates(batch: pa.Table, verdicts: str, k: int) -> pa.Table:
+    """map_batches over `_shards`: each file's first k kept prose documents that are not dropped
+    as duplicates, in the sample order (doc_id, shard, rank)."""
+    out = []
+    for path, shard in zip(batch.column("path").to_pylist(), batch.column("shard").to_pylist()):
+        lost = shard_verdicts(Path(verdicts), shard)
+        for t in _kept_groups(path, ["doc_id", "content_type"]):
+            ids = [d for d, c in zip(t.column("doc_id").to_pylist(), t.column("content_type").to_pylist())
+                   if c != "code" and d not in lost]
+            ranked = top_ranked(pa.table({"doc_id": pa.array(ids, pa.string())}), k)
+            out.append(ranked.append_column("shard", pa.array([shard] * ranked.num_rows, pa.string())))
+    return top_ranked(pa.concat_tables(out).drop_columns(["rank"]), k) if out else SAMPLE.empty_table()
+
+
+def sample_texts(batch: pa.Table) -> pa.Table:
+    """map_batches over the sampled (path, ids) per shard: their texts, a row group at a time."""
+    out = []
+    for path, ids in zip(batch.column("path").to_pylist(), batch.column("ids").to_pylist()):
+        for t in _kept_groups(path, ["doc_id", "text"]):
+            out.append(t.filter(pc.is_in(t.column("doc_id"), value_set=pa.array(ids, pa.string()))))
+    return pa.concat_tables(out) if out else TEXTS.empty_table()
+
+
+def quality_sample(files: list[str], verdicts: Path, k: int) -> list[tuple[str, str]]:
+    """(doc id, text) of the first k kept prose documents not dropped as duplicates, in the sample
+    order (phi4ray.curate.quality.sample_rank): a top-k per shard, then a sort and limit of those;
+    only the k ids, then their k texts (read from their shards alone), reach the driver."""
+    chosen = (_shards(files).map_batches(sample_candidates, batch_size=1, batch_format="pyarrow",
+                                         fn_args=(str(verdicts), k))
+              .sort([c for c, _ in RANK_ORDER]).limit(k).take_all())
+    if not chosen:
+        return []
+    by_shard: dict[str, list[str]] = {}
+    for r in chosen:
+        by_shard.setdefault(r["shard"], []).append(r["doc_id"])
+    paths = {Path(f).stem: f for f in files}
+    items = [{"path": paths[s], "ids": ids} for s, ids in sorted(by_shard.items())]
+    texts = {r["doc_id"]: r["text"] for r in ray.data.from_items(items, override_num_blocks=len(items))
+             .map_batches(sample_texts, batch_size=1, batch_format="pyarrow").take_all()}
+    return [(r["doc_id"], texts[r["doc_id"]]) for r in chosen]
 
 
 class Finalize:
@@ -179,10 +212,8 @@ class Finalize:
     def __call__(self, batch: pa.Table) -> pa.Table:
         done = []
         for s in batch.to_pylist():
-            mine = self.verdicts / f"shard={s['shard']}"
-            table = pq.read_table(mine, columns=["doc_id", "dedup"]) if mine.is_dir() else DROP.empty_table()
-            dedup = dict(zip(table.column("doc_id").to_pylist(), table.column("dedup").to_pylist()))
-            counts = finalize_shard(shard_file(self.shards, s), s, dedup, self.classifier, self.min_score, self.out)
+            counts = finalize_shard(shard_file(self.shards, s), s, shard_verdicts(self.verdicts, s["shard"]),
+                                    self.classifier, self.min_score, self.out)
             done.append((s["shard"], json.dumps(counts)))
         return pa.table({"shard": [d for d, _ in done], "counts": [c for _, c in done]}, schema=COUNTS)
 
@@ -226,10 +257,10 @@ def run(ctx) -> StageResult:
         files = [str(shard_file(work / "shards", s)) for s in shards]
         parts = partitions(files)
         drop, n_edges = dedup(files, parts)
+        write_verdicts(drop, work / "verdicts")
         t_dedup = time.time() - t0 - t_shards
-        sample = quality_sample(files, drop, cfg.curate.quality.annotate_docs, parts)
+        sample = quality_sample(files, work / "verdicts", cfg.curate.quality.annotate_docs)
         classifier, quality = train_quality(sample, cfg, work / "quality", ctx.fleet)
-        write_verdicts(files, drop, parts, work / "verdicts")
         reasons = write_outputs(shards, work / "verdicts", classifier, cfg, run_dir, actors)
     stats = {**funnel(files, reasons, run_dir), "shards": len(shards), "skipped_files": len(skipped),
              "duplicate_edges": n_edges, "quality": quality}

@@ -1,21 +1,25 @@
 """Exact and fuzzy deduplication helpers for the curate stage's Ray Data job.
 
-Exact: `exact_key` hashes normalised text; the job groups rows by it and keeps one row per key.
-
-Fuzzy: documents share a MinHash band key when their shingle sets are likely similar
-(phi4ray/curate/minhash.py makes the signatures). The job groups rows by band key and hands each
-group's doc ids to `group_edges`, which links them as a star from the smallest id: n - 1 edges for
-a group of n, where linking every pair would cost n^2 (a boilerplate page shared by 10^5 documents
-is one band group). The edges of all groups, collected on the driver, go to `components`
-(union-find), and `to_drop` lists every document that is not its component's representative.
+Both kinds go through one hash shuffle. Every kept document gives key rows (`key_rows`): its
+exact key (hashed normalised text) and one key per MinHash band (phi4ray/curate/minhash.py),
+each with the doc id, the exact key and the document's shard. The job hash-partitions the rows by
+key and `resolve_partition` reads each partition whole:
+- an exact-key group keeps its smallest doc id; the others are losers ("dedup:exact");
+- a band group is first collapsed to one member per exact key (the smallest id, which is also the
+  exact group's winner: exact copies share every band key), then linked as a star from the
+  smallest id (`group_edges`): n - 1 edges for n distinct texts, where linking every pair would
+  cost n^2. A page copied 10^5 times is one exact group and adds no band edges.
+Groups of one (almost every key) are filtered out by a vectorised count before any Python runs.
+The edges of all groups, collected on the driver, go to `components` (union-find), and `to_drop`
+lists every document that is not its component's representative.
 
 Scale: the driver holds only duplicate edges (at most one per document in a band group of two or
-more), never the signatures or the documents, so its memory grows with the number of duplicates:
-fine to a few hundred million edges. Past that, connected components run distributed on the edge
-dataset, e.g. large-star / small-star (Kiveris et al., "Connected Components in MapReduce and
-Beyond", 2014) as Ray Data rounds: group edges by node, link every larger neighbour (large-star) or
-every neighbour (small-star) to the smallest id in the neighbourhood, repeat until no edge changes;
-O(log n) rounds, each a groupby, and the final edges are (node, representative) as here.
+more), never the signatures or the documents, so its memory grows with the number of near
+duplicates: fine to a few hundred million edges. Past that, connected components run distributed
+on the edge dataset, e.g. large-star / small-star (Kiveris et al., "Connected Components in
+MapReduce and Beyond", 2014) as Ray Data rounds: group edges by node, link every larger neighbour
+(large-star) or every neighbour (small-star) to the smallest id in the neighbourhood, repeat until
+no edge changes; O(log n) rounds, each a groupby, and the final edges are (node, representative).
 """
 from __future__ import annotations
 
@@ -23,9 +27,10 @@ import unicodedata
 from typing import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
-__all__ = ["exact_key", "group_edges", "components", "to_drop", "exact_losers", "star_edges"]
+__all__ = ["exact_key", "group_edges", "components", "to_drop", "key_rows", "resolve_partition", "KEYS", "GROUPED"]
 
 
 def exact_key(text: str) -> str:
@@ -85,15 +90,47 @@ def to_drop(comps: dict[str, str]) -> set[str]:
     return {node for node, rep in comps.items() if node != rep}
 
 
-# --- group functions for the job's groupby/map_groups (pyarrow tables in and out) -------------------
-def exact_losers(group: pa.Table) -> pa.Table:
-    """One exact-key group's doc ids to drop: all but the smallest, which stays."""
-    ids = sorted(group.column("doc_id").to_pylist())
-    return pa.table({"doc_id": pa.array(ids[1:], pa.string())})
+# --- the job's shuffle: key rows in, verdicts and edges out (pyarrow tables) -------------------------
+EXACT_PREFIX = b"\xff\xff"  # band keys start with a 2-byte band index < 0xffff: an exact key never equals one
+EXACT, EDGE = "dedup:exact", "edge"
+KEYS = pa.schema([("key", pa.binary()), ("doc_id", pa.string()), ("exact_key", pa.string()), ("shard", pa.string())])
+# dedup: EXACT (doc_id lost to rep, same text) or EDGE (doc_id and rep are near duplicates)
+GROUPED = pa.schema([("doc_id", pa.string()), ("shard", pa.string()), ("dedup", pa.string()),
+                     ("rep", pa.string()), ("rep_shard", pa.string())])
 
 
-def star_edges(group: pa.Table) -> pa.Table:
-    """One band group's duplicate edges (`group_edges`) as columns a, b."""
-    edges = group_edges(sorted(set(group.column("doc_id").to_pylist())))
-    return pa.table({"a": pa.array([a for a, _ in edges], pa.string()),
-                     "b": pa.array([b for _, b in edges], pa.string())})
+def key_rows(docs: pa.Table, shard: str) -> pa.Table:
+    """`docs` (doc_id, exact_key, bands: the kept rows of one shard) -> KEYS rows: one per exact
+    key (EXACT_PREFIX + its 16 bytes) and one per band key."""
+    ids, exact = docs.column("doc_id").combine_chunks(), docs.column("exact_key").combine_chunks()
+    bands = docs.column("bands").combine_chunks()
+    parent = pc.list_parent_indices(bands)
+    exact_bin = pa.array([EXACT_PREFIX + bytes.fromhex(k) for k in exact.to_pylist()], pa.binary())
+    keys = pa.concat_arrays([exact_bin, pc.list_flatten(bands).cast(pa.binary())])
+    rows = pa.concat_arrays([pa.array(range(len(ids)), pa.int64()), parent.cast(pa.int64())])
+    return pa.table({"key": keys, "doc_id": ids.take(rows), "exact_key": exact.take(rows),
+                     "shard": pa.array([shard] * len(keys), pa.string())}, schema=KEYS)
+
+
+def resolve_partition(part: pa.Table) -> pa.Table:
+    """A whole hash partition of KEYS rows (every row of a key is in it) -> GROUPED rows: exact
+    losers and star edges between distinct texts of a band group."""
+    counts = part.group_by("key").aggregate([("doc_id", "count")])
+    shared = counts.filter(pc.greater(counts.column("doc_id_count"), 1)).column("key")
+    dup = part.filter(pc.is_in(part.column("key"), value_set=shared))
+    groups: dict[bytes, list[tuple[str, str, str]]] = {}
+    for key, doc, ek, shard in zip(*(dup.column(c).to_pylist() for c in ("key", "doc_id", "exact_key", "shard"))):
+        groups.setdefault(key, []).append((doc, ek, shard))
+    out = []
+    for key, members in groups.items():
+        members.sort()
+        if key.startswith(EXACT_PREFIX):
+            rep, _, rep_shard = members[0]
+            out += [(doc, shard, EXACT, rep, rep_shard) for doc, _, shard in members[1:]]
+            continue
+        texts: dict[str, tuple[str, str]] = {}  # exact key -> its smallest (doc id, shard) here
+        for doc, ek, shard in members:
+            texts.setdefault(ek, (doc, shard))
+        reps = sorted(texts.values())
+        out += [(doc, shard, EDGE, reps[0][0], reps[0][1]) for doc, shard in reps[1:]]
+    return pa.Table.from_pylist([dict(zip(GROUPED.names, r)) for r in out], schema=GROUPED)
