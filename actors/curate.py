@@ -32,7 +32,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.expressions import col
 
 from phi4ray.curate.classifier import QualityClassifier
 from phi4ray.curate.dedup import EDGE, EXACT, components, key_rows, resolve_partition, to_drop
@@ -49,7 +48,6 @@ COUNTS = pa.schema([("shard", pa.string()), ("counts", pa.string())])
 DROP = pa.schema([("doc_id", pa.string()), ("shard", pa.string()), ("dedup", pa.string())])
 TEXTS = pa.schema([("doc_id", pa.string()), ("text", pa.large_string())])
 SAMPLE = pa.schema([("doc_id", pa.string()), ("shard", pa.string()), ("rank", pa.int64())])
-FUZZY_BLOCK = 1_000_000  # fuzzy losers per block handed from the driver to the object store
 
 
 def _per_shard(todo: list[dict], actor, actors: int, kwargs: dict) -> list[dict]:
@@ -114,41 +112,57 @@ def shard_keys(batch: pa.Table):
                 yield key_rows(t, shard)
 
 
-def dedup(files: list[str], parts: int) -> tuple[ray.data.Dataset, int]:
-    """The ids to drop as a dataset (DROP: doc_id, shard, dedup "dedup:exact" or "dedup:minhash"),
-    each duplicate group keeping its smallest doc id; and the number of near-duplicate edges.
+def _write_verdicts(rows: pa.Table, out: Path, name: str) -> None:
+    """rows (doc_id, shard, dedup) into out/shard=<shard>/<name>.parquet, one file per shard,
+    each written whole under a temporary name first (a retried task writes the same files)."""
+    for shard in sorted(set(rows.column("shard").to_pylist())):
+        mine = rows.filter(pc.equal(rows.column("shard"), shard)).select(["doc_id", "dedup"])
+        dest = out / f"shard={shard}" / f"{name}.parquet"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(mine, dest.with_name(dest.name + ".tmp"))
+        dest.with_name(dest.name + ".tmp").replace(dest)
 
-    One hash shuffle of the key rows (phi4ray.curate.dedup: exact and band keys together), read a
-    partition at a time by `resolve_partition`, as Ray's own map_groups does (repartition by key,
-    then whole blocks). Its output, O(duplicates) rows, is materialized: the exact losers stay a
-    dataset, the near-duplicate edges stream to the driver into a union-find whose memory is
-    O(documents with a near-duplicate): the one thing here that grows with the corpus on the
-    driver, bounded by the duplicates, never by the documents."""
-    grouped = (_shards(files).map_batches(shard_keys, batch_size=1, batch_format="pyarrow")
-               .repartition(parts, keys=["key"], sort=True)
-               .map_batches(resolve_partition, batch_size=None, batch_format="pyarrow")).materialize()
-    exact = grouped.filter(expr=col("dedup") == EXACT).select_columns(DROP.names)
+
+def resolve_and_write(part: pa.Table, verdicts: str) -> pa.Table:
+    """map_batches over one whole hash partition of key rows (`resolve_partition`): writes its
+    exact losers to the verdicts of their shards, returns its near-duplicate edges."""
+    grouped = resolve_partition(part)
+    exact = grouped.filter(pc.equal(grouped.column("dedup"), EXACT))
+    if exact.num_rows:  # the partition's smallest key names its files: the same input, the same names
+        _write_verdicts(exact, Path(verdicts), "exact-" + pc.min(part.column("key")).as_py().hex()[:40])
+    return grouped.filter(pc.equal(grouped.column("dedup"), EDGE))
+
+
+def dedup(files: list[str], parts: int, verdicts: Path) -> int:
+    """Writes the ids to drop, each duplicate group keeping its smallest doc id, one folder per
+    shard with any: verdicts/shard=<shard>/*.parquet (doc_id, dedup "dedup:exact" or
+    "dedup:minhash"); returns the number of near-duplicate edges.
+
+    One Ray Data job: a hash shuffle of the key rows (phi4ray.curate.dedup: exact and band keys
+    together), each partition read whole as Ray's own map_groups does (repartition by key, then
+    whole blocks). The exact losers are written where they are found and never reach the driver;
+    the near-duplicate edges stream to the driver into a union-find whose memory is O(documents
+    with a near-duplicate): the one thing here that grows with the corpus on the driver, bounded
+    by the duplicates, never by the documents."""
+    shutil.rmtree(verdicts, ignore_errors=True)
+    verdicts.mkdir(parents=True)
+    edges = (_shards(files).map_batches(shard_keys, batch_size=1, batch_format="pyarrow")
+             .repartition(parts, keys=["key"], sort=True)
+             .map_batches(resolve_and_write, batch_size=None, batch_format="pyarrow", fn_args=(str(verdicts),)))
     shard_of, n_edges = {}, 0
 
     def pairs():
         nonlocal n_edges
-        for b in grouped.filter(expr=col("dedup") == EDGE).iter_batches(batch_format="pyarrow"):
+        for b in edges.iter_batches(batch_format="pyarrow"):
             n_edges += b.num_rows
             for a, a_shard, d, d_shard in zip(*(b.column(c).to_pylist() for c in ("rep", "rep_shard", "doc_id", "shard"))):
                 shard_of[a], shard_of[d] = a_shard, d_shard
                 yield a, d
 
     fuzzy = sorted(to_drop(components(pairs())))
-    blocks = [pa.table({"doc_id": ids, "shard": [shard_of[d] for d in ids], "dedup": ["dedup:minhash"] * len(ids)},
-                       schema=DROP) for ids in (fuzzy[i:i + FUZZY_BLOCK] for i in range(0, len(fuzzy), FUZZY_BLOCK))]
-    return exact.union(ray.data.from_arrow(blocks or [DROP.empty_table()])), n_edges
-
-
-def write_verdicts(drop: ray.data.Dataset, out: Path) -> None:
-    """The ids to drop, one folder per shard with any, out/shard=<shard>/ (O(duplicates) rows)."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    drop.write_parquet(str(out), partition_cols=["shard"])
+    _write_verdicts(pa.table({"doc_id": fuzzy, "shard": [shard_of[d] for d in fuzzy],
+                              "dedup": ["dedup:minhash"] * len(fuzzy)}, schema=DROP), verdicts, "minhash")
+    return n_edges
 
 
 def shard_verdicts(verdicts: Path, shard: str) -> dict[str, str]:
@@ -256,8 +270,7 @@ def run(ctx) -> StageResult:
         t_shards = time.time() - t0
         files = [str(shard_file(work / "shards", s)) for s in shards]
         parts = partitions(files)
-        drop, n_edges = dedup(files, parts)
-        write_verdicts(drop, work / "verdicts")
+        n_edges = dedup(files, parts, work / "verdicts")
         t_dedup = time.time() - t0 - t_shards
         sample = quality_sample(files, work / "verdicts", cfg.curate.quality.annotate_docs)
         classifier, quality = train_quality(sample, cfg, work / "quality", ctx.fleet)
