@@ -20,8 +20,6 @@ import random
 import zlib
 from dataclasses import dataclass
 
-import torch
-
 from phi4ray.config import ConfigError
 from phi4ray.oracles import MathOracle, extract_answer
 from phi4ray.tokenizer import IM_END, get_tokenizer
@@ -143,6 +141,8 @@ def success_rate(model, problems: list[dict], samples: int = 4, max_tokens: int 
     """Mean oracle success of `samples` sampled answers per problem: p(success) averaged over the
     problems, the quantity PTS raises. Plain torch (no KV cache: fine for tiny models and
     short answers); the eval stage measures served models through the endpoint instead."""
+    import torch  # here, not at the top: curation's workers import this module's questions, and torch costs them seconds each
+
     tok = get_tokenizer()
     gen = torch.Generator().manual_seed(seed)
     jobs = [(p, tok.render_chat([{"role": "user", "content": p["question"]}], add_generation_prompt=True).ids)
