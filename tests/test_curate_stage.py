@@ -25,6 +25,7 @@ from phi4ray.curate.annotate import annotate, annotation_prompt
 from phi4ray.curate.builtin import MAN_ROOT, man_to_text
 from phi4ray.curate.classifier import QualityClassifier, train_classifier
 from phi4ray.curate.config import CurateConfig, QualityConfig
+from phi4ray.curate.quality import sample_rank
 from phi4ray.evals.generators import arith_suite
 from phi4ray.overrides import apply_overrides
 from phi4ray.presets import run_preset
@@ -151,6 +152,16 @@ def test_funnel_adds_up_and_every_filter_did_its_job(curated):
     assert "skipped" not in q and q["label_threshold"] == statistics.median(edu)
     assert [n["label"] for n in notes] == [int(v >= q["label_threshold"]) for v in edu]
     assert 0 < q["positives"] == sum(n["label"] for n in notes) < q["parsed"] == len(notes)
+    # the sample is the first k by sample_rank of the prose the per-document filters kept and dedup
+    # did not drop (exact copies and near duplicates each by its own reason)
+    dedup_reasons = {r["doc_id"]: r["reason"] for f in (run_dir / "curate" / "dropped").rglob("*.parquet")
+                     for r in pq.read_table(f, columns=["doc_id", "reason"]).to_pylist() if r["reason"].startswith("dedup")}
+    assert sorted(set(dedup_reasons.values())) == ["dedup:exact", "dedup:minhash"]
+    eligible = [r["doc_id"] for f in (run_dir / "curate" / "shards").glob("*.parquet")
+                for r in pq.read_table(f, columns=["doc_id", "status", "content_type"]).to_pylist()
+                if r["status"] == "kept" and r["content_type"] != "code" and r["doc_id"] not in dedup_reasons]
+    first_k = sorted(eligible, key=lambda d: (sample_rank(d), d))[:16]
+    assert [n["doc_id"] for n in notes] == first_k
     # ... on exactly those documents and labels: the same training on them gives the saved weights
     # and the held-out accuracy reported
     clf = QualityClassifier.load(run_dir / "curate" / "quality" / "classifier.npz")
