@@ -126,8 +126,11 @@ def shard_keys(batch: pa.Table):
 def _write_verdicts(rows: pa.Table, out: Path, name: str) -> None:
     """rows (doc_id, shard, dedup) into out/shard=<shard>/<name>.parquet, one file per shard,
     each written whole under a temporary name first (a retried task writes the same files)."""
-    for shard in sorted(set(rows.column("shard").to_pylist())):
-        mine = rows.filter(pc.equal(rows.column("shard"), shard)).select(["doc_id", "dedup"])
+    rows = rows.sort_by([("shard", "ascending"), ("doc_id", "ascending")])  # one pass, not a filter per shard
+    shards = rows.column("shard").to_pylist()
+    starts = [i for i in range(len(shards)) if i == 0 or shards[i] != shards[i - 1]]
+    for lo, hi in zip(starts, starts[1:] + [len(shards)]):
+        shard, mine = shards[lo], rows.slice(lo, hi - lo).select(["doc_id", "dedup"])
         dest = out / f"shard={shard}" / f"{name}.parquet"
         dest.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(mine, dest.with_name(dest.name + ".tmp"))
