@@ -195,9 +195,9 @@ def sample_candidates(batch: pa.Table, verdicts: str, k: int) -> pa.Table:
         for t in _kept_groups(path, ["doc_id", "content_type"]):
             ids = [d for d, c in zip(t.column("doc_id").to_pylist(), t.column("content_type").to_pylist())
                    if c != "code" and d not in lost]
-            ranked = top_ranked(pa.table({"doc_id": pa.array(ids, pa.string())}), k)
-            out.append(ranked.append_column("shard", pa.array([shard] * ranked.num_rows, pa.string())))
-    return top_ranked(pa.concat_tables(out).drop_columns(["rank"]), k) if out else SAMPLE.empty_table()
+            out.append(top_ranked(pa.table({"doc_id": pa.array(ids, pa.string()),
+                                            "shard": pa.array([shard] * len(ids), pa.string())}), k))
+    return pa.concat_tables(out).sort_by(RANK_ORDER).slice(0, k) if out else SAMPLE.empty_table()
 
 
 def sample_texts(batch: pa.Table) -> pa.Table:

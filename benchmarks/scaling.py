@@ -299,7 +299,7 @@ def main() -> None:
     t_start = time.perf_counter()
     big = f"{args.factor}x"
     corpora = {}
-    for label, mult in ((("1x", 1),) if not args.datatrove_only else ()) + ((big, args.factor),):
+    for label, mult in ([] if args.datatrove_only else [("1x", 1)]) + [(big, args.factor)]:
         t0 = time.perf_counter()
         corpora[label] = write_corpus(args.work / f"corpus-{label}", int(args.base_mb * mult * 2**20),
                                       int(args.file_mb * 2**20))

@@ -128,9 +128,11 @@ def resolve_partition(part: pa.Table) -> pa.Table:
             rep, _, rep_shard = members[0]
             out += [(doc, shard, EXACT, rep, rep_shard) for doc, _, shard in members[1:]]
             continue
-        texts: dict[str, tuple[str, str]] = {}  # exact key -> its smallest (doc id, shard) here
+        shard_of: dict[str, str] = {}  # one member per exact key (its smallest doc id here) -> shard
+        seen: set[str] = set()
         for doc, ek, shard in members:
-            texts.setdefault(ek, (doc, shard))
-        reps = sorted(texts.values())
-        out += [(doc, shard, EDGE, reps[0][0], reps[0][1]) for doc, shard in reps[1:]]
+            if ek not in seen:
+                seen.add(ek)
+                shard_of[doc] = shard
+        out += [(b, shard_of[b], EDGE, a, shard_of[a]) for a, b in group_edges(shard_of)]
     return pa.Table.from_pylist([dict(zip(GROUPED.names, r)) for r in out], schema=GROUPED)
