@@ -11,8 +11,8 @@ from pathlib import Path
 
 import ray
 
-from actors.cluster import RayCluster
-from actors.fleet import Fleet
+from actors.run.cluster import RayCluster
+from actors.serve.fleet import Fleet
 
 
 @dataclass

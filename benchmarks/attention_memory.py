@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from phi4ray.config import model_preset
-from phi4ray.model import build_model
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
 
 PATHS = ("new", "dense", "old")
 

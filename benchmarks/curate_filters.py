@@ -43,10 +43,10 @@ import time  # noqa: E402
 
 import xxhash  # noqa: E402
 
-from phi4ray.corpus import builtin_sources  # noqa: E402
-from phi4ray.curate.filters import corruption_reason, corruption_scores  # noqa: E402
-from phi4ray.curate.langid import LanguageID  # noqa: E402
-from phi4ray.curate.minhash import MinHashConfig, signatures  # noqa: E402
+from phi4ray.data.corpus import builtin_sources  # noqa: E402
+from phi4ray.data.curate.filters import corruption_reason, corruption_scores  # noqa: E402
+from phi4ray.data.curate.langid import LanguageID  # noqa: E402
+from phi4ray.data.curate.minhash import MinHashConfig, signatures  # noqa: E402
 from tests.test_curate_filters import man_pages  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""HTML extraction: phi4ray.curate.html against trafilatura on real and generated pages.
+"""HTML extraction: phi4ray.data.curate.html against trafilatura on real and generated pages.
 
 Real pages: Debian's python3-doc (Sphinx HTML: code blocks, tables, navigation chrome), N pages
 spread evenly over the sorted doc tree. Missing? `apt-get install -y python3-doc` (this script
@@ -23,7 +23,7 @@ import time
 
 import lxml.html
 
-from phi4ray.curate.html import extract
+from phi4ray.data.curate.html import extract
 
 SPHINX_CHROME = ["Navigation", "Previous topic", "Next topic", "This Page", "Report a Bug", "Show Source",
                  "Quick search", "Table of Contents", "©", "Theme", "Found a bug", "Please donate",

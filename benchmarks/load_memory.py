@@ -1,8 +1,8 @@
 """Peak memory of starting training from an HF folder, per rank: a ~1B-parameter model in fp32
 (~4 GB) on 2 CPU gloo workers (torch.multiprocessing, no Ray).
 
-- sharded: phi4ray.sharded_io.load_sharded (meta model -> FSDP2 -> each rank reads its rows);
-  then the streamed export (phi4ray.hf.export_hf on both ranks, rank 0 writes), checked byte for
+- sharded: phi4ray.train.sharded_io.load_sharded (meta model -> FSDP2 -> each rank reads its rows);
+  then the streamed export (phi4ray.model.hf.export_hf on both ranks, rank 0 writes), checked byte for
   byte against the source folder;
 - full: the path it replaces, import_hf of the whole model on every rank, then FSDP2.
 
@@ -28,12 +28,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from phi4ray.config import ModelConfig
-from phi4ray.hf import export_hf, import_hf
-from phi4ray.model import Phi4
-from phi4ray.parallelize import parallelize
-from phi4ray.sharded_io import load_sharded
-from phi4ray.train import TrainConfig
+from phi4ray.model.config import ModelConfig
+from phi4ray.model.decoder import Phi4
+from phi4ray.model.hf import export_hf, import_hf
+from phi4ray.train.parallelize import parallelize
+from phi4ray.train.sharded_io import load_sharded
+from phi4ray.train.step import TrainConfig
 
 SHARD_BYTES = 2**30  # a multi-file folder with an index, like published checkpoints
 

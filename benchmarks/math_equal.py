@@ -1,5 +1,5 @@
-r"""Math answer equivalence: our hand-written judge (`phi4ray.oracles`, its own parser in
-`phi4ray.mathexpr`) against HF's math-verify (`math_verify.parse` + `verify`), on the same pairs.
+r"""Math answer equivalence: our hand-written judge (`phi4ray.verify.oracles`, its own parser in
+`phi4ray.verify.mathexpr`) against HF's math-verify (`math_verify.parse` + `verify`), on the same pairs.
 
     .venv/bin/python benchmarks/math_equal.py [--n 200] [--seed 0] [--show 40] [--hang-limit 10]
 
@@ -20,7 +20,7 @@ Cases, each (pred, gold, expected label, category):
 Three judges. "ours" is our grammar alone, as main had it: `math_equal(pred, gold, library=False)`
 for an answer, our `extract_answer` then that for a completion. "ours + math-verify" is what
 `math_equal` / `MathOracle` now do: ours decides what its grammar reads, math-verify (in its
-helper process, see phi4ray.mathexpr) judges answers written outside it. math-verify alone is
+helper process, see phi4ray.verify.mathexpr) judges answers written outside it. math-verify alone is
 `verify(parse(gold), parse(pred))`, gold first as its docs ask. A bare answer such as "(1,2)" or "x^2-1" is not LaTeX math to its
 extractor until it is delimited, so answers are measured three ways: as written ("raw"), wrapped
 in $..$ ("$"), and wrapped in \boxed{} ("boxed"); completions go to parse as written. The
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is read f
 
 from math_verify import parse, verify  # noqa: E402
 
-from phi4ray.oracles import MathOracle, extract_answer, last_boxed, math_equal  # noqa: E402
+from phi4ray.verify.oracles import MathOracle, extract_answer, last_boxed, math_equal  # noqa: E402
 from tests import test_oracles  # noqa: E402
 
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled" warnings, once per process

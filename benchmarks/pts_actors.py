@@ -34,13 +34,13 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from actors.pts import run_search
-    from actors.serve_app import build_sampler_app, sampler_deployment_name, sampler_llm_config
-    from actors.serve_names import APP_NAME
-    from phi4ray.config import model_preset
-    from phi4ray.hf import export_hf
-    from phi4ray.model import build_model
-    from phi4ray.pts import PTSConfig
+    from actors.posttrain.pts import run_search
+    from actors.serve.app import build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve.names import APP_NAME
+    from phi4ray.model.config import model_preset
+    from phi4ray.model.decoder import build_model
+    from phi4ray.model.hf import export_hf
+    from phi4ray.posttrain.pts import PTSConfig
 
     ray.init(address="local", num_cpus=8, include_dashboard=False)
     with tempfile.TemporaryDirectory() as d:

@@ -1,6 +1,6 @@
 """Pivotal Token Search vs a naive search, in one run on the same model, queries and oracle.
 
-PTS (phi4ray.pts): Subdivide at the cumulative log-prob midpoint, p memoised per prefix, prefixes
+PTS (phi4ray.posttrain.pts): Subdivide at the cumulative log-prob midpoint, p memoised per prefix, prefixes
 sent as the exact sampled token ids. Naive: split at the middle token, no memo, prefixes decoded
 to text and re-encoded (what a text-level pipeline does; the tokens can change). Both sample from
 the same real vLLM engine (offline `LLM`, token-id prompts).
@@ -34,11 +34,11 @@ from types import SimpleNamespace
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from phi4ray.tokenizer import IM_END  # noqa: E402  (after the environment vLLM reads)
+from phi4ray.model.tokenizer import IM_END  # noqa: E402  (after the environment vLLM reads)
 
 
 class OfflineSampler:
-    """phi4ray.sampling.Sampler over an offline vLLM engine (one call at a time: both searches
+    """phi4ray.serve.sampling.Sampler over an offline vLLM engine (one call at a time: both searches
     pay the same per-call cost, so wall times compare)."""
 
     def __init__(self, llm):
@@ -47,7 +47,7 @@ class OfflineSampler:
     async def sample(self, req):
         from vllm import SamplingParams
 
-        from phi4ray.sampling import Sample
+        from phi4ray.serve.sampling import Sample
 
         params = SamplingParams(n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, logprobs=0,
                                 detokenize=False, stop_token_ids=req.stop_ids or None)
@@ -62,7 +62,7 @@ def planted(k: int):
 
 async def verify(sampler, oracle, query_ids, pair, cfg, n: int) -> bool:
     """Re-estimate p before and after the pivot token with n fresh rollouts each."""
-    from phi4ray.pts import PivotSearch
+    from phi4ray.posttrain.pts import PivotSearch
 
     token = pair.chosen if pair.p_after > pair.p_before else pair.rejected  # the token the search found
     fresh = PivotSearch(sampler, oracle, query_ids, dataclasses.replace(cfg, samples_per_estimate=n, memo=False),
@@ -73,7 +73,7 @@ async def verify(sampler, oracle, query_ids, pair, cfg, n: int) -> bool:
 
 async def search_all(sampler, queries, cfg, prefix_ids=None, verify_n: int = 0):
     """queries: (query ids, oracle, planted position or None)."""
-    from phi4ray.pts import search_query
+    from phi4ray.posttrain.pts import search_query
 
     t0 = time.perf_counter()
     results = [await search_query(sampler, oracle, q, cfg, stop_ids=(IM_END,), prefix_ids=prefix_ids)
@@ -94,10 +94,10 @@ async def search_all(sampler, queries, cfg, prefix_ids=None, verify_n: int = 0):
 
 def run_queries(run_dir: Path, n: int):
     """The queries the run's own pts stage kept, with their oracles, and its PTS config."""
-    from phi4ray.arith import ArithConfig
-    from phi4ray.pts import PTSConfig
-    from phi4ray.pts_queries import pts_queries, query_oracle
-    from phi4ray.tokenizer import get_tokenizer
+    from phi4ray.model.tokenizer import get_tokenizer
+    from phi4ray.posttrain.pts import PTSConfig
+    from phi4ray.posttrain.queries import pts_queries, query_oracle
+    from phi4ray.toy.arith import ArithConfig
 
     conf = json.loads((run_dir / "manifests" / "pts.json").read_text())["config"]
     cfg = SimpleNamespace(seed=conf["seed"], arith=ArithConfig(**conf["arith"]),
@@ -122,11 +122,11 @@ def main() -> None:
 
     from vllm import LLM
 
-    from phi4ray.config import model_preset
-    from phi4ray.hf import export_hf
-    from phi4ray.model import build_model
-    from phi4ray.pts import PTSConfig
-    from phi4ray.tokenizer import get_tokenizer
+    from phi4ray.model.config import model_preset
+    from phi4ray.model.decoder import build_model
+    from phi4ray.model.hf import export_hf
+    from phi4ray.model.tokenizer import get_tokenizer
+    from phi4ray.posttrain.pts import PTSConfig
 
     tok = get_tokenizer()
     with tempfile.TemporaryDirectory() as d:

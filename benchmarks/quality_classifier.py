@@ -1,4 +1,4 @@
-"""The quality classifier: ours (phi4ray.curate.classifier, fastText's model in numpy) against
+"""The quality classifier: ours (phi4ray.data.curate.classifier, fastText's model in numpy) against
 fastText's own supervised mode, on the same documents, split and settings.
 
     .venv/bin/python benchmarks/quality_classifier.py [--pairs 2400] [--sizes 200,800,0] [--grid]
@@ -21,7 +21,7 @@ Tasks, on English man pages cut into documents of 600-2,000 characters (the posi
 - languages: man pages of English and eight translated languages, one class per language;
 - heuristic: what a run without a judge trains on: man pages, stdlib docstrings and stdlib code,
   labelled by the heuristic annotator's educational value split at its median (as
-  phi4ray.curate.quality does).
+  phi4ray.data.curate.quality does).
 Split 80/20 by source document (a document and its negative twin fall on the same side), seeded;
 the held-out side is the same for every training size. `--sizes`: training texts per run, 0 for
 the whole training side (the curate stage trains on `annotate_docs` documents, 256 by default).
@@ -70,10 +70,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.scali
 import floret  # noqa: E402
 
 from benchmarks.scaling_corpus import salt  # noqa: E402
-from phi4ray.corpus import builtin_sources, spread  # noqa: E402
-from phi4ray.curate.annotate import heuristic_annotations, labels_from_annotations  # noqa: E402
-from phi4ray.curate.builtin import MAN_ROOT, man_to_text  # noqa: E402
-from phi4ray.curate.classifier import QualityClassifierConfig, train_classifier  # noqa: E402
+from phi4ray.data.corpus import builtin_sources, spread  # noqa: E402
+from phi4ray.data.curate.annotate import heuristic_annotations, labels_from_annotations  # noqa: E402
+from phi4ray.data.curate.builtin import MAN_ROOT, man_to_text  # noqa: E402
+from phi4ray.data.curate.classifier import QualityClassifierConfig, train_classifier  # noqa: E402
 from tests.text_samples import chunks  # noqa: E402
 
 LANGUAGES = ("de", "fr", "ru", "nl", "sv", "uk", "it", "pl")

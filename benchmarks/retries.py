@@ -6,10 +6,10 @@ A loopback HTTP server (http.server in a thread, no network) plays an OpenAI-com
 /v1/completions that fails as real teachers do: 429 with Retry-After (seconds, or an HTTP date),
 500, 503, a reply slower than the client's timeout, a connection reset, a 400 (never worth
 retrying) and a server that stays down. Each scenario runs, in the same process, against
-- `baseline`: the hand-written client as it was before issue 20 (phi4ray/endpoint.py at
+- `baseline`: the hand-written client as it was before issue 20 (phi4ray/serve/endpoint.py at
   BASELINE_COMMIT, loaded from git): own backoff loop, Retry-After in seconds, token bucket;
 - `openai-sdk`: the `openai` SDK's AsyncOpenAI(max_retries=...) (its own retries and Retry-After);
-- `tenacity`: phi4ray.endpoint.OpenAIEndpoint now, on phi4ray.retry (tenacity + aiolimiter).
+- `tenacity`: phi4ray.serve.endpoint.OpenAIEndpoint now, on phi4ray.run.retry (tenacity + aiolimiter).
 Every client gets max_retries=3, a 1 s timeout and a 0.5 s first backoff capped at 8 s (the SDK's
 fixed constants, so the waits compare). The server timestamps every attempt, so waits are measured
 where they land, not where the client says it slept.
@@ -44,11 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.baseline import load_baseline  # noqa: E402
-from phi4ray import endpoint as new_endpoint  # noqa: E402
-from phi4ray.retry import rate_limiter, retrying  # noqa: E402
-from phi4ray.synth import llm as new_llm  # noqa: E402
+from phi4ray.data.synth import llm as new_llm  # noqa: E402
+from phi4ray.run.retry import rate_limiter, retrying  # noqa: E402
+from phi4ray.serve import endpoint as new_endpoint  # noqa: E402
 
-# the last commit whose phi4ray/endpoint.py and phi4ray/synth/llm.py were the hand-written ones
+# the last commit whose phi4ray/serve/endpoint.py and phi4ray/data/synth/llm.py were the hand-written ones
 BASELINE_COMMIT = "deb857f11aa593d7cb7cca1bf0007df081a027ae"
 RETRIES, TIMEOUT_S, BACKOFF_S, BACKOFF_MAX_S = 3, 1.0, 0.5, 8.0
 OK_BODY = {"id": "cmpl-1", "object": "text_completion", "created": 0, "model": "teacher",
@@ -396,7 +396,7 @@ def first_waits_drawn(name: str, client: Client, n: int) -> list[float]:
 
 
 def policy_cost_ms(n: int) -> float:
-    """What phi4ray.retry.retrying adds to a call that succeeds at once: a no-op under the policy."""
+    """What phi4ray.run.retry.retrying adds to a call that succeeds at once: a no-op under the policy."""
     async def noop() -> None:
         pass
 
@@ -439,7 +439,7 @@ def synthesis(port: int, state: _State, baseline) -> None:
     """call_all(retries=2) over the endpoint (max_retries=3): HTTP requests one failing prompt costs."""
     rows = []
     stacks = [("tenacity", new_endpoint, new_llm)]
-    old_llm = load_baseline(BASELINE_COMMIT, "phi4ray/synth/llm.py")
+    old_llm = load_baseline(BASELINE_COMMIT, "phi4ray/data/synth/llm.py")
     if baseline is not None and old_llm is not None:
         stacks.insert(0, ("baseline", baseline, old_llm))
     for name, ep_mod, llm in stacks:
@@ -465,7 +465,7 @@ def main() -> None:
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
         os.environ.pop(var, None)  # loopback only
     logging.basicConfig(level=logging.ERROR)
-    baseline = load_baseline(BASELINE_COMMIT, "phi4ray/endpoint.py")
+    baseline = load_baseline(BASELINE_COMMIT, "phi4ray/serve/endpoint.py")
     if baseline is None:
         print(f"(no git history with {BASELINE_COMMIT[:8]}: the baseline column is left out)")
     srv, state = start_server()

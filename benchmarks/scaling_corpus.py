@@ -32,7 +32,7 @@ from itertools import count
 from pathlib import Path
 from typing import Callable, Iterator
 
-from phi4ray.curate.builtin import MAN_ROOT, man_to_text
+from phi4ray.data.curate.builtin import MAN_ROOT, man_to_text
 
 SHARES = {"prose": 0.45, "html": 0.35, "code": 0.20}
 MAX_HTML_BYTES = 1 << 20

@@ -47,7 +47,7 @@ from datatrove.pipeline.readers import JsonlReader  # noqa: E402
 from datatrove.pipeline.writers import JsonlWriter  # noqa: E402
 from datatrove.utils.lid import FT176LID  # noqa: E402
 
-from phi4ray.curate.langid import bundled_model_path  # noqa: E402
+from phi4ray.data.curate.langid import bundled_model_path  # noqa: E402
 
 
 class BundledFT176(FT176LID):

@@ -23,7 +23,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def make_prompts(n: int, seed: int = 0) -> list[list[int]]:
-    from phi4ray.tokenizer import get_tokenizer
+    from phi4ray.model.tokenizer import get_tokenizer
 
     tok, rng = get_tokenizer(), random.Random(seed)
     topics = ["prime numbers", "binary search", "the French revolution", "photosynthesis", "sorting",
@@ -86,9 +86,9 @@ def main() -> None:
 
     model = args.model
     if model is None:
-        from phi4ray.config import model_preset
-        from phi4ray.hf import export_hf
-        from phi4ray.model import build_model
+        from phi4ray.model.config import model_preset
+        from phi4ray.model.decoder import build_model
+        from phi4ray.model.hf import export_hf
 
         model = export_hf(build_model(model_preset("tiny"), seed=0), tempfile.mkdtemp(prefix="phi4ray-bench-"))
     model = str(model)
@@ -99,10 +99,10 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from actors.sampler_client import FleetSampler
-    from actors.serve_app import build_sampler_app, sampler_deployment_name, sampler_llm_config
-    from actors.serve_names import APP_NAME
-    from phi4ray.sampling import SampleRequest
+    from actors.serve.app import build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve.names import APP_NAME
+    from actors.serve.sampler_client import FleetSampler
+    from phi4ray.serve.sampling import SampleRequest
 
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8011})

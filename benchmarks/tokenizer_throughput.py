@@ -8,7 +8,7 @@ import sysconfig
 import tempfile
 import time
 
-from phi4ray.tokenizer import get_tokenizer
+from phi4ray.model.tokenizer import get_tokenizer
 
 
 def corpus(max_bytes: int = 8 * 2**20) -> list[str]:

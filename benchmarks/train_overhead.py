@@ -1,5 +1,5 @@
 """Ray Train overhead on CPU: tokens/s of the same model, data and batch under Ray Train (one
-worker, so the only difference is Ray) against the bare loop of phi4ray.train, in one run.
+worker, so the only difference is Ray) against the bare loop of phi4ray.train.step, in one run.
 Goal: overhead <= 10% (ratio >= 0.9).
 
 Run: .venv/bin/python benchmarks/train_overhead.py [--steps 30]
@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from phi4ray.config import model_preset
-from phi4ray.model import build_model
-from phi4ray.train import SequenceLoader, TrainConfig, make_optimizer, train_step
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.train.step import SequenceLoader, TrainConfig, make_optimizer, train_step
 
 
 def main() -> None:
@@ -48,9 +48,9 @@ def main() -> None:
 
     import ray
 
-    from actors.trainer import run_training
-    from phi4ray.train_jobs import TrainJob
-    from phi4ray.train_metrics import read_metrics
+    from actors.train.trainer import run_training
+    from phi4ray.train.jobs import TrainJob
+    from phi4ray.train.metrics import read_metrics
 
     run = Path(tempfile.mkdtemp(prefix="phi4ray-overhead-"))
     (run / "tokens").mkdir()

@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from phi4ray.config import model_preset
-from phi4ray.model import build_model
-from phi4ray.parallelize import parallelize
-from phi4ray.train import TrainConfig, make_optimizer, peak_flops, train_step
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.train.parallelize import parallelize
+from phi4ray.train.step import TrainConfig, make_optimizer, peak_flops, train_step
 
 
 def measure(preset: str, dtype: str, seq_len: int, micro: int, accum: int, steps: int, compile_: bool,

@@ -1,7 +1,7 @@
 """`phi4ray <stage> --preset NAME --run-dir RUN [key=value ...]` and `phi4ray run` for all stages.
 
 The CLI resolves and checks the config, builds the run context (the Ray cluster and the fleet the
-run owns) and hands each stage to phi4ray.stage.run_stage. A user's error prints one line and
+run owns) and hands each stage to phi4ray.run.stage.run_stage. A user's error prints one line and
 exits 2 (`--verbose` adds the traceback); a stage that breaks prints its traceback and exits 1.
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 
 from actors.context import RunContext
 from jobs import registry
-from phi4ray import console
-from phi4ray.config import PRESETS, ConfigError
-from phi4ray.errors import UserError
-from phi4ray.overrides import OverrideError, dump_config
+from phi4ray.model.config import PRESETS
 from phi4ray.presets import resolve_config
-from phi4ray.stage import StageFailed, run_stage
+from phi4ray.run import console
+from phi4ray.run.errors import ConfigError, UserError
+from phi4ray.run.overrides import OverrideError, dump_config
+from phi4ray.run.stage import StageFailed, run_stage
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,9 +3,14 @@ entry here (see ARCHITECTURE.md); the CLI, `phi4ray run`, the report and the job
 read this list."""
 from __future__ import annotations
 
-from actors import curate, dpo_stage, eval_stage, pts, serve_stage, sft_stage, synthesize, tokenize, train_stages
-from phi4ray import init_model
-from phi4ray.stage import Stage
+from actors.data import curate, synthesize, tokenize
+from actors.evals import stage as eval_stage
+from actors.posttrain import pts
+from actors.serve import stage as serve_stage
+from actors.train import dpo_stage, sft_stage
+from actors.train import pretrain_stages as train_stages
+from phi4ray.model import init_model
+from phi4ray.run.stage import Stage
 
 STAGES: list[Stage] = [
     init_model.STAGE,

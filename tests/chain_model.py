@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from phi4ray.config import model_preset
-from phi4ray.model import Phi4, build_model
-from phi4ray.tokenizer import IM_END, get_tokenizer
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import Phi4, build_model
+from phi4ray.model.tokenizer import IM_END, get_tokenizer
 
 LOGIT = 30.0
 

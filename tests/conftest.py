@@ -6,9 +6,11 @@ import os
 import pytest
 import torch
 
-from phi4ray.config import model_preset
-from phi4ray.hf import export_hf
-from phi4ray.model import build_model
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.model.hf import export_hf
+
+pytest_plugins = ["tests.guard"]  # marks checked against what each test starts; Ray-free tests first
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the tiny model needs a sliver
 
@@ -84,8 +86,8 @@ def sampler_app(ray_cluster, tiny_export):
     """The sampler fleet on the tiny export: 1..2 replicas, API key on HTTP."""
     from ray import serve
 
-    from actors.serve_app import build_sampler_app, sampler_deployment_name, sampler_llm_config
-    from actors.serve_names import APP_NAME
+    from actors.serve.app import build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve.names import APP_NAME
 
     os.environ["PHI4RAY_TEST_API_KEY"] = TEST_API_KEY
     cfg = sampler_llm_config(str(tiny_export), max_model_len=512, min_replicas=1, max_replicas=2,

@@ -10,11 +10,11 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from actors.trainer import run_training
-from phi4ray.config import model_preset
-from phi4ray.train import TrainConfig
-from phi4ray.train_jobs import TrainJob
-from phi4ray.train_metrics import read_metrics
+from actors.train.trainer import run_training
+from phi4ray.model.config import model_preset
+from phi4ray.train.jobs import TrainJob
+from phi4ray.train.metrics import read_metrics
+from phi4ray.train.step import TrainConfig
 from tests.test_trainer import SEQ, _write_rows
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from phi4ray.runs import model_dir
-from phi4ray.stage import Stage, StageResult
+from phi4ray.run.paths import model_dir
+from phi4ray.run.stage import Stage, StageResult
 
 
 def run(ctx) -> StageResult:

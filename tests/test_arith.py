@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from phi4ray.arith import PRIMES, ArithConfig, check_answer, make_problems, worked_solution
-from phi4ray.config import ConfigError
+from phi4ray.run.errors import ConfigError
+from phi4ray.toy.arith import PRIMES, ArithConfig, check_answer, make_problems, worked_solution
 
 
 def test_splits_are_disjoint_and_mixed():

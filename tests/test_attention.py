@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from phi4ray.attention import SegmentDocuments, bucket_length, document_attention, run_ids
-from phi4ray.config import model_preset
-from phi4ray.model import build_model
+from phi4ray.model.attention import SegmentDocuments, bucket_length, document_attention, run_ids
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
 
 T = 96  # no model dimension of the test model equals it, so a T x T tensor is recognisable by shape
 

@@ -376,8 +376,8 @@ def test_rayjob_runs_a_real_entrypoint_on_the_same_cluster_and_cleans_up():
     from ray.runtime_env import RuntimeEnv
 
     from jobs.cli import build_parser
-    from phi4ray.overrides import apply_overrides
     from phi4ray.presets import run_preset
+    from phi4ray.run.overrides import apply_overrides
 
     doc = _load("rayjob-pipeline.yaml")
     assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayJob")
@@ -406,17 +406,18 @@ def test_rayjob_runs_a_real_entrypoint_on_the_same_cluster_and_cleans_up():
 
 # ---------------------------------------------------------------- KubeRay RayService (sampler fleet)
 
+@pytest.mark.ray
 def test_rayservice_serve_config_is_valid_and_builds(tiny_export):
     from ray.serve.schema import ServeDeploySchema
 
-    from actors.serve_app import app_builder
+    from actors.serve.app import app_builder
 
     doc = yaml.safe_load((ROOT / "cluster" / "rayservice-sampler.yaml").read_text())
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
     serve_cfg = ServeDeploySchema.model_validate(yaml.safe_load(doc["spec"]["serveConfigV2"]))
     app = serve_cfg.applications[0]
     module, attr = app.import_path.split(":")
-    assert (module, attr) == ("actors.serve_app", "app_builder")
+    assert (module, attr) == ("actors.serve.app", "app_builder")
     # the builder accepts exactly these args (with a local model folder in place of the PVC path)
     args = {**app.args, "model_dir": str(tiny_export), "api_key_env": None}
     started_here = not ray.is_initialized()

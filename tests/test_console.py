@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from phi4ray import console
-from phi4ray.overrides import apply_overrides
 from phi4ray.presets import run_preset
-from phi4ray.stage import Stage, StageFailed, StageResult, run_stage
+from phi4ray.run import console
+from phi4ray.run.overrides import apply_overrides
+from phi4ray.run.stage import Stage, StageFailed, StageResult, run_stage
 
 NOISE = """
 def noise(tag):
@@ -35,7 +35,7 @@ def _noise(tag: str) -> None:
 def _in_a_process(body: str, tmp_path: Path, verbose: bool = False) -> subprocess.CompletedProcess:
     """`body` in a fresh interpreter whose fds 1 and 2 are pipes, as under a terminal or a job
     runner (pytest's own capture would stand between sys.stdout and fd 1)."""
-    script = (f"import os, subprocess, sys\nfrom pathlib import Path\nfrom phi4ray import console\n{NOISE}\n"
+    script = (f"import os, subprocess, sys\nfrom pathlib import Path\nfrom phi4ray.run import console\n{NOISE}\n"
               f"console.install(console.Console(verbose={verbose}))\nlogs = Path({str(tmp_path)!r})\n{body}")
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
 

@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from phi4ray.config import ConfigError
-from phi4ray.curate.decontam import DecontamConfig, EvalIndex, EvalSetError, normalize, words
+from phi4ray.data.curate.decontam import DecontamConfig, EvalIndex, EvalSetError, normalize, words
+from phi4ray.run.errors import ConfigError
 
 QUESTION = ("A train leaves the station at 3 pm travelling at 60 miles per hour, and a second train leaves "
             "the same station one hour later at 80 miles per hour. At what time does the second train "

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray.curate.dedup import EDGE, EXACT, components, exact_key, group_edges, key_rows, resolve_partition, to_drop
+from phi4ray.data.curate.dedup import EDGE, EXACT, components, exact_key, group_edges, key_rows, resolve_partition, to_drop
 
 
 def test_exact_key_ignores_whitespace_and_compatibility_forms_only():

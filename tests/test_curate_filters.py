@@ -1,4 +1,4 @@
-"""Corruption filters, language ID and MinHash signatures (phi4ray.curate) on real text of this
+"""Corruption filters, language ID and MinHash signatures (phi4ray.data.curate) on real text of this
 machine: licences in /usr/share/common-licenses, stdlib docstrings and code, and the translated
 man pages under /usr/share/man/<lang>."""
 from __future__ import annotations
@@ -21,11 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray.config import ConfigError
-from phi4ray.corpus import builtin_sources
-from phi4ray.curate.config import CurateConfig
-from phi4ray.curate.documents import DocumentFilters
-from phi4ray.curate.filters import (
+from phi4ray.data.corpus import builtin_sources
+from phi4ray.data.curate.config import CurateConfig
+from phi4ray.data.curate.documents import DocumentFilters
+from phi4ray.data.curate.filters import (
     SCORE_COLUMNS,
     CorruptionConfig,
     corruption_reason,
@@ -33,8 +32,8 @@ from phi4ray.curate.filters import (
     corruption_scores,
     corruption_scores_batch,
 )
-from phi4ray.curate.langid import LanguageID
-from phi4ray.curate.minhash import (
+from phi4ray.data.curate.langid import LanguageID
+from phi4ray.data.curate.minhash import (
     PRIME,
     SENTINEL,
     MinHashConfig,
@@ -45,9 +44,10 @@ from phi4ray.curate.minhash import (
     shingle_hashes,
     signatures,
 )
-from phi4ray.curate.registry import FILTERS, DocumentFilter, register
-from phi4ray.overrides import apply_overrides
+from phi4ray.data.curate.registry import FILTERS, DocumentFilter, register
 from phi4ray.presets import run_preset
+from phi4ray.run.errors import ConfigError
+from phi4ray.run.overrides import apply_overrides
 
 LICENSES = Path("/usr/share/common-licenses")
 MAN = Path("/usr/share/man")

@@ -1,5 +1,5 @@
-"""The cross-document half's Ray-free pieces: the per-shard final pass (phi4ray.curate.outputs),
-the sample order's per-block reduction (phi4ray.curate.quality) and the funnel's checks."""
+"""The cross-document half's Ray-free pieces: the per-shard final pass (phi4ray.data.curate.outputs),
+the sample order's per-block reduction (phi4ray.data.curate.quality) and the funnel's checks."""
 from __future__ import annotations
 
 import json
@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray.corpus import builtin_sources
-from phi4ray.curate.config import CurateConfig
-from phi4ray.curate.documents import DocumentFilters
-from phi4ray.curate.outputs import finalize_shard, funnel, place_outputs
-from phi4ray.curate.quality import sample_rank, top_ranked
-from phi4ray.curate.shards import filter_shard, shard_file
+from phi4ray.data.corpus import builtin_sources
+from phi4ray.data.curate.config import CurateConfig
+from phi4ray.data.curate.documents import DocumentFilters
+from phi4ray.data.curate.outputs import finalize_shard, funnel, place_outputs
+from phi4ray.data.curate.quality import sample_rank, top_ranked
+from phi4ray.data.curate.shards import filter_shard, shard_file
 
 
 @pytest.fixture(scope="module")

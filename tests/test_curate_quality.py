@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray.config import ConfigError
-from phi4ray.corpus import builtin_sources
-from phi4ray.curate.annotate import ANNOTATION_TEMPLATE_V1, annotation_prompt, labels_from_annotations, parse_annotation
-from phi4ray.curate.classifier import ClassifierFileError, QualityClassifier, QualityClassifierConfig, train_classifier
-from phi4ray.passages import passage_scores, segment_passages
+from phi4ray.data.corpus import builtin_sources
+from phi4ray.data.curate.annotate import ANNOTATION_TEMPLATE_V1, annotation_prompt, labels_from_annotations, parse_annotation
+from phi4ray.data.curate.classifier import ClassifierFileError, QualityClassifier, QualityClassifierConfig, train_classifier
+from phi4ray.data.curate.passages import passage_scores, segment_passages
+from phi4ray.run.errors import ConfigError
 from tests.text_samples import chunks
 
 MAN = Path("/usr/share/man")

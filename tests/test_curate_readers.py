@@ -1,4 +1,4 @@
-"""Readers (phi4ray.curate.readers): listing, every format, and every kind of bad input, through
+"""Readers (phi4ray.data.curate.readers): listing, every format, and every kind of bad input, through
 fsspec's memory:// filesystem and local files. Every record read becomes exactly one row."""
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from phi4ray.config import ConfigError
-from phi4ray.curate.documents import DocumentFilters
-from phi4ray.curate.readers import COLUMNS, ROW_SCHEMA, Input, ReaderConfig, decode_bytes, list_inputs, read_input
-from phi4ray.curate.shards import filter_shard, plan_shards, shard_file
-from phi4ray.overrides import OverrideError, apply_overrides, flatten
+from phi4ray.data.curate.documents import DocumentFilters
+from phi4ray.data.curate.readers import COLUMNS, ROW_SCHEMA, Input, ReaderConfig, decode_bytes, list_inputs, read_input
+from phi4ray.data.curate.shards import filter_shard, plan_shards, shard_file
 from phi4ray.presets import run_preset
+from phi4ray.run.errors import ConfigError
+from phi4ray.run.overrides import OverrideError, apply_overrides, flatten
 
 MEM = fsspec.filesystem("memory")
 LICENSES = Path("/usr/share/common-licenses")

@@ -17,19 +17,19 @@ from openai import OpenAI
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-import phi4ray.curate.annotate as annotate_module
+import phi4ray.data.curate.annotate as annotate_module
 from actors.context import RunContext
-from actors.curate import STAGE
-from phi4ray.corpus import builtin_sources
-from phi4ray.curate.annotate import annotate, annotation_prompt
-from phi4ray.curate.builtin import MAN_ROOT, man_to_text
-from phi4ray.curate.classifier import QualityClassifier, train_classifier
-from phi4ray.curate.config import CurateConfig, QualityConfig
-from phi4ray.curate.quality import sample_rank
+from actors.data.curate import STAGE
+from phi4ray.data.corpus import builtin_sources
+from phi4ray.data.curate.annotate import annotate, annotation_prompt
+from phi4ray.data.curate.builtin import MAN_ROOT, man_to_text
+from phi4ray.data.curate.classifier import QualityClassifier, train_classifier
+from phi4ray.data.curate.config import CurateConfig, QualityConfig
+from phi4ray.data.curate.quality import sample_rank
 from phi4ray.evals.generators import arith_suite
-from phi4ray.overrides import apply_overrides
 from phi4ray.presets import run_preset
-from phi4ray.stage import run_stage, stage_key
+from phi4ray.run.overrides import apply_overrides
+from phi4ray.run.stage import run_stage, stage_key
 
 pytestmark = pytest.mark.ray
 

@@ -1,4 +1,4 @@
-"""A shard streams (phi4ray.curate.shards): a file several times its batch budget is read, filtered
+"""A shard streams (phi4ray.data.curate.shards): a file several times its batch budget is read, filtered
 and written batch by batch, with memory bounded by the batch, not the file; every row read is
 written once, and the verdicts do not depend on where the batches were cut."""
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from warcio.warcwriter import WARCWriter
 
-from phi4ray.config import ConfigError
-from phi4ray.curate.config import CurateConfig
-from phi4ray.curate.documents import DocumentFilters
-from phi4ray.curate.readers import Input, read_input
-from phi4ray.curate.shards import batches, filter_shard, shard_file
+from phi4ray.data.curate.config import CurateConfig
+from phi4ray.data.curate.documents import DocumentFilters
+from phi4ray.data.curate.readers import Input, read_input
+from phi4ray.data.curate.shards import batches, filter_shard, shard_file
+from phi4ray.run.errors import ConfigError
 
 MiB = 2**20
 

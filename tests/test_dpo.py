@@ -8,10 +8,11 @@ from collections import defaultdict
 import pytest
 import torch
 
-from phi4ray.config import ConfigError, ModelConfig
-from phi4ray.dpo import DPOConfig, PairLoader, completion_logps, dpo_loss, dpo_step
-from phi4ray.model import build_model
-from phi4ray.train import TrainConfig, make_optimizer
+from phi4ray.model.config import ModelConfig
+from phi4ray.model.decoder import build_model
+from phi4ray.run.errors import ConfigError
+from phi4ray.train.dpo import DPOConfig, PairLoader, completion_logps, dpo_loss, dpo_step
+from phi4ray.train.step import TrainConfig, make_optimizer
 
 
 def _trl_loss(per_token_logps, completion_mask, ref_c, ref_r, beta, loss_type, label_smoothing):

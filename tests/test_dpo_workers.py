@@ -1,5 +1,5 @@
 """DPO on FSDP2 over 2 gloo processes trains the same steps as over 1: the Ray trainer's own pieces
-(actors.trainer.build_for_training, make_data: load_sharded from an HF folder, PairLoader.from_folder,
+(actors.train.trainer.build_for_training, make_data: load_sharded from an HF folder, PairLoader.from_folder,
 dpo_step) without Ray. A batch of 5 pairs in micro-batches of 2 mixes single-token PTS pairs with
 multi-token full pairs, so the 2 ranks hold 3 and 2 pairs, different completion-token counts, and
 the rank with 2 runs a zero-weight padding pass."""
@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from phi4ray.config import model_preset
-from phi4ray.dpo import DPOConfig, PairLoader, completion_logps
-from phi4ray.hf import export_hf, import_hf
-from phi4ray.model import build_model
-from phi4ray.tokenizer import PAD
-from phi4ray.train import TrainConfig
-from phi4ray.train_jobs import TrainJob
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.model.hf import export_hf, import_hf
+from phi4ray.model.tokenizer import PAD
+from phi4ray.train.dpo import DPOConfig, PairLoader, completion_logps
+from phi4ray.train.jobs import TrainJob
+from phi4ray.train.step import TrainConfig
 from tests.conftest import free_port
 
 STEPS, IDS = 4, 512  # pair token ids below IDS; the vocabulary stays the tokenizer's (PAD pads)
@@ -54,7 +54,7 @@ def _worker(rank: int, world: int, port: int, job: TrainJob, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    from actors.trainer import _all_reduce, build_for_training, make_data  # the Ray workers' own steps
+    from actors.train.trainer import _all_reduce, build_for_training, make_data  # the Ray workers' own steps
 
     model = build_for_training(job, torch.device("cpu"), distributed=True)
     assert hasattr(model, "set_requires_gradient_sync")  # FSDP2, also on 1 process

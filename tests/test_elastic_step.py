@@ -11,11 +11,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from phi4ray.config import ConfigError, model_preset
-from phi4ray.model import build_model
-from phi4ray.parallelize import parallelize
-from phi4ray.row_stream import micro_slices
-from phi4ray.train import SequenceLoader, TrainConfig, train_step
+from phi4ray.data.row_stream import micro_slices
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.run.errors import ConfigError
+from phi4ray.train.parallelize import parallelize
+from phi4ray.train.step import SequenceLoader, TrainConfig, train_step
 
 SEQ, STEPS = 16, 3
 TC = TrainConfig(seq_len=SEQ, batch_size=8, micro_batch_size=2, steps=STEPS, warmup_steps=1, lr=1e-2)
@@ -32,7 +33,7 @@ def _worker(rank: int, world: int, port: int, out: str, sync_every_pass: bool) -
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    import phi4ray.train as train
+    import phi4ray.train.step as train
 
     if sync_every_pass:  # the reference: reduce-scatter after every backward
         train.set_gradient_sync = lambda model, on: None

@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from phi4ray.endpoint import EndpointConfig, EndpointError, OpenAIEndpoint
-from phi4ray.retry import rate_limiter, retry_after_s
-from phi4ray.sampling import SampleRequest
+from phi4ray.run.retry import rate_limiter, retry_after_s
+from phi4ray.serve.endpoint import EndpointConfig, EndpointError, OpenAIEndpoint
+from phi4ray.serve.sampling import SampleRequest
 
 KEY = "sk-test-5ecret-key"
 
@@ -305,7 +305,7 @@ def test_fleet_sampler_retries_lost_replicas_only(monkeypatch):
     from ray.exceptions import ActorDiedError  # deferred: Ray loads only for the fleet-client tests
     from ray.serve.exceptions import BackPressureError
 
-    from actors.sampler_client import FleetSampler  # deferred too: it imports Ray Serve
+    from actors.serve.sampler_client import FleetSampler  # deferred too: it imports Ray Serve
 
     def fleet(errors, **kw):
         s = FleetSampler("sampler", backoff_s=0.01, backoff_max_s=0.02, **kw)

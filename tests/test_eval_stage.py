@@ -10,15 +10,15 @@ from statistics import mean
 import pytest
 from openai import OpenAI
 
-from phi4ray.errors import MissingInput
 from phi4ray.evals.config import EvalConfig
 from phi4ray.evals.generators import BUILTIN_SUITES, arith_suite
 from phi4ray.evals.jsonl import load_suite_jsonl
 from phi4ray.evals.lm_eval_task import run_lm_eval, write_lm_eval_task
 from phi4ray.evals.models import graded_dir, model_fingerprint
 from phi4ray.evals.runner import grade, wilson_interval
-from phi4ray.oracles import math_equal
 from phi4ray.presets import run_preset
+from phi4ray.run.errors import MissingInput
+from phi4ray.verify.oracles import math_equal
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -72,8 +72,8 @@ def check_eval_outputs(run_dir, stages, size: int) -> None:
 
 def test_no_stage_model_at_all_fails_naming_the_setting(tmp_path):
     # deferred: the actors modules load Ray, which only these tests (marked ray) may pay for
-    from actors import eval_stage
     from actors.context import RunContext
+    from actors.evals import stage as eval_stage
 
     cfg = run_preset("tiny")
     cfg = dataclasses.replace(cfg, eval=EvalConfig(models=("dpo",)))
@@ -111,7 +111,7 @@ def test_models_are_served_in_turns_when_the_cluster_cannot_hold_them_all(ray_cl
     import ray
 
     from actors.context import RunContext
-    from actors.eval_stage import model_groups
+    from actors.evals.stage import model_groups
 
     stages = ["init", "pretrain", "midtrain", "sft", "dpo"]
     cfg = run_preset("tiny")

@@ -24,10 +24,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from phi4ray.arith import PRIME_TEMPLATES, ArithConfig, make_problems, question_text, sft_conversation, split_of
-from phi4ray.config import ConfigError
-from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
-from phi4ray.errors import MissingInput
 from phi4ray.evals import ifeval
 from phi4ray.evals.config import EvalConfig
 from phi4ray.evals.files import check_eval_files, decontam_files, load_suites, suite_files
@@ -64,10 +60,13 @@ from phi4ray.evals.runner import (
 )
 from phi4ray.evals.schema import EvalItem, Suite, SuiteError
 from phi4ray.evals.scores import score_lines, stage_counts
-from phi4ray.evals.toy import TOY_SUITES, toy_arith_suite
-from phi4ray.oracles import ChoiceOracle, MathOracle, math_equal
 from phi4ray.presets import run_preset
-from phi4ray.sandbox import CodeOracle
+from phi4ray.run.errors import ConfigError, MissingInput
+from phi4ray.serve.endpoint import EndpointConfig, OpenAIEndpoint
+from phi4ray.toy.arith import PRIME_TEMPLATES, ArithConfig, make_problems, question_text, sft_conversation, split_of
+from phi4ray.toy.evals import TOY_SUITES, toy_arith_suite
+from phi4ray.verify.oracles import ChoiceOracle, MathOracle, math_equal
+from phi4ray.verify.sandbox import CodeOracle
 
 # --- IFEval checks ------------------------------------------------------------------------------
 LOREM = " ".join(["word"] * 60)

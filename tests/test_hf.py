@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from phi4ray.config import model_preset
-from phi4ray.hf import CheckpointError, export_hf, import_hf
-from phi4ray.model import build_model
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.model.hf import CheckpointError, export_hf, import_hf
 
 
 def _same_state(a, b):

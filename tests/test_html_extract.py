@@ -1,4 +1,4 @@
-"""HTML-to-text extraction (phi4ray.curate.html): what is kept, what is dropped, and that no input
+"""HTML-to-text extraction (phi4ray.data.curate.html): what is kept, what is dropped, and that no input
 makes it raise or stall."""
 import random
 import time
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray.config import ConfigError
-from phi4ray.curate.html import ExtractConfig, Extraction, decode_html, extract
-from phi4ray.overrides import apply_overrides
+from phi4ray.data.curate.html import ExtractConfig, Extraction, decode_html, extract
+from phi4ray.run.errors import ConfigError
+from phi4ray.run.overrides import apply_overrides
 
 FILLER = ("Gradient descent updates each parameter against the slope of the loss, and the step size "
           "decides whether training converges or oscillates around the minimum. ")

@@ -1,7 +1,7 @@
 """LLM-judge data: parsing, position bias, pair selection, accounting; then the real fleet.
 
-Unit tests drive phi4ray/judge.py, the judged-data drivers (phi4ray/judged_pairs.py,
-phi4ray/judged_sft.py), phi4ray/judge_endpoint.py and actors/judge.py with scripted async judges
+Unit tests drive phi4ray/posttrain/judge.py, the judged-data drivers (phi4ray/posttrain/judged_pairs.py,
+phi4ray/posttrain/judged_sft.py), phi4ray/posttrain/judge_endpoint.py and actors/posttrain/judge.py with scripted async judges
 and policies (and a loopback OpenAI-compatible server for the endpoint side). The integration tests run
 responses (and once the judge) through the real Serve + vLLM fleet of the session fixtures.
 """
@@ -17,9 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow.parquet as pq
 import pytest
 
-from actors.judge import FleetJudge, FleetPolicy
-from phi4ray.endpoint import EndpointConfig
-from phi4ray.judge import (
+from actors.posttrain.judge import FleetJudge, FleetPolicy
+from phi4ray.model.tokenizer import ENDOFTEXT, IM_END, get_tokenizer, render_prompt
+from phi4ray.posttrain.judge import (
     JUDGE_TEMPLATE_V1,
     Candidate,
     best_of_n,
@@ -29,12 +29,12 @@ from phi4ray.judge import (
     parse_verdict,
     select_pair,
 )
-from phi4ray.judge_endpoint import EndpointJudge, EndpointPolicy
-from phi4ray.judged_pairs import build_judged_pairs, pair_schema
-from phi4ray.judged_sft import best_of_n_sft
-from phi4ray.oracles import MathOracle
-from phi4ray.sft import read_conversations
-from phi4ray.tokenizer import ENDOFTEXT, IM_END, get_tokenizer, render_prompt
+from phi4ray.posttrain.judge_endpoint import EndpointJudge, EndpointPolicy
+from phi4ray.posttrain.judged_pairs import build_judged_pairs, pair_schema
+from phi4ray.posttrain.judged_sft import best_of_n_sft
+from phi4ray.serve.endpoint import EndpointConfig
+from phi4ray.train.sft import read_conversations
+from phi4ray.verify.oracles import MathOracle
 
 PAIR_COLUMNS = ["pair_id", "query_id", "model_id", "prompt_ids", "chosen_ids", "rejected_ids", "prompt_text",
                 "chosen_text", "rejected_text", "chosen_accuracy", "chosen_style", "chosen_detail",
@@ -398,7 +398,7 @@ class RecordingSampler:
     """The real FleetSampler, keeping every sample it returned."""
 
     def __init__(self, deployment, app):
-        from actors.sampler_client import FleetSampler
+        from actors.serve.sampler_client import FleetSampler
 
         self.inner, self.samples = FleetSampler(deployment, app), []
 
@@ -428,6 +428,7 @@ def _assert_sampled(cands, rec):
         assert len(c["ids"]) <= 16 if stopped else len(c["ids"]) == 16, c
 
 
+@pytest.mark.vllm
 @pytest.mark.ray
 def test_fleet_judge_gibberish_is_recorded(sampler_app, tmp_path):
     rec, policies = _fleet_policies(sampler_app)
@@ -448,6 +449,7 @@ def test_fleet_judge_gibberish_is_recorded(sampler_app, tmp_path):
     assert all(c["judge_output"] is not None for c in cands if c["reason"] == "unparseable")
 
 
+@pytest.mark.vllm
 @pytest.mark.ray
 def test_fleet_responses_scripted_judge_write_pairs(sampler_app, tmp_path):
     rec, policies = _fleet_policies(sampler_app)

@@ -3,12 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phi4ray import losses
-from phi4ray.config import model_preset
-from phi4ray.dpo import completion_logps
-from phi4ray.losses import token_logps
-from phi4ray.model import build_model
-from phi4ray.train import loss_fn
+from phi4ray.model import losses
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.model.losses import token_logps
+from phi4ray.train.dpo import completion_logps
+from phi4ray.train.step import loss_fn
 from tests.test_attention import ShapeLog
 
 V = 512

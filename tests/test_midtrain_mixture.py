@@ -6,13 +6,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.cluster import RayCluster
-from actors.tokenize import tokenize_mixture
-from phi4ray.config import ConfigError
-from phi4ray.mixtures import midtrain_mixture_for_run, mixture_for_run
-from phi4ray.packing import load_token_shards
-from phi4ray.token_shards import RECORD, TOO_SHORT
-from phi4ray.tokenizer import ENDOFTEXT, get_tokenizer
+from actors.data.tokenize import tokenize_mixture
+from actors.run.cluster import RayCluster
+from phi4ray.data.mixtures import midtrain_mixture_for_run, mixture_for_run
+from phi4ray.data.packing import load_token_shards
+from phi4ray.data.token_shards import RECORD, TOO_SHORT
+from phi4ray.model.tokenizer import ENDOFTEXT, get_tokenizer
+from phi4ray.run.errors import ConfigError
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 L = 16  # pretraining seq_len: long documents have >= 2L tokens, the up-weighted ones >= 4L
@@ -64,6 +64,7 @@ def test_midtrain_mixture_is_long_plus_recall(run):
     assert mix.seq_len == 4 * L and mix.weights() == pytest.approx({"long": 0.3, "recall": 0.7})
 
 
+@pytest.mark.ray
 def test_midtrain_rows_shares_and_counts(run, midtrained):
     root, lengths = run
     mix, m = midtrained
@@ -95,6 +96,7 @@ def test_midtrain_rows_shares_and_counts(run, midtrained):
     assert whole["long"] and min(whole["long"]) - 1 >= 2 * L and min(whole["recall"]) - 1 < 2 * L
 
 
+@pytest.mark.ray
 def test_rerun_is_a_no_op_and_pretraining_tokens_live_beside(run, midtrained):
     root, _ = run
     mix, first = midtrained
@@ -106,6 +108,7 @@ def test_rerun_is_a_no_op_and_pretraining_tokens_live_beside(run, midtrained):
     assert record(root, "tokens_midtrain")["finished_at"] == finished
 
 
+@pytest.mark.ray
 def test_no_long_document_fails_naming_the_threshold(ray_local, run, tmp_path):
     root, lengths = run
     mix = midtrain_mixture_for_run(root, seq_len=1024, pretrain_seq_len=256)

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from phi4ray.config import ConfigError, ModelConfig, model_preset
-from phi4ray.model import build_model, positions_from_doc_ids
+from phi4ray.model.config import ModelConfig, model_preset
+from phi4ray.model.decoder import build_model, positions_from_doc_ids
 from phi4ray.presets import run_preset
-from phi4ray.train_jobs import midtrain_seq_len, post_midtrain_model
+from phi4ray.run.errors import ConfigError
+from phi4ray.train.jobs import midtrain_seq_len, post_midtrain_model
 
 
 def test_phi4_14b_parameter_count_on_meta():

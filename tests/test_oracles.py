@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray import mathexpr, oracles
-from phi4ray.oracles import (
+from phi4ray.verify import mathexpr, oracles
+from phi4ray.verify.oracles import (
     ChoiceOracle,
     MathOracle,
     extract_answer,
@@ -283,7 +283,7 @@ def test_get_oracle(monkeypatch):
         get_oracle("regex")
     with pytest.raises(ValueError, match="known kinds"):
         get_oracle(None)
-    # "code" is phi4ray.sandbox's CodeOracle, and gets the keywords as they are
+    # "code" is phi4ray.verify.sandbox's CodeOracle, and gets the keywords as they are
     monkeypatch.setattr(oracles, "CodeOracle", lambda **kw: ("code", kw))
     assert get_oracle("code", timeout_s=3) == ("code", {"timeout_s": 3})
 

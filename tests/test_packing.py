@@ -5,9 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from phi4ray.config import ConfigError
-from phi4ray.model import document_causal_mask, positions_from_doc_ids
-from phi4ray.packing import (
+from phi4ray.data.packing import (
     PHI4_MIXTURE,
     MixtureConfig,
     PackStats,
@@ -17,7 +15,9 @@ from phi4ray.packing import (
     pack,
     plan_shares,
 )
-from phi4ray.token_shards import DocCopies
+from phi4ray.data.token_shards import DocCopies
+from phi4ray.model.decoder import document_causal_mask, positions_from_doc_ids
+from phi4ray.run.errors import ConfigError
 
 EOT = 100257
 

@@ -7,18 +7,18 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actors.trainer import run_training
-from phi4ray.arith import ArithConfig, make_problems, sft_conversation
-from phi4ray.config import model_preset
-from phi4ray.dpo import DPOConfig, PairLoader, completion_logps, dpo_step, load_pairs
-from phi4ray.hf import export_hf, import_hf
-from phi4ray.model import build_model
-from phi4ray.row_stream import RowOrder
-from phi4ray.sft import pack_conversations
-from phi4ray.tokenizer import PAD, get_tokenizer
-from phi4ray.train import TrainConfig, make_optimizer
-from phi4ray.train_jobs import TrainJob
-from phi4ray.train_metrics import read_metrics
+from actors.train.trainer import run_training
+from phi4ray.data.row_stream import RowOrder
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.model.hf import export_hf, import_hf
+from phi4ray.model.tokenizer import PAD, get_tokenizer
+from phi4ray.toy.arith import ArithConfig, make_problems, sft_conversation
+from phi4ray.train.dpo import DPOConfig, PairLoader, completion_logps, dpo_step, load_pairs
+from phi4ray.train.jobs import TrainJob
+from phi4ray.train.metrics import read_metrics
+from phi4ray.train.sft import pack_conversations
+from phi4ray.train.step import TrainConfig, make_optimizer
 
 pytestmark = pytest.mark.ray
 CFG = model_preset("tiny").replace(n_layers=2, dim=128, n_heads=4, n_kv_heads=2, ffn_dim=256, max_seq_len=128)
@@ -67,7 +67,7 @@ def _pairs(tmp_path, n=32):
 
 
 def test_reference_pass_then_dpo_resumes_exactly(ray_cluster, base_model, tmp_path):
-    from actors.reference import add_reference_logps
+    from actors.train.reference import add_reference_logps
 
     pairs_dir = _pairs(tmp_path)
     assert add_reference_logps(pairs_dir, base_model, tmp_path / "ref", concurrency=1, batch_size=8) == 32

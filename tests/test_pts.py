@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from phi4ray.config import ConfigError
-from phi4ray.pts import PivotSearch, PTSConfig, pair_from_pivot, search_query, split_point
-from phi4ray.sampling import Sample
+from phi4ray.posttrain.pts import PivotSearch, PTSConfig, pair_from_pivot, search_query, split_point
+from phi4ray.run.errors import ConfigError
+from phi4ray.serve.sampling import Sample
 
 WIN, LOSE = 1, 2          # the last token of every rollout says whether it succeeded
 QUERY = [100, 101, 102]

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from actors.pts import run_search
-from phi4ray.pts import PTSConfig, search_report
-from phi4ray.tokenizer import get_tokenizer
+from actors.posttrain.pts import run_search
+from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.posttrain.pts import PTSConfig, search_report
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 PIVOT = 2
 
 

@@ -16,12 +16,12 @@ import json
 
 import pytest
 
-from phi4ray import manifest
-from phi4ray.hf import export_hf
+from phi4ray.model.hf import export_hf
+from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.posttrain.queries import load_query_file
 from phi4ray.presets import run_preset
-from phi4ray.pts_queries import load_query_file
-from phi4ray.stage import run_stage
-from phi4ray.tokenizer import get_tokenizer
+from phi4ray.run import manifest
+from phi4ray.run.stage import run_stage
 from tests.chain_model import chain_model, text_chain
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
@@ -36,8 +36,8 @@ BAD = [json.dumps({"id": "c2", "kind": "choice", "prompt": "p", "reference": "E"
 
 
 def test_pts_stage_on_a_file_of_every_kind(ray_cluster, tmp_path):
-    from actors import pts
     from actors.context import RunContext
+    from actors.posttrain import pts
 
     tok = get_tokenizer()
     gen_prompt_end = tok.render_chat([{"role": "user", "content": "q"}], add_generation_prompt=True).ids[-1]

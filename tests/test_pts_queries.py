@@ -8,16 +8,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phi4ray.arith import make_problems
-from phi4ray.config import ConfigError
-from phi4ray.errors import MissingInput
 from phi4ray.evals.kinds import render_prompt
 from phi4ray.evals.schema import EvalItem
+from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.posttrain.pts import PTSConfig
+from phi4ray.posttrain.queries import check_queries_file, load_query_file, pts_queries, query_oracle
 from phi4ray.presets import run_preset
-from phi4ray.pts import PTSConfig
-from phi4ray.pts_queries import check_queries_file, load_query_file, pts_queries, query_oracle
-from phi4ray.stage import Stage, StageResult, stage_key
-from phi4ray.tokenizer import get_tokenizer
+from phi4ray.run.errors import ConfigError, MissingInput
+from phi4ray.run.stage import Stage, StageResult, stage_key
+from phi4ray.toy.arith import make_problems
 
 GOOD = [
     {"question": "Tom has 2 apples and buys 4 more. How many?", "answer": "2 + 4 = 6.\n#### 6"},  # GSM8K's shape

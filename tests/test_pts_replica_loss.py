@@ -21,12 +21,12 @@ import ray
 from ray import serve
 from ray.exceptions import ActorDiedError
 
-from actors.pts import run_search
-from actors.sampler_client import FleetSampler
-from phi4ray.pts import PTSConfig
-from phi4ray.sampling import SampleRequest, derived_seed
+from actors.posttrain.pts import run_search
+from actors.serve.sampler_client import FleetSampler
+from phi4ray.posttrain.pts import PTSConfig
+from phi4ray.serve.sampling import SampleRequest, derived_seed
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 PIVOT = 2
 SEED = 11
 

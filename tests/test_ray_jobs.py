@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from phi4ray.manifest import manifest_path
+from phi4ray.run.manifest import manifest_path
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ PRETRAIN_ARGS = ["--preset", "tiny", "model.n_layers=1", "model.dim=64", "model.
 
 
 def summary_line(stage: str) -> str:
-    return f"[{stage:>10}] done in"   # what phi4ray.stage.run_stage prints for a stage that ran
+    return f"[{stage:>10}] done in"   # what phi4ray.run.stage.run_stage prints for a stage that ran
 
 
 class LocalHead:
@@ -217,12 +217,13 @@ def test_pretrain_asking_for_two_workers_makes_two_nodes_appear(tmp_path):
     """A head with no CPUs and a node type of 1 CPU (0..3 nodes). The real `pretrain` stage,
     submitted as a Ray job, asks Ray Train for 2 workers of 1 CPU: the autoscaler launches the 2
     nodes they need and training runs across both."""
-    from actors import tokenize
     from actors.context import RunContext
-    from phi4ray import init_model, manifest
-    from phi4ray.overrides import apply_overrides
+    from actors.data import tokenize
+    from phi4ray.model import init_model
     from phi4ray.presets import run_preset
-    from phi4ray.stage import run_stage, stage_key
+    from phi4ray.run import manifest
+    from phi4ray.run.overrides import apply_overrides
+    from phi4ray.run.stage import run_stage, stage_key
     from tests.test_trainer import SEQ, _write_rows
 
     run = tmp_path / "run"

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.ray
 
 SCRIPT = """
 import json, os, ray, ray.data
-from actors.cluster import SERVE_CPUS
+from actors.run.cluster import SERVE_CPUS
 from actors.context import RunContext
 from phi4ray.presets import run_preset
 cfg = run_preset("tiny")
@@ -58,7 +58,7 @@ def where(tag: str, device: str = "") -> dict:
 
 
 def test_on_worker_runs_the_function_off_the_driver(ray_cluster):
-    from actors.off_driver import on_worker
+    from actors.run.off_driver import on_worker
 
     got = on_worker(where, "x", gpu=False)
     assert got["pid"] != os.getpid() and got == {**got, "tag": "x", "device": "cpu"}

@@ -1,4 +1,4 @@
-"""The request limits of the sampler fleet (phi4ray.request_limits), one by one, without Ray: the
+"""The request limits of the sampler fleet (phi4ray.serve.request_limits), one by one, without Ray: the
 same checks run on the token-level path (SampleRequest.validate) and on the OpenAI HTTP routes
 (check_openai_request); tests/test_serve.py sends the same requests to the real fleet."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from phi4ray import tokenizer as T
-from phi4ray.config import ConfigError
+from phi4ray.model import tokenizer as T
 from phi4ray.presets import ServeConfig
-from phi4ray.request_limits import (
+from phi4ray.run.errors import ConfigError
+from phi4ray.serve.request_limits import (
     DEFAULT_MAX_REQUEST_TOKENS,
     MAX_LOGPROBS,
     MAX_MESSAGES,
@@ -25,7 +25,7 @@ from phi4ray.request_limits import (
     check_request,
     completion_prompt_tokens,
 )
-from phi4ray.sampling import SampleRequest
+from phi4ray.serve.sampling import SampleRequest
 
 
 def rejects(field: str, needle: str, fn, *args, **kwargs) -> SamplingError:

@@ -1,4 +1,4 @@
-"""The streaming row order and readers (phi4ray.row_stream): what a rank reads, and exact resume."""
+"""The streaming row order and readers (phi4ray.data.row_stream): what a rank reads, and exact resume."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phi4ray.dpo import PairLoader
-from phi4ray.row_stream import ParquetRows, RowOrder
-from phi4ray.train import SequenceLoader
+from phi4ray.data.row_stream import ParquetRows, RowOrder
+from phi4ray.train.dpo import PairLoader
+from phi4ray.train.step import SequenceLoader
 
 SIZES = [7, 30, 1, 12, 20, 5]  # rows per file: uneven on purpose
 

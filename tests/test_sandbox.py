@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from phi4ray import sandbox
-from phi4ray.sandbox import CodeOracle, SandboxLimits, extract_code, run_python
+from phi4ray.verify import sandbox
+from phi4ray.verify.sandbox import CodeOracle, SandboxLimits, extract_code, run_python
 
 MODE = sandbox.isolation_mode()
 NS = MODE.startswith("ns")

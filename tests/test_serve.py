@@ -15,13 +15,13 @@ import pytest
 import ray
 import torch
 
-from actors.sampler_client import FleetSampler
-from actors.weights import refresh_weights, registry, running_replicas, target_key
-from phi4ray import tokenizer as T
-from phi4ray.hf import export_hf
-from phi4ray.model import greedy_decode
-from phi4ray.request_limits import LLM_CONFIG_KEY, MAX_LOGPROBS, MAX_MESSAGES, MAX_N, MAX_NEW_TOKENS
-from phi4ray.sampling import SampleRequest, SamplingError
+from actors.serve.sampler_client import FleetSampler
+from actors.serve.weights import refresh_weights, registry, running_replicas, target_key
+from phi4ray.model import tokenizer as T
+from phi4ray.model.decoder import greedy_decode
+from phi4ray.model.hf import export_hf
+from phi4ray.serve.request_limits import LLM_CONFIG_KEY, MAX_LOGPROBS, MAX_MESSAGES, MAX_N, MAX_NEW_TOKENS
+from phi4ray.serve.sampling import SampleRequest, SamplingError
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 PROMPT = T.get_tokenizer().render_chat([{"role": "user", "content": "What is 12*12?"}], add_generation_prompt=True).ids
@@ -176,7 +176,7 @@ def test_weight_refresh_in_place_without_failed_requests(sampler_app, tiny_model
 
 @pytest.mark.parametrize("change", [{"n_layers": 1}, {"rope_theta": 250_000.0}])  # RoPE: midtrained weights
 def test_refresh_to_other_shape_is_refused_and_old_weights_stay(sampler_app, tiny_model, tmp_path, change):
-    from phi4ray.model import build_model
+    from phi4ray.model.decoder import build_model
 
     before = _greedy(sampler_app, PROMPT)
     export_hf(build_model(tiny_model.cfg.replace(**change), seed=0), tmp_path / "other")
@@ -237,7 +237,7 @@ def test_seeded_long_prompts_in_one_batch_keep_the_engine_alive(sampler_app):
     assert len(_greedy(sampler_app, PROMPT, 4)) >= 1  # the engine still serves afterwards
 
 
-# --- request limits: one check (phi4ray.request_limits) on the HTTP routes and the token path --------
+# --- request limits: one check (phi4ray.serve.request_limits) on the HTTP routes and the token path --------
 CONTEXT = 512  # the sampler_app fixture's max_model_len
 
 
@@ -276,7 +276,7 @@ def _chat_of(n_tokens: int) -> tuple[list[dict], int]:
 
 
 def test_sampler_llm_config_carries_the_cost_cap_and_the_grace_period(tiny_export):
-    from actors.serve_app import sampler_llm_config
+    from actors.serve.app import sampler_llm_config
 
     cfg = sampler_llm_config(str(tiny_export), max_request_tokens=256, shutdown_grace_s=7.0)
     assert cfg.experimental_configs[LLM_CONFIG_KEY] == {"max_request_tokens": 256}

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from phi4ray.arith import ArithConfig, make_problems, sft_conversation
-from phi4ray.config import model_preset
-from phi4ray.model import build_model, document_causal_mask
-from phi4ray.sft import heldout_loss, pack_conversations, read_conversations
-from phi4ray.tokenizer import IM_END, PAD, get_tokenizer
-from phi4ray.train import SequenceLoader, TrainConfig, make_optimizer, train_step
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model, document_causal_mask
+from phi4ray.model.tokenizer import IM_END, PAD, get_tokenizer
+from phi4ray.toy.arith import ArithConfig, make_problems, sft_conversation
+from phi4ray.train.sft import heldout_loss, pack_conversations, read_conversations
+from phi4ray.train.step import SequenceLoader, TrainConfig, make_optimizer, train_step
 
 
 @pytest.fixture(scope="module")

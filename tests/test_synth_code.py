@@ -1,7 +1,7 @@
 """Instruction reversal and execution validation of code, with the real sandbox.
 
 The static fidelity parts (AST shape similarity, signatures, doctest-derived tests) are checked
-directly; the reversal step runs on a scripted engine and the real `phi4ray.sandbox.run_python`
+directly; the reversal step runs on a scripted engine and the real `phi4ray.verify.sandbox.run_python`
 (about a dozen sandbox runs in all, well under a second each).
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import re
 
 import pyarrow as pa
 
-from phi4ray.synth import reversal
-from phi4ray.synth.llm import CallConfig, ScriptedEngine
-from phi4ray.synth.reversal import (
+from phi4ray.data.synth import reversal
+from phi4ray.data.synth.llm import CallConfig, ScriptedEngine
+from phi4ray.data.synth.reversal import (
     ReversalConfig,
     ast_similarity,
     derive_tests,

@@ -14,12 +14,12 @@ import re
 import pyarrow as pa
 import pytest
 
-from phi4ray.synth import plurality, qa, revise, rewrite
-from phi4ray.synth.llm import CallConfig, ScriptedEngine
-from phi4ray.synth.plurality import PluralityConfig, normalize_text, plurality_filter, plurality_step
-from phi4ray.synth.qa import QAConfig, QAPair, parse_qa_pairs, qa_step, question_key, support_problem
-from phi4ray.synth.revise import ReviseConfig, parse_critique, revise_step
-from phi4ray.synth.rewrite import RewriteConfig, ngram_overlap, rewrite_step
+from phi4ray.data.synth import plurality, qa, revise, rewrite
+from phi4ray.data.synth.llm import CallConfig, ScriptedEngine
+from phi4ray.data.synth.plurality import PluralityConfig, normalize_text, plurality_filter, plurality_step
+from phi4ray.data.synth.qa import QAConfig, QAPair, parse_qa_pairs, qa_step, question_key, support_problem
+from phi4ray.data.synth.revise import ReviseConfig, parse_critique, revise_step
+from phi4ray.data.synth.rewrite import RewriteConfig, ngram_overlap, rewrite_step
 
 FAST = CallConfig(retries=1, backoff_s=0, batch_size=4)
 

@@ -1,6 +1,6 @@
 """Synthesis plumbing: versioned templates, the LLM call layer, the endpoint engine, configs.
 
-Everything runs on scripted engines (phi4ray.synth.llm.ScriptedEngine) or an in-process HTTP
+Everything runs on scripted engines (phi4ray.data.synth.llm.ScriptedEngine) or an in-process HTTP
 transport: no model, no network, no Ray.
 """
 from __future__ import annotations
@@ -11,9 +11,7 @@ import json
 import httpx
 import pytest
 
-from phi4ray.config import ConfigError
-from phi4ray.endpoint import EndpointConfig, OpenAIEndpoint
-from phi4ray.synth.llm import (
+from phi4ray.data.synth.llm import (
     CallConfig,
     EndpointEngine,
     Outcome,
@@ -24,13 +22,15 @@ from phi4ray.synth.llm import (
     make_row,
     seed_value,
 )
-from phi4ray.synth.plurality import PluralityConfig
-from phi4ray.synth.qa import QAConfig
-from phi4ray.synth.reversal import ReversalConfig
-from phi4ray.synth.revise import ReviseConfig
-from phi4ray.synth.rewrite import SCHEMA as REWRITE_SCHEMA
-from phi4ray.synth.rewrite import RewriteConfig
-from phi4ray.synth.templates import TemplateError, available_templates, load_template, strip_label, template_digests
+from phi4ray.data.synth.plurality import PluralityConfig
+from phi4ray.data.synth.qa import QAConfig
+from phi4ray.data.synth.reversal import ReversalConfig
+from phi4ray.data.synth.revise import ReviseConfig
+from phi4ray.data.synth.rewrite import SCHEMA as REWRITE_SCHEMA
+from phi4ray.data.synth.rewrite import RewriteConfig
+from phi4ray.data.synth.templates import TemplateError, available_templates, load_template, strip_label, template_digests
+from phi4ray.run.errors import ConfigError
+from phi4ray.serve.endpoint import EndpointConfig, OpenAIEndpoint
 
 TEMPLATES = ["answer", "code_to_instruction", "critique", "instruction_to_code", "qa_extract", "respond", "revise",
              "rewrite_discussion", "rewrite_exercise", "rewrite_reasoning"]
@@ -175,7 +175,7 @@ class HangingEngine:
 
 
 class FinalError(RuntimeError):
-    retryable = False  # as phi4ray.endpoint.EndpointError says of a 400
+    retryable = False  # as phi4ray.serve.endpoint.EndpointError says of a 400
 
 
 class FinalEngine:

@@ -1,4 +1,4 @@
-"""Which documents synthesis starts from (phi4ray.synth.seeds): a stable rank per document, each
+"""Which documents synthesis starts from (phi4ray.data.synth.seeds): a stable rank per document, each
 source's first documents by it, the same however the documents are split or ordered."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phi4ray.overrides import apply_overrides
+from phi4ray.data.synth import seeds
+from phi4ray.data.synth.seeds import order, pick_documents, pool_size, prose_seeds, rank, top_documents
 from phi4ray.presets import run_preset
-from phi4ray.synth import seeds
-from phi4ray.synth.seeds import order, pick_documents, pool_size, prose_seeds, rank, top_documents
+from phi4ray.run.overrides import apply_overrides
 
 
 def config(n_seeds: int = 2, seed: int = 0):

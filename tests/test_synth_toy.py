@@ -1,4 +1,4 @@
-"""The verified toy source (phi4ray/synth/toy.py): generated = kept + rejected, every kept solution
+"""The verified toy source (phi4ray/toy/synth.py): generated = kept + rejected, every kept solution
 checked independently of the generator, no held-out question in the data, and its tokens packed
 into the pretraining mixture as a real synthetic share. No Ray, no model."""
 from __future__ import annotations
@@ -11,18 +11,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phi4ray.arith import PRIME_TEMPLATES, PRIMES, make_problems, split_of, worked_solution
-from phi4ray.config import ConfigError
+from phi4ray.data.mixtures import pretrain_mixture, source_files
+from phi4ray.data.packing import load_token_shards, mixture_plan, plan_shares
+from phi4ray.data.synth.outputs import OUT_SCHEMA, write_outputs
+from phi4ray.data.token_shards import docs_file, pack_group, source_stats, tokenize_file
 from phi4ray.evals.generators import builtin_suites
-from phi4ray.evals.toy import TOY_SUITES
-from phi4ray.mixtures import pretrain_mixture, source_files
-from phi4ray.overrides import OverrideError, apply_overrides
-from phi4ray.packing import load_token_shards, mixture_plan, plan_shares
+from phi4ray.model.tokenizer import get_tokenizer
 from phi4ray.presets import run_preset
-from phi4ray.synth import toy
-from phi4ray.synth.outputs import OUT_SCHEMA, write_outputs
-from phi4ray.token_shards import docs_file, pack_group, source_stats, tokenize_file
-from phi4ray.tokenizer import get_tokenizer
+from phi4ray.run.errors import ConfigError
+from phi4ray.run.overrides import OverrideError, apply_overrides
+from phi4ray.toy import synth as toy
+from phi4ray.toy.arith import PRIME_TEMPLATES, PRIMES, make_problems, split_of, worked_solution
+from phi4ray.toy.evals import TOY_SUITES
 
 
 def cfg_with(*overrides: str):
@@ -144,7 +144,7 @@ def test_the_pretraining_mixture_packs_a_real_synthetic_share(tmp_path):
     assert {s.name: (s.paths, s.weight) for s in mix.sources} == {
         "synthetic": (("synthetic/synthetic",), 0.40), "web": (("curated/web",), 0.15),
         "code": (("curated/code",), 0.20)}
-    # the tokenize stage's two passes, as actors/tokenize.py runs them on Ray Data, here in-process
+    # the tokenize stage's two passes, as actors/data/tokenize.py runs them on Ray Data, here in-process
     tok, cache = get_tokenizer(), tmp_path / "tokenized"
     files = {s.name: source_files(tmp_path, s) for s in mix.sources}
     for fs in files.values():

@@ -1,7 +1,7 @@
-"""The synthesize stage (phi4ray/synth, actors/synthesize.py): seeds, chunked resume, outputs, counts, report.
+"""The synthesize stage (phi4ray/synth, actors/data/synthesize.py): seeds, chunked resume, outputs, counts, report.
 
-Most tests run the stage's work (phi4ray.synth.runner.synthesize) in this process on a scripted
-teacher (`LocalRunner` + `ScriptedEngine`), through the stage runner (phi4ray.stage.run_stage:
+Most tests run the stage's work (phi4ray.data.synth.runner.synthesize) in this process on a scripted
+teacher (`LocalRunner` + `ScriptedEngine`), through the stage runner (phi4ray.run.stage.run_stage:
 skip-if-complete, manifest): no Ray, no model. One test runs the whole stage on Ray Data through the real
 vLLM sampler fleet of the session fixtures, with the random tiny model as teacher: it writes junk,
 so nearly everything is dropped; that test checks files, schemas, counts and reasons, not quality.
@@ -21,20 +21,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.synthesize import STAGE, RayRunner, build_engine
-from actors.synthesize import run as run_on_ray
-from phi4ray import manifest
-from phi4ray.config import ConfigError
-from phi4ray.overrides import OverrideError, apply_overrides
+from actors.data.synthesize import STAGE, RayRunner, build_engine
+from actors.data.synthesize import run as run_on_ray
+from phi4ray.data.synth.llm import ScriptedEngine
+from phi4ray.data.synth.outputs import OUT_SCHEMA, check_counts
+from phi4ray.data.synth.runner import LocalRunner, synthesize
+from phi4ray.data.synth.seeds import code_seeds, pick_documents, prose_seeds
+from phi4ray.data.synth.steps import STEPS
+from phi4ray.model.tokenizer import IM_END, get_tokenizer
 from phi4ray.presets import run_preset
-from phi4ray.sampling import Sample
-from phi4ray.stage import is_current, run_stage
-from phi4ray.synth.llm import ScriptedEngine
-from phi4ray.synth.outputs import OUT_SCHEMA, check_counts
-from phi4ray.synth.runner import LocalRunner, synthesize
-from phi4ray.synth.seeds import code_seeds, pick_documents, prose_seeds
-from phi4ray.synth.steps import STEPS
-from phi4ray.tokenizer import IM_END, get_tokenizer
+from phi4ray.run import manifest
+from phi4ray.run.errors import ConfigError
+from phi4ray.run.overrides import OverrideError, apply_overrides
+from phi4ray.run.stage import is_current, run_stage
+from phi4ray.serve.sampling import Sample
 
 TOPICS = ["rivers", "glaciers", "rivers", "volcanoes", "tides"]  # "rivers" twice: a question repeated across seeds
 CODE = {
@@ -374,7 +374,7 @@ def test_config_errors_name_the_field(override, field):
 
 
 def test_fleet_engine_renders_decodes_seeds_and_isolates_failures():
-    from actors.fleet_engine import FleetEngine  # deferred: its actors.sampler_client import loads Ray Serve
+    from actors.serve.fleet_engine import FleetEngine  # deferred: its actors.serve.sampler_client import loads Ray Serve
 
     tok = get_tokenizer()
 
@@ -405,7 +405,7 @@ def test_fleet_engine_renders_decodes_seeds_and_isolates_failures():
 def test_ray_pick_equals_the_local_pick(ray_cluster, tmp_path):
     """The Ray Data pass picks the documents the in-process path picks: ids or `<file>:<row>`,
     blank texts skipped, a blank-only source offering none, a source over its pool trimmed."""
-    from actors.synthesize import pick_documents as ray_pick  # deferred: with Ray, as below
+    from actors.data.synthesize import pick_documents as ray_pick  # deferred: with Ray, as below
 
     words = passage("rivers", 0)
     for j in range(4):
@@ -422,6 +422,7 @@ def test_ray_pick_equals_the_local_pick(ray_cluster, tmp_path):
     assert any(d["doc_id"].startswith("books/part-") for d in got["books"])
 
 
+@pytest.mark.vllm
 @pytest.mark.ray
 def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
     write_curated(tmp_path)
@@ -434,7 +435,7 @@ def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
                  **{"plurality.n_answers": 4, "revise.max_rounds": 1, "call.retries": 0, "passage_max_chars": 600},
                  **sampling)
     from actors.context import RunContext  # deferred: imports Ray; the tests above run without it
-    from actors.fleet import App  # deferred: imports Ray Serve, as above
+    from actors.serve.fleet import App  # deferred: imports Ray Serve, as above
 
     app = App(name=sampler_app["app"], url=sampler_app["url"] + "/v1", deployment=sampler_app["deployment"],
               model_id=sampler_app["model_id"], models={sampler_app["model_id"]: sampler_app["deployment"]})

@@ -7,19 +7,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors import tokenize
-from actors.cluster import RayCluster
 from actors.context import RunContext
-from actors.tokenize import tokenize_mixture
-from phi4ray import manifest
-from phi4ray.corpus import builtin_sources, write_builtin_corpus
-from phi4ray.mixtures import mixture_for_run, source_files
-from phi4ray.packing import MixtureConfig, Source, load_token_shards
+from actors.data import tokenize
+from actors.data.tokenize import tokenize_mixture
+from actors.run.cluster import RayCluster
+from phi4ray.data.corpus import builtin_sources, write_builtin_corpus
+from phi4ray.data.mixtures import mixture_for_run, source_files
+from phi4ray.data.packing import MixtureConfig, Source, load_token_shards
+from phi4ray.data.row_stream import ParquetRows, RowOrder
+from phi4ray.data.token_shards import EMPTY_TEXT, NOT_STRING, NULL_TEXT, RECORD, docs_file, quarantine_reason, tokenize_file
+from phi4ray.model.tokenizer import ENDOFTEXT, IM_END, get_tokenizer
 from phi4ray.presets import run_preset
-from phi4ray.row_stream import ParquetRows, RowOrder
-from phi4ray.stage import run_stage
-from phi4ray.token_shards import EMPTY_TEXT, NOT_STRING, NULL_TEXT, RECORD, docs_file, quarantine_reason, tokenize_file
-from phi4ray.tokenizer import ENDOFTEXT, IM_END, get_tokenizer
+from phi4ray.run import manifest
+from phi4ray.run.stage import run_stage
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 SPECIAL_DOC = "a document that mentions <|endoftext|> and <|im_end|> as plain text"
@@ -99,6 +99,7 @@ def two_runs(ray_local, corpus, tmp_path_factory):
     return mix, dirs, [run_tokenize(d, mix) for d in dirs]
 
 
+@pytest.mark.ray
 def test_stage_tokenizes_quarantines_and_packs(corpus, two_runs):
     mix, (run_dir, _), (m, _) = two_runs
     c = m.counts
@@ -143,6 +144,7 @@ def test_stage_tokenizes_quarantines_and_packs(corpus, two_runs):
     assert int((tokens == ENDOFTEXT).sum()) <= alpha["docs_sampled"] + beta["docs_sampled"]
 
 
+@pytest.mark.ray
 def test_same_seed_same_shards_and_rerun_is_a_no_op(two_runs):
     mix, (a, b), (first, second) = two_runs
     files = sorted(p.name for p in (a / "tokens").glob("*.parquet"))  # beside them: the record (paths, times)
@@ -157,6 +159,7 @@ def test_same_seed_same_shards_and_rerun_is_a_no_op(two_runs):
     assert {f: f.stat().st_mtime_ns for f in (a / "tokens").iterdir()} == before
 
 
+@pytest.mark.ray
 def test_builtin_corpus_through_the_stage(ray_local, tmp_path):
     mix = mixture_for_run(tmp_path, seq_len=128, seed=1, builtin_max_docs=6)
     assert [(s.name, s.paths, s.weight) for s in mix.sources] == [

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray import tokenizer as T
-from phi4ray.config import PHI4_VOCAB_SIZE
+from phi4ray.model import tokenizer as T
+from phi4ray.model.config import PHI4_VOCAB_SIZE
 from tests.text_samples import SAMPLES, python_sources
 
 tok = T.get_tokenizer()

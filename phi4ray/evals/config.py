@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phi4ray.config import ConfigError
 from phi4ray.evals.generators import BUILTIN_SUITES, DEFAULT_SUITES, MAX_SIZE
-from phi4ray.runs import MODEL_STAGES as NEWEST_FIRST
+from phi4ray.run.errors import ConfigError
+from phi4ray.run.paths import MODEL_STAGES as NEWEST_FIRST
 
 # the run's model folders, in recipe order: each is scored, so the report shows what each stage did
 MODEL_STAGES = tuple(reversed(NEWEST_FIRST))

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from phi4ray.errors import MissingInput
 from phi4ray.evals.generators import BUILTIN_SUITES, MAX_SIZE, builtin_suites
 from phi4ray.evals.jsonl import load_suite_jsonl, write_suite_jsonl
 from phi4ray.evals.schema import Suite, SuiteError
+from phi4ray.run.errors import MissingInput
 
 
 def _write(suites: list[Suite], out: Path) -> list[Path]:

@@ -34,7 +34,7 @@ from phi4ray.evals.jsonl import write_suite_jsonl
 from phi4ray.evals.kinds import LETTERS
 from phi4ray.evals.schema import EvalItem, Suite, SuiteError
 from phi4ray.evals.templates import ARITH_FORMULAS, ARITH_TEXT, NAMES, NONSENSE, PROPERTIES
-from phi4ray.evals.toy import toy_arith_suite, toy_prime_suite
+from phi4ray.toy.evals import toy_arith_suite, toy_prime_suite
 
 # bump when a generator's output changes: it is part of every suite version
 # (2: choice draws its correct letters per block of four items, so that suites are prefix-stable)

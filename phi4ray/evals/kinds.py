@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from phi4ray.evals import ifeval
-from phi4ray.oracles import ChoiceOracle, MathOracle, extract_answer, extract_choice
-from phi4ray.sandbox import SandboxLimits, extract_code, run_python
+from phi4ray.verify.oracles import ChoiceOracle, MathOracle, extract_answer, extract_choice
+from phi4ray.verify.sandbox import SandboxLimits, extract_code, run_python
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # the fields a kind may use; a kind must leave the ones it does not use empty

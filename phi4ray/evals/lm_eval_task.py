@@ -29,7 +29,7 @@ from typing import Any
 
 from phi4ray.evals.kinds import render_prompt
 from phi4ray.evals.schema import Suite
-from phi4ray.oracles import math_equal
+from phi4ray.verify.oracles import math_equal
 
 # the content of the last \boxed{...}, allowing two levels of nested braces (\frac{1}{2})
 BOXED_REGEX = r"\\boxed\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
-from phi4ray.errors import MissingInput
-from phi4ray.runs import is_model_dir, model_dir
+from phi4ray.run.errors import MissingInput
+from phi4ray.run.paths import is_model_dir, model_dir
 
 T = TypeVar("T")
 

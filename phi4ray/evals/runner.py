@@ -1,6 +1,6 @@
 """Run evaluation suites against an OpenAI-compatible endpoint and grade the answers.
 
-The endpoint is anything `phi4ray.endpoint.OpenAIEndpoint` talks to: our Ray Serve app after each
+The endpoint is anything `phi4ray.serve.endpoint.OpenAIEndpoint` talks to: our Ray Serve app after each
 stage, or an external server. Items go out with bounded concurrency, through the chat endpoint
 (the rendered prompt as the user message) or the plain completions endpoint (the same text as a
 raw prompt), and come back graded by their kind (`phi4ray.evals.kinds`: math, choice, code,
@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phi4ray.endpoint import EndpointError, OpenAIEndpoint
 from phi4ray.evals.kinds import Grade, get_kind, render_completion, render_prompt
 from phi4ray.evals.schema import EvalItem, Suite
-from phi4ray.sampling import derived_seed
-from phi4ray.sandbox import SandboxLimits
+from phi4ray.serve.endpoint import EndpointError, OpenAIEndpoint
+from phi4ray.serve.sampling import derived_seed
+from phi4ray.verify.sandbox import SandboxLimits
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def item_seed(seed: int | None, item_id: str) -> int | None:
-    """The sampling seed of one item's request (phi4ray.sampling.derived_seed of the run's seed and
+    """The sampling seed of one item's request (phi4ray.serve.sampling.derived_seed of the run's seed and
     the item's id). One seed for every request would give two items with the same prompt the same
     sampled answer (the toy suites ask one question many times): one draw counted many times."""
     return None if seed is None else derived_seed(seed, item_id)

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from phi4ray.config import ConfigError
 from phi4ray.evals.kinds import choice_letters, find_kind, kind_names
+from phi4ray.run.errors import ConfigError
 
 ITEM_FIELDS = ("id", "kind", "prompt", "reference", "tests", "checks", "choices", "meta")
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # a suite name is also a file name

@@ -1,0 +1,1 @@
+"""Stages `curate`, `synthesize` and `tokenize` on Ray Data."""

@@ -1,0 +1,68 @@
+"""The Serve sampler fleet as a judge-guided-data policy and judge.
+
+`FleetPolicy` samples responses from the fleet at the token level (through a deployment handle,
+`actors.serve.sampler_client.FleetSampler`); `FleetJudge` answers judge prompts greedily on it. Both plug
+into the Ray-free drivers: `phi4ray.posttrain.judged_pairs.build_judged_pairs` (DPO round 2 pairs) and
+`phi4ray.posttrain.judged_sft.best_of_n_sft` (SFT best-of-N), next to the endpoint policy and judge of
+phi4ray.posttrain.judge_endpoint. The fleet spreads their calls over its replicas.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors.serve.names import APP_NAME
+from phi4ray.model.tokenizer import IM_END, decode_response, render_prompt
+from phi4ray.posttrain.judge import Candidate
+from phi4ray.serve.sampling import SampleRequest
+
+
+# --- policies: who writes the responses ----------------------------------------------------------
+@dataclass
+class FleetPolicy:
+    """Responses sampled from the Serve fleet. `sampler` defaults to a FleetSampler on
+    (deployment, app); anything with `async sample(SampleRequest)` works (tests record calls)."""
+    model_id: str
+    deployment: str = ""
+    app: str = APP_NAME
+    n: int = 1
+    max_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    sampler: object = None
+
+    def __post_init__(self) -> None:
+        if self.sampler is None:
+            from actors.serve.sampler_client import FleetSampler  # deferred: Ray Serve loads only when no sampler is given
+
+            self.sampler = FleetSampler(self.deployment, self.app)
+
+    async def respond(self, prompt_ids: list[int], question: str, n: int | None = None) -> list[Candidate]:
+        samples = await self.sampler.sample(SampleRequest(
+            prompt_ids=list(prompt_ids), n=n or self.n, max_tokens=self.max_tokens, temperature=self.temperature,
+            top_p=self.top_p, seed=self.seed, stop_ids=[IM_END]))
+        # the sampled ids are the response, exactly: DPO then trains on the tokens the policy
+        # produced (ending with <|im_end|> when it stopped), with no decode/re-encode drift
+        return [Candidate(self.model_id, list(s.token_ids), decode_response(s.token_ids), s.finish_reason)
+                for s in samples]
+
+
+# --- judges: async callables prompt_text -> answer text --------------------------------------------
+@dataclass
+class FleetJudge:
+    """The judge prompt rendered as a user turn, answered greedily by the fleet, decoded."""
+    deployment: str = ""
+    app: str = APP_NAME
+    max_tokens: int = 128
+    sampler: object = None
+
+    def __post_init__(self) -> None:
+        if self.sampler is None:
+            from actors.serve.sampler_client import FleetSampler  # deferred: Ray Serve loads only when no sampler is given
+
+            self.sampler = FleetSampler(self.deployment, self.app)
+
+    async def __call__(self, prompt_text: str) -> str:
+        req = SampleRequest(prompt_ids=render_prompt(prompt_text), n=1, max_tokens=self.max_tokens,
+                            temperature=0.0, stop_ids=[IM_END])
+        return decode_response((await self.sampler.sample(req))[0].token_ids)

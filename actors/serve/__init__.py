@@ -1,0 +1,1 @@
+"""The Serve sampler fleet (vLLM, SGLang), its clients, weight refresh and stage `serve`."""

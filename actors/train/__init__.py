@@ -1,0 +1,1 @@
+"""Ray Train: the trainer, stages `pretrain`, `midtrain`, `sft`, `dpo` and DPO's reference pass."""

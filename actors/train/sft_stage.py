@@ -1,0 +1,53 @@
+"""Stage `sft`: conversations -> packed rows with an assistant-only loss mask -> Ray Train.
+
+Data: `sft.data` (JSONL/Parquet conversations, e.g. best-of-N responses kept by the judge,
+phi4ray/posttrain/judged_sft.py) or, by default, the toy arithmetic domain's worked solutions (phi4ray.toy.arith).
+Writes RUN/sft_tokens (tokens, doc_ids, loss_mask; one conversation per document, never split) and
+RUN/models/sft; the counts hold the held-out loss before and after.
+"""
+from __future__ import annotations
+
+from actors.run.off_driver import on_worker
+from actors.train.pretrain_stages import train_stage
+from phi4ray.model.tokenizer import PAD, get_tokenizer
+from phi4ray.run.console import say
+from phi4ray.run.stage import Stage, StageResult
+from phi4ray.train.jobs import sft_job, worker_split_check
+from phi4ray.train.sft import model_heldout_loss, pack_conversations, sft_conversations, write_sft_rows
+
+
+def run(ctx) -> StageResult:
+    run_dir, cfg = ctx.run_dir, ctx.cfg
+    tc = cfg.sft.train
+    tok = get_tokenizer()
+    train, held, source = sft_conversations(cfg)
+    packed = pack_conversations([tok.render_chat(c) for c in train], tc.seq_len, PAD)
+    if packed.too_long:
+        say(f"sft: {len(packed.too_long)} conversations longer than sft.train.seq_len={tc.seq_len} set aside")
+    job = sft_job(run_dir, cfg)
+    write_sft_rows(packed, run_dir / "sft_tokens")
+    held_ids = [tok.render_chat(c) for c in held]
+    gpu = cfg.serve.device == "gpu"
+
+    def evaluate() -> dict:
+        after = on_worker(model_heldout_loss, run_dir / "models" / "sft", held_ids, tc.seq_len, gpu=gpu)
+        say(f"sft: held-out loss per assistant token {before:.3f} -> {after:.3f}")
+        return {"conversations": len(train), "conversations_too_long": len(packed.too_long), **packed.stats,
+                "heldout_conversations": len(held), "heldout_loss_before": before, "heldout_loss_after": after}
+
+    with ctx.cluster.session(min_cpus=4):  # one Ray for the measures before, the training, the measures after
+        before = on_worker(model_heldout_loss, job.init_from, held_ids, tc.seq_len, gpu=gpu)
+        return train_stage(ctx, job, {"source": source, "init_from": job.init_from, "rows": job.tokens_dir},
+                           evaluate)
+
+
+STAGE = Stage(
+    name="sft",
+    check=worker_split_check("sft.train"),
+    summary="supervised fine-tuning in the Phi-4 chat format, loss on assistant tokens only",
+    run=run,
+    sections=("sft", "arith", "seed", "midtrain.rope_theta", "model"),
+    reads=("midtrain",),
+    outputs=("sft_tokens", "models/sft", "ray_train/sft", "checkpoints/sft"),
+    headline=("steps", "heldout_loss_before", "heldout_loss_after"),
+)

@@ -1,0 +1,285 @@
+"""Export to and import from the HF `Phi3ForCausalLM` layout (what transformers and vLLM load).
+
+The layout is Phi-4's own: config.json, model.safetensors (or shards + index), generation_config.json
+and the tokenizer files. Our model keeps q/k/v and gate/up as separate matrices (clean FSDP and
+readable code); HF fuses them as `qkv_proj` = [q; k; v] and `gate_up_proj` = [gate; up] along the
+output dimension (`hf_layout`), so export writes the parts one after another and import reads
+each part's rows: bit-exact both ways. Both stream (phi4ray.model.safetensors_io): an export never
+builds a state dict, an import reads into the model's own (possibly FSDP-sharded) parameters.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import math
+import os
+from importlib.metadata import version
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from phi4ray.model import tokenizer as tok
+from phi4ray.model.config import ModelConfig
+from phi4ray.model.decoder import Phi4
+from phi4ray.model.safetensors_io import CheckpointError, Entry, Writer, read_header, read_rows
+from phi4ray.run.errors import ConfigError
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
+    return {
+        "architectures": ["Phi3ForCausalLM"],
+        "model_type": "phi3",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "embd_pdrop": 0.0,
+        "resid_pdrop": 0.0,
+        "hidden_act": "silu",
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": None,
+        "partial_rotary_factor": 1.0,
+        "max_position_embeddings": cfg.max_seq_len,
+        "original_max_position_embeddings": cfg.max_seq_len,
+        "sliding_window": None,
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": cfg.init_std,
+        "bos_token_id": tok.ENDOFTEXT,
+        "eos_token_id": tok.IM_END,
+        "pad_token_id": tok.PAD,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "use_cache": True,
+        # what HF's save_pretrained writes too. Without it, transformers >= 5 takes a local folder
+        # for an old Mistral export and warns of an "incorrect regex pattern" on every load
+        "transformers_version": version("transformers"),
+    }
+
+
+def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
+    arch = hf.get("architectures") or []
+    if hf.get("model_type") != "phi3" and "Phi3ForCausalLM" not in arch:
+        raise CheckpointError(
+            f"{where}: model_type={hf.get('model_type')!r}, architectures={arch!r}; phi4ray loads the "
+            "Phi3ForCausalLM layout (Phi-4's)"
+        )
+    if hf.get("rope_scaling"):
+        raise CheckpointError(f"{where}: rope_scaling={hf['rope_scaling']!r} is not supported (Phi-4 uses plain RoPE)")
+    if hf.get("partial_rotary_factor", 1.0) != 1.0:
+        raise CheckpointError(f"{where}: partial_rotary_factor={hf['partial_rotary_factor']} is not supported")
+    fields = {
+        "dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+        "ffn_dim": "intermediate_size", "vocab_size": "vocab_size", "max_seq_len": "max_position_embeddings",
+    }
+    kwargs = {}
+    for ours, theirs in fields.items():
+        if theirs not in hf:
+            raise CheckpointError(f"{where}: missing field {theirs!r}")
+        kwargs[ours] = hf[theirs]
+    kwargs["n_kv_heads"] = hf.get("num_key_value_heads") or hf["num_attention_heads"]
+    kwargs["norm_eps"] = float(hf.get("rms_norm_eps", 1e-5))
+    kwargs["rope_theta"] = float(hf.get("rope_theta", 10_000.0))
+    kwargs["tie_embeddings"] = bool(hf.get("tie_word_embeddings", False))
+    kwargs["init_std"] = float(hf.get("initializer_range", 0.02))
+    try:
+        return ModelConfig(**kwargs)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+class HFTensor(NamedTuple):
+    parts: tuple[tuple[str, int], ...]  # our parameters stacked along dim 0, with their row counts
+    cols: tuple[int, ...]               # the dims after the first
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(rows for _, rows in self.parts), *self.cols)
+
+
+def hf_layout(cfg: ModelConfig) -> dict[str, HFTensor]:
+    """Every HF tensor, in export order, as the rows of our parameters it stacks."""
+    q, kv, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+
+    def one(name: str, rows: int, *cols: int) -> HFTensor:
+        return HFTensor(((name, rows),), cols)
+
+    out = {"model.embed_tokens.weight": one("tok_embeddings.weight", cfg.vocab_size, cfg.dim)}
+    for i in range(cfg.n_layers):
+        p, o = f"model.layers.{i}.", f"layers.{i}."
+        out |= {
+            p + "self_attn.qkv_proj.weight": HFTensor(
+                ((o + "attn.wq.weight", q), (o + "attn.wk.weight", kv), (o + "attn.wv.weight", kv)), (cfg.dim,)),
+            p + "self_attn.o_proj.weight": one(o + "attn.wo.weight", cfg.dim, q),
+            p + "mlp.gate_up_proj.weight": HFTensor(((o + "ffn.w_gate.weight", f), (o + "ffn.w_up.weight", f)), (cfg.dim,)),
+            p + "mlp.down_proj.weight": one(o + "ffn.w_down.weight", cfg.dim, f),
+            p + "input_layernorm.weight": one(o + "attn_norm.weight", cfg.dim),
+            p + "post_attention_layernorm.weight": one(o + "ffn_norm.weight", cfg.dim),
+        }
+    out["model.norm.weight"] = one("norm.weight", cfg.dim)
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = one("output.weight", cfg.vocab_size, cfg.dim)
+    return out
+
+
+def _parameters(model: Phi4, layout: dict[str, HFTensor]) -> dict[str, torch.Tensor]:
+    # activation checkpointing wraps each block; inside the wrapper the names are ours
+    params = {n.replace("_checkpoint_wrapped_module.", ""): p for n, p in model.named_parameters()}
+    ours = {name for t in layout.values() for name, _ in t.parts}
+    if set(params) != ours:
+        raise ValueError(f"model parameters do not match its config: extra {sorted(set(params) - ours)[:5]}, "
+                         f"missing {sorted(ours - set(params))[:5]}")
+    return params
+
+
+def _local_rows(name: str, p: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """This rank's part of parameter `p`: (its local tensor, first row, end row)."""
+    if not isinstance(p, DTensor):
+        return p, 0, p.shape[0]
+    (chunk,) = p.__create_chunk_list__()  # the shard's offsets and sizes, as DCP reads them
+    if any(chunk.offsets[1:]) or tuple(chunk.sizes[1:]) != tuple(p.shape[1:]):
+        raise NotImplementedError(f"{name}: placements {p.placements} shard a dim other than 0; "
+                                  "only row-sharded (FSDP) parameters load by rows")
+    return p.to_local(), chunk.offsets[0], chunk.offsets[0] + chunk.sizes[0]
+
+
+def _shard_files(layout: dict[str, HFTensor], itemsize: int, max_shard_bytes: int) -> dict[str, list[str]]:
+    """file name -> the HF tensors it holds, filled in export order up to max_shard_bytes each."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, t in layout.items():
+        nbytes = itemsize * math.prod(t.shape)
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    if len(shards) == 1:
+        return {"model.safetensors": shards[0]}
+    return {f"model-{i:05d}-of-{len(shards):05d}.safetensors": s for i, s in enumerate(shards, 1)}
+
+
+@torch.no_grad()
+def export_hf(model: Phi4, out_dir: str | os.PathLike, dtype: torch.dtype | None = None,
+              max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write `model` (and the Phi-4 tokenizer) as a Phi3ForCausalLM folder, one tensor at a time.
+
+    A plain model is written by the process that calls this. An FSDP2-sharded one needs every rank
+    to call it: each parameter is gathered in turn (DTensor.full_tensor) and rank 0 writes it, so
+    beyond its shard a rank only ever holds the gather of one parameter; every rank returns once
+    the folder is complete."""
+    out = Path(out_dir)
+    layout = hf_layout(model.cfg)
+    params = _parameters(model, layout)
+    dtype = dtype or params["tok_embeddings.weight"].dtype
+    files = _shard_files(layout, dtype.itemsize, max_shard_bytes)
+    sharded = any(isinstance(p, DTensor) for p in params.values())
+    writing = not sharded or dist.get_rank() == 0
+    if writing:
+        out.mkdir(parents=True, exist_ok=True)
+    for fname, names in files.items():
+        shapes = {n: layout[n].shape for n in names}
+        with Writer(out / fname, shapes, dtype, {"format": "pt"}) if writing else contextlib.nullcontext() as w:
+            for name in sorted(names):  # the file's data order (Writer.names) on every rank
+                pieces = (p.full_tensor() if isinstance(p, DTensor) else p
+                          for p in (params[part] for part, _ in layout[name].parts))
+                if w is None:
+                    collections.deque(pieces, maxlen=0)  # the gathers are collectives: take part, drop the result
+                else:
+                    w.write(name, pieces)
+    if writing:
+        _write_metadata(model.cfg, out, files, layout, dtype)
+    if sharded:
+        dist.barrier()
+    return out
+
+
+def _write_metadata(cfg: ModelConfig, out: Path, files: dict[str, list[str]], layout: dict[str, HFTensor],
+                    dtype: torch.dtype) -> None:
+    if len(files) > 1:
+        total = sum(dtype.itemsize * math.prod(t.shape) for t in layout.values())
+        weight_map = {name: fname for fname, names in files.items() for name in names}
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, dtype), indent=2))
+    (out / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": tok.ENDOFTEXT,
+        "eos_token_id": [tok.IM_END, tok.ENDOFTEXT],
+        "pad_token_id": tok.PAD,
+    }, indent=2))
+    tok.get_tokenizer().save_hf(out)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: malformed JSON ({e})") from None
+
+
+def folder_config(model_dir: str | os.PathLike) -> tuple[dict, ModelConfig]:
+    """A model folder's config.json, as read and as our config."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: model folder not found")
+    hf = _read_json(d / "config.json")
+    return hf, config_from_hf(hf, where=str(d / "config.json"))
+
+
+def _weights(d: Path, layout: dict[str, HFTensor]) -> dict[str, Entry]:
+    """The folder's tensors (headers only), checked against the layout by name and shape."""
+    index = d / "model.safetensors.index.json"
+    files = (sorted(set(_read_json(index)["weight_map"].values())) if index.exists()
+             else ["model.safetensors"])
+    tensors: dict[str, Entry] = {}
+    for fname in files:
+        tensors |= read_header(d / fname)
+    missing = sorted(set(layout) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{d}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for name, t in layout.items():
+        if tensors[name].shape != t.shape:
+            raise CheckpointError(f"{d}: tensor {name} has shape {tensors[name].shape}, config says {t.shape}")
+    return tensors
+
+
+@torch.no_grad()
+def load_hf_weights(model: Phi4, model_dir: str | os.PathLike) -> None:
+    """Fill `model`'s parameters (allocated, plain or FSDP2-sharded) from a Phi3ForCausalLM folder
+    whose tensors fit model.cfg. Each rank reads only the rows it holds, by plain file reads, in the
+    parameters' own dtype: beyond its shard a rank holds at most one converted row block."""
+    layout = hf_layout(model.cfg)
+    tensors = _weights(Path(model_dir), layout)
+    params = _parameters(model, layout)
+    for hf_name, t in layout.items():
+        row0 = 0
+        for name, rows in t.parts:
+            local, start, stop = _local_rows(name, params[name])
+            if stop > start:
+                read_rows(tensors[hf_name], row0 + start, row0 + stop, local)
+            row0 += rows
+
+
+def import_hf(model_dir: str | os.PathLike, device: str | torch.device = "cpu",
+              dtype: torch.dtype | None = None) -> Phi4:
+    """Load a Phi3ForCausalLM folder (ours or any Phi-4-shaped one) into our model."""
+    d = Path(model_dir)
+    hf, cfg = folder_config(d)
+    if dtype is None:
+        dtype = TORCH_DTYPES.get(str(hf.get("torch_dtype", "float32")), torch.float32)
+    with torch.device("meta"):
+        model = Phi4(cfg).to(dtype)
+    model.to_empty(device=device)
+    load_hf_weights(model, d)
+    return model.eval()

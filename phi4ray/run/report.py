@@ -1,0 +1,99 @@
+"""RUN/report/index.md: one page a person reads after (or during) a run.
+
+Built only from what the stages left behind (manifests, stats files, the PNGs each stage plots),
+so it can be regenerated at any time and never disagrees with the run: stage table with wall
+times and counts, the curation funnel, loss curves, PTS statistics, evaluation scores.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from phi4ray.run.manifest import read_manifest
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _wall(m: dict) -> float:
+    t = m.get("timings", {})
+    return float(t.get("total_s") or sum(v for v in t.values() if isinstance(v, (int, float))))
+
+
+def plot_funnel(stats: dict, path: Path) -> Path:
+    import matplotlib  # deferred: matplotlib loads in ~1 s, and only a run with a curation funnel plots
+
+    matplotlib.use("Agg")  # no display on a cluster node; must precede pyplot's import
+    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
+
+    labels = ["read"] + [f"- {k}" for k in stats["dropped_by_filter"]] + ["- quarantined", "kept"]
+    values = [stats["read"]] + list(stats["dropped_by_filter"].values()) + [stats["quarantined"], stats["kept"]]
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(labels) + 1))
+    ax.barh(range(len(labels)), values, color=["C0"] + ["C3"] * (len(labels) - 2) + ["C2"])
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v}", va="center", fontsize=8)
+    ax.set_xlabel("documents")
+    ax.set_title("curation funnel")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: str | Path, stages: list) -> Path:
+    """`stages`: the pipeline's stages in order (phi4ray.run.stage.Stage: name and headline counts)."""
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# phi4ray run report: {run_dir.name}", "", "| stage | finished | wall (s) | counts |", "|---|---|---|---|"]
+    total = 0.0
+    for stage in stages:
+        m = read_manifest(run_dir, stage.name)
+        if not m:
+            lines.append(f"| {stage.name} | not run | | |")
+            continue
+        wall = _wall(m)
+        total += wall
+        counts = m.get("counts", {})
+        shown = ", ".join(f"{k} {_fmt(counts[k])}" for k in stage.headline if k in counts)
+        lines.append(f"| {stage.name} | {m.get('finished_at', '')} | {wall:.1f} | {shown} |")
+    lines += [f"| total | | {total:.1f} | |", ""]
+    stats_file = run_dir / "curate" / "stats.json"
+    if stats_file.is_file():
+        stats = json.loads(stats_file.read_text())
+        plot_funnel(stats, out / "curate_funnel.png")
+        lines += ["## Data funnel", "", "![curation funnel](curate_funnel.png)", "",
+                  f"read {stats['read']} = kept {stats['kept']} + dropped {stats['dropped']} + "
+                  f"quarantined {stats['quarantined']}; kept by source {stats['kept_by_source']}", ""]
+    synth = run_dir / "synthesize" / "report.json"
+    if synth.is_file():
+        lines += ["## Synthetic data", "", "```json", json.dumps(json.loads(synth.read_text()).get("steps", {}),
+                                                                 indent=1)[:3000], "```", ""]
+    losses = [p for p in (f"loss_{s}.png" for s in ("pretrain", "midtrain", "sft", "dpo")) if (out / p).is_file()]
+    if losses:
+        lines += ["## Loss curves", ""] + [f"![{p}]({p})" for p in losses] + [""]
+    pts = read_manifest(run_dir, "pts")
+    if pts:
+        lines += ["## Pivotal Token Search", ""]
+        if (out / "pts_p_query.png").is_file():
+            lines += ["![p(success) per query](pts_p_query.png)", ""]
+        lines += ["```json", json.dumps(pts.get("counts", {}), indent=1)[:3000], "```", ""]
+    summary = run_dir / "eval" / "summary.json"
+    if summary.is_file():
+        per_stage = json.loads(summary.read_text())
+        suites = sorted({s for per in per_stage.values() for s in per})
+        lines += ["## Evaluation after each stage", "", "![eval scores](eval_scores.png)", "",
+                  "| model | " + " | ".join(suites) + " |", "|---|" + "---|" * len(suites)]
+        for stage, per in per_stage.items():
+            cells = [f"{per[s]['accuracy']:.2f} [{per[s]['ci_low']:.2f}, {per[s]['ci_high']:.2f}]"
+                     if s in per and per[s]["accuracy"] is not None else "n/a" for s in suites]
+            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+        lines.append("")
+    path = out / "index.md"
+    path.write_text("\n".join(lines))
+    return path
