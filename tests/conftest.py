@@ -95,5 +95,6 @@ def sampler_app(ray_cluster, tiny_export):
     serve.run(build_sampler_app(cfg, api_key_env="PHI4RAY_TEST_API_KEY"), name=APP_NAME, route_prefix="/")
     deployment = sampler_deployment_name(cfg)
     yield {"url": ray_cluster["http"], "key": TEST_API_KEY, "app": APP_NAME, "deployment": deployment,
-           "handle": serve.get_deployment_handle(deployment, APP_NAME), "model_id": cfg.model_id}
+           "handle": serve.get_deployment_handle(deployment, APP_NAME), "model_id": cfg.model_id,
+           "folder": str(tiny_export)}  # what it serves; a test that refreshes the weights puts these back
     serve.delete(APP_NAME)

@@ -6,6 +6,7 @@ While each unmarked test runs, a thread watches this process's descendants; a ne
 or through a subprocess (`phi4ray run`, `ray job submit`). Ray-free tests run before any marked
 one, so no session cluster is up yet for an unmarked test to use unnoticed.
 
+`--reverse` runs the tests in reverse order (every test must pass in either).
 PHI4RAY_TEST_AUDIT=FILE records each test's duration and what it started (JSON lines) instead of
 failing: how the marks were set.
 """
@@ -77,6 +78,11 @@ def marks_of(item) -> set[str]:
 FIXTURE_MARKS = {"ray_cluster": {"ray"}, "sampler_app": {"ray", "vllm"}, "vllm_engine": {"vllm"}}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the tests in reverse order: no test may depend on what an earlier one left")
+
+
 def pytest_collection_modifyitems(config, items):
     unmarked = []
     for item in items:
@@ -88,6 +94,8 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError("\n".join(unmarked))
     # Ray-free tests first (stable: each group keeps the files' order)
     items.sort(key=lambda it: bool(marks_of(it)))
+    if config.getoption("reverse"):
+        items.reverse()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_node_loss_resumes_on_fewer_workers_and_scales_back(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tests.elastic_run", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)

@@ -103,6 +103,7 @@ def test_seeded_fleet_sampler_retries_the_same_request():
     assert [p["seed"] for p in s._handle.payloads] == [3, 3]
 
 
+@pytest.mark.slow
 def test_replica_killed_mid_search_changes_no_result(sampler_app, tmp_path):
     app, dep = sampler_app["app"], sampler_app["deployment"]
     # 2 actors x 1 call each: the calls in flight stay at the autoscaling target (2 per replica),

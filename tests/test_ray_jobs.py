@@ -212,6 +212,7 @@ def test_jobs_do_not_shadow_standard_library_modules():
     assert not shadowing, f"jobs/ files named like standard-library modules: {shadowing}"
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_pretrain_asking_for_two_workers_makes_two_nodes_appear(tmp_path):
     """A head with no CPUs and a node type of 1 CPU (0..3 nodes). The real `pretrain` stage,
@@ -269,6 +270,7 @@ def _assert_init_ran(run_dir: Path) -> None:
     assert (run_dir / "models" / "init" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_stage_submitted_with_the_job_client(job_head, tmp_path):
     run = tmp_path / "run"
@@ -285,6 +287,7 @@ def test_stage_submitted_with_the_job_client(job_head, tmp_path):
     assert "config error" in job_head.client.get_job_logs(bad) and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_stage_submitted_with_ray_job_submit(job_head, tmp_path):
     """The command a user types; it tails the logs and exits 0 once the job has succeeded."""

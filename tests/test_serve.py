@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -133,14 +134,35 @@ def test_unknown_field_is_rejected(sampler_app):
         sampler_app["handle"].sample.remote({"prompt_ids": [1], "bogus": 1}).result()
 
 
-def test_weight_refresh_in_place_without_failed_requests(sampler_app, tiny_model, tmp_path):
-    before = sampler_app["handle"].info.remote().result()
+def _perturbed(tiny_model, folder):
+    """A copy of the fixture's model with every weight moved a little, exported to `folder`."""
     new = type(tiny_model)(tiny_model.cfg)
     new.load_state_dict(tiny_model.state_dict())
     with torch.no_grad():
         for p in new.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    export_hf(new, tmp_path / "v2")
+    export_hf(new, folder)
+    return new
+
+
+@contextlib.contextmanager
+def fixture_weights_after(app):
+    """Whatever the test does to the served weights, the fleet serves the fixture's model again
+    afterwards: later tests compare its answers with that model's."""
+    try:
+        yield
+    finally:
+        refresh_weights(app["app"], app["deployment"], app["folder"])
+
+
+def test_weight_refresh_in_place_without_failed_requests(sampler_app, tiny_model, tmp_path):
+    with fixture_weights_after(sampler_app):
+        _check_refresh_in_place(sampler_app, tiny_model, tmp_path)
+
+
+def _check_refresh_in_place(sampler_app, tiny_model, tmp_path):
+    before = sampler_app["handle"].info.remote().result()
+    new = _perturbed(tiny_model, tmp_path / "v2")
     expected = greedy_decode(new, PROMPT, 12, stop_ids=(T.IM_END, T.ENDOFTEXT))
     assert expected != _greedy(sampler_app, PROMPT)
 
@@ -189,10 +211,18 @@ def _replicas(app) -> int:
     return running_replicas(app["app"], app["deployment"])
 
 
-def test_autoscaling_up_under_load_and_back_down(sampler_app):
+@pytest.mark.slow
+def test_autoscaling_up_under_load_and_back_down(sampler_app, tiny_model, tmp_path):
     """Load above target_ongoing_requests=2 -> a second replica (which must serve the refreshed
     weights too); no load -> back to one."""
     assert _replicas(sampler_app) == 1
+    with fixture_weights_after(sampler_app):
+        _perturbed(tiny_model, tmp_path / "v2")
+        refresh_weights(sampler_app["app"], sampler_app["deployment"], str(tmp_path / "v2"))
+        _check_autoscaling(sampler_app)
+
+
+def _check_autoscaling(sampler_app):
     before = _greedy(sampler_app, PROMPT)
     fleet = FleetSampler(sampler_app["deployment"])
 
@@ -413,6 +443,7 @@ def serve_cli(sampler_app, tiny_export, tmp_path_factory):
         serve.delete(CLI_APP)
 
 
+@pytest.mark.slow
 def test_the_cost_cap_from_the_config_holds_on_both_paths(serve_cli):
     over, inside = {"n": 4, "max_tokens": CAP // 4 + 1}, {"n": 4, "max_tokens": CAP // 4}
     needle = f"n=4 x max_tokens={CAP // 4 + 1} = {CAP + 4} tokens exceeds the per-request cap of {CAP} tokens"
@@ -428,6 +459,7 @@ def test_the_cost_cap_from_the_config_holds_on_both_paths(serve_cli):
     assert len(serve_cli["handle"].sample.remote({"prompt_ids": [1, 2], **inside}).result()) == 4
 
 
+@pytest.mark.slow
 def test_sigterm_stops_serve_cleanly_and_lets_the_request_in_flight_finish(serve_cli, sampler_app):
     """What Kubernetes does to a pod: SIGTERM. The command deletes its app, the streamed request
     in flight finishes whole within the grace period, no traceback, exit code 0; the session's own
