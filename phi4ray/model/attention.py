@@ -41,7 +41,7 @@ def run_ids(doc_ids: torch.Tensor) -> torch.Tensor:
     return run
 
 
-def _repeat_kv(q, k, v):
+def repeat_kv(q, k, v):
     """GQA by copies: each KV head serves a group of query heads (SDPA's own enable_gqa is not
     taken by every fused GPU kernel)."""
     rep = q.shape[1] // k.shape[1]
@@ -50,7 +50,7 @@ def _repeat_kv(q, k, v):
 
 def causal_attention(q, k, v):
     """One document per row: SDPA's causal kernels (flash on GPU and on CPU)."""
-    return F.scaled_dot_product_attention(q, *_repeat_kv(q, k, v), is_causal=True)
+    return F.scaled_dot_product_attention(q, *repeat_kv(q, k, v), is_causal=True)
 
 
 class DenseDocuments:
@@ -60,7 +60,7 @@ class DenseDocuments:
         self.mask = document_causal_mask(doc_ids)
 
     def __call__(self, q, k, v):
-        return F.scaled_dot_product_attention(q, *_repeat_kv(q, k, v), attn_mask=self.mask)
+        return F.scaled_dot_product_attention(q, *repeat_kv(q, k, v), attn_mask=self.mask)
 
 
 def bucket_length(n: int) -> int:

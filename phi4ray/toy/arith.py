@@ -139,9 +139,11 @@ def sft_conversation(problem: dict) -> list[dict]:
 def success_rate(model, problems: list[dict], samples: int = 4, max_tokens: int = 48, temperature: float = 1.0,
                  seed: int = 0, batch: int = 64) -> float:
     """Mean oracle success of `samples` sampled answers per problem: p(success) averaged over the
-    problems, the quantity PTS raises. Plain torch (no KV cache: fine for tiny models and
-    short answers); the eval stage measures served models through the endpoint instead."""
+    problems, the quantity PTS raises. Plain torch with a KV cache (phi4ray.model.sample); the eval
+    stage measures served models through the endpoint instead."""
     import torch  # here, not at the top: curation's workers import this module's questions, and torch costs them seconds each
+
+    from phi4ray.model.sample import sample  # with torch, for the same reason
 
     tok = get_tokenizer()
     gen = torch.Generator().manual_seed(seed)
@@ -149,30 +151,9 @@ def success_rate(model, problems: list[dict], samples: int = 4, max_tokens: int 
             for p in problems for _ in range(samples)]
     wins = 0
     model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for i in range(0, len(jobs), batch):
-            chunk = jobs[i:i + batch]
-            width = max(len(ids) for _, ids in chunk)
-            # left-pad so that every prompt ends at the same column; positions restart after the pad
-            x = torch.full((len(chunk), width), tok.pad_id, dtype=torch.long)
-            docs = torch.zeros_like(x)
-            for r, (_, ids) in enumerate(chunk):
-                x[r, width - len(ids):] = torch.tensor(ids)
-                docs[r, width - len(ids):] = 1
-            out = [[] for _ in chunk]
-            for _ in range(max_tokens):
-                last = torch.zeros(x.shape, dtype=torch.bool)
-                last[:, -1] = True
-                logits = model(x.to(device), doc_ids=docs.to(device), logits_mask=last.to(device)).float()
-                probs = torch.softmax(logits / max(temperature, 1e-5), -1).cpu()  # the seeded generator is a CPU one
-                nxt = torch.multinomial(probs, 1, generator=gen)
-                x, docs = torch.cat([x, nxt], 1), torch.cat([docs, docs[:, -1:]], 1)
-                for r, t in enumerate(nxt[:, 0].tolist()):
-                    out[r].append(t)
-                if all(IM_END in o for o in out):
-                    break
-            for (p, _), o in zip(chunk, out):
-                o = o[:o.index(IM_END)] if IM_END in o else o
-                wins += check_answer(tok.decode([t for t in o if t < tok.eot_id]), p["answer"])
+    for i in range(0, len(jobs), batch):
+        chunk = jobs[i:i + batch]
+        for (p, _), o in zip(chunk, sample(model, [ids for _, ids in chunk], max_tokens, temperature, gen, IM_END)):
+            o = o[:o.index(IM_END)] if IM_END in o else o
+            wins += check_answer(tok.decode([t for t in o if t < tok.eot_id]), p["answer"])
     return wins / max(1, len(jobs))
