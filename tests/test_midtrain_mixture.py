@@ -50,9 +50,13 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def midtrained(ray_local, run):
+    """The midtraining mixture tokenized into RUN/tokens_midtrain; also the run dir's top-level
+    entries that this tokenize created (whatever other tests of the module wrote before)."""
     root, _ = run
     mix = midtrain_mixture_for_run(root, seq_len=4 * L, pretrain_seq_len=L, seed=2, shard_sequences=32)
-    return mix, run_tokenize(root, mix, out_name="tokens_midtrain")
+    before = {p.name for p in root.iterdir()}
+    m = run_tokenize(root, mix, out_name="tokens_midtrain")
+    return mix, m, {p.name for p in root.iterdir()} - before
 
 
 def test_midtrain_mixture_is_long_plus_recall(run):
@@ -67,9 +71,9 @@ def test_midtrain_mixture_is_long_plus_recall(run):
 @pytest.mark.ray
 def test_midtrain_rows_shares_and_counts(run, midtrained):
     root, lengths = run
-    mix, m = midtrained
+    mix, m, created = midtrained
     assert record(root, "tokens_midtrain")["counts"] == m.counts
-    assert not (root / "tokens").exists()
+    assert "tokens" not in created and "tokens_midtrain" in created  # pretraining's shards are not touched
     c = m.counts
     long, recall = c["sources"]["long"], c["sources"]["recall"]
     n_short, n_up = sum(n < 2 * L for n in lengths), sum(n >= 4 * L for n in lengths)
@@ -99,7 +103,7 @@ def test_midtrain_rows_shares_and_counts(run, midtrained):
 @pytest.mark.ray
 def test_rerun_is_a_no_op_and_pretraining_tokens_live_beside(run, midtrained):
     root, _ = run
-    mix, first = midtrained
+    mix, first, _ = midtrained
     finished = record(root, "tokens_midtrain")["finished_at"]
     again = run_tokenize(root, mix, out_name="tokens_midtrain")
     assert again.counts == first.counts and record(root, "tokens_midtrain")["finished_at"] == finished
