@@ -51,10 +51,11 @@ def sample(model: Phi4, prompts: list[list[int]], max_new_tokens: int, temperatu
         keys = torch.arange(n_keys)
         # a query sees the valid keys up to itself; a pad query sees itself only (no empty row)
         allowed = ((keys[None, :] <= q_at[:, None])[None] & valid[:, None, :]) | (keys[None, :] == q_at[:, None])[None]
+        allowed = allowed[:, None].to(device)  # (B, 1, new, keys): one mask for every head and layer
         cos, sin = rope_cos_sin(positions.to(device), model.cfg.head_dim, model.cfg.rope_theta)
         h = model.tok_embeddings(tokens.to(device))
         for block, cache in zip(model.layers.values(), caches):
-            h = block(h, cos, sin, cache.plan(allowed[:, None].to(device)))
+            h = block(h, cos, sin, cache.plan(allowed))
         logits = F.linear(model.norm(h[:, -1]), model.output_weight()).float()
         probs = torch.softmax(logits / max(temperature, 1e-5), -1).cpu()
         nxt = torch.multinomial(probs, 1, generator=generator)
