@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 from phi4ray.model.config import ModelConfig
 from phi4ray.model.decoder import Phi4
 from phi4ray.model.hf import export_hf, import_hf
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 from phi4ray.train.parallelize import parallelize
 from phi4ray.train.sharded_io import load_sharded
 from phi4ray.train.step import TrainConfig
@@ -69,7 +70,7 @@ def _make_source(cfg: ModelConfig, out: str) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.02)
-    export_hf(model, out, max_shard_bytes=SHARD_BYTES)
+    export_hf(model, out, phi4_tokenizer(), max_shard_bytes=SHARD_BYTES)
 
 
 def _worker(rank: int, world: int, port: int, mode: str, cfg: ModelConfig, src: str, work: str) -> None:
@@ -86,7 +87,7 @@ def _worker(rank: int, world: int, port: int, mode: str, cfg: ModelConfig, src: 
     out = {"load_peak": load.bytes, "load_s": load.s, "held": _status("VmRSS") - load.start}
     if mode == "sharded":
         with Peak() as export:
-            export_hf(model, Path(work) / "export", max_shard_bytes=SHARD_BYTES)
+            export_hf(model, Path(work) / "export", phi4_tokenizer(), max_shard_bytes=SHARD_BYTES)
         out |= {"export_peak": export.bytes, "export_s": export.s}
     Path(work, f"{mode}-{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()

@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-def planted(query):
+def planted(query, tok):
     k = 2 + int(query["id"][1:]) % 5
     return lambda ids: len(ids) > k and ids[k] % 2 == 0
 
@@ -40,12 +40,13 @@ def main() -> None:
     from phi4ray.model.config import model_preset
     from phi4ray.model.decoder import build_model
     from phi4ray.model.hf import export_hf
+    from phi4ray.model.phi4_tokenizer import phi4_tokenizer
     from phi4ray.posttrain.pts import PTSConfig
 
     ray.init(address="local", num_cpus=8, include_dashboard=False)
     with tempfile.TemporaryDirectory() as d:
         cfg = model_preset("tiny").replace(n_layers=2, tie_embeddings=False, embed_init_std=1.0)
-        export_hf(build_model(cfg, seed=1234), Path(d) / "model")
+        export_hf(build_model(cfg, seed=1234), Path(d) / "model", phi4_tokenizer())
         llm = sampler_llm_config(str(Path(d) / "model"), max_model_len=512)
         serve.run(build_sampler_app(llm), name=APP_NAME, route_prefix="/")
         deployment = sampler_deployment_name(llm)

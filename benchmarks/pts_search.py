@@ -34,7 +34,7 @@ from types import SimpleNamespace
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from phi4ray.model.tokenizer import IM_END  # noqa: E402  (after the environment vLLM reads)
+from phi4ray.model.phi4_tokenizer import IM_END  # noqa: E402  (after the environment vLLM reads)
 
 
 class OfflineSampler:
@@ -94,7 +94,7 @@ async def search_all(sampler, queries, cfg, prefix_ids=None, verify_n: int = 0):
 
 def run_queries(run_dir: Path, n: int):
     """The queries the run's own pts stage kept, with their oracles, and its PTS config."""
-    from phi4ray.model.tokenizer import get_tokenizer
+    from phi4ray.model.tokenizer import load_tokenizer
     from phi4ray.posttrain.pts import PTSConfig
     from phi4ray.posttrain.queries import pts_queries, query_oracle
     from phi4ray.toy.arith import ArithConfig
@@ -106,9 +106,8 @@ def run_queries(run_dir: Path, n: int):
         queries = {q["id"]: q for q in pts_queries(cfg, Path(d))[0]}
     kept = [r["query_id"] for r in map(json.loads, (run_dir / "pts" / "queries.jsonl").read_text().splitlines())
             if r["kept"]][:n]
-    tok = get_tokenizer()
-    return [(tok.render_chat([{"role": "user", "content": queries[i]["question"]}], add_generation_prompt=True).ids,
-             query_oracle(queries[i]), None) for i in kept], cfg.pts
+    tok = load_tokenizer(run_dir / "models" / "sft")  # the searched model's
+    return [(tok.render_prompt(queries[i]["question"]), query_oracle(queries[i], tok), None) for i in kept], cfg.pts
 
 
 def main() -> None:
@@ -125,10 +124,10 @@ def main() -> None:
     from phi4ray.model.config import model_preset
     from phi4ray.model.decoder import build_model
     from phi4ray.model.hf import export_hf
-    from phi4ray.model.tokenizer import get_tokenizer
+    from phi4ray.model.phi4_tokenizer import phi4_tokenizer
     from phi4ray.posttrain.pts import PTSConfig
 
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     with tempfile.TemporaryDirectory() as d:
         if args.run_dir:
             model, verify_n = str(args.run_dir / "models" / "sft"), args.verify
@@ -137,7 +136,7 @@ def main() -> None:
         else:
             # unit-std embeddings: near-uniform sampling, so the planted pivot is the only one
             mcfg = model_preset("tiny").replace(n_layers=2, tie_embeddings=False, embed_init_std=1.0)
-            model, verify_n = export_hf(build_model(mcfg, seed=1234), d), 0
+            model, verify_n = export_hf(build_model(mcfg, seed=1234), d, phi4_tokenizer()), 0
             queries = [(tok.render_chat([{"role": "user", "content": f"Tell me fact number {i}."}],
                                         add_generation_prompt=True).ids, planted(k), k)
                        for i, k in ((i, 2 + (5 * i) % (args.max_tokens - 4)) for i in range(args.queries))]

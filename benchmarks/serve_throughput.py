@@ -23,9 +23,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def make_prompts(n: int, seed: int = 0) -> list[list[int]]:
-    from phi4ray.model.tokenizer import get_tokenizer
+    from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 
-    tok, rng = get_tokenizer(), random.Random(seed)
+    tok, rng = phi4_tokenizer(), random.Random(seed)
     topics = ["prime numbers", "binary search", "the French revolution", "photosynthesis", "sorting",
               "compound interest", "recursion", "the water cycle"]
     return [tok.render_chat([{"role": "user", "content": f"Explain {rng.choice(topics)} in {rng.randint(2, 9)} steps."}],
@@ -89,8 +89,10 @@ def main() -> None:
         from phi4ray.model.config import model_preset
         from phi4ray.model.decoder import build_model
         from phi4ray.model.hf import export_hf
+        from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 
-        model = export_hf(build_model(model_preset("tiny"), seed=0), tempfile.mkdtemp(prefix="phi4ray-bench-"))
+        model = export_hf(build_model(model_preset("tiny"), seed=0), tempfile.mkdtemp(prefix="phi4ray-bench-"),
+                          phi4_tokenizer())
     model = str(model)
     prompts = make_prompts(args.prompts)
 

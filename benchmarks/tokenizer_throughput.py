@@ -8,7 +8,7 @@ import sysconfig
 import tempfile
 import time
 
-from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 
 
 def corpus(max_bytes: int = 8 * 2**20) -> list[str]:
@@ -27,7 +27,7 @@ def main() -> None:
 
     docs = corpus()
     mb = sum(len(d.encode()) for d in docs) / 2**20
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     with tempfile.TemporaryDirectory() as d:
         tok.save_hf(d)
         hf = AutoTokenizer.from_pretrained(d)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from actors.context import RunContext
 from jobs import registry
-from phi4ray.model.config import PRESETS
-from phi4ray.presets import resolve_config
+from phi4ray.presets import PRESETS, resolve_config
 from phi4ray.run import console
 from phi4ray.run.errors import ConfigError, UserError
 from phi4ray.run.overrides import OverrideError, dump_config
@@ -86,7 +85,13 @@ def _main(args) -> int:
     run_dir = Path(args.run_dir or f"runs/{preset}").resolve()
     console.install(console.Console(verbose=args.verbose))
     order = registry.STAGES
-    stages = order if args.stage == "run" else [s for s in order if s.name == args.stage]
+    unknown = sorted(set(cfg.stages) - {s.name for s in order})
+    if unknown:
+        raise ConfigError(f"stages: unknown stage(s) {unknown}; the pipeline's are {[s.name for s in order]}")
+    if args.stage == "run":
+        stages = [s for s in order if not cfg.stages or s.name in cfg.stages]
+    else:
+        stages = [s for s in order if s.name == args.stage]
     alone = len(stages) == 1
     options = stage_options(stages[0], args) if alone else {}
     t_all = time.time()

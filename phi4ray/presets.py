@@ -117,6 +117,11 @@ class RunConfig:
     eval: EvalConfig = EvalConfig()
     train_workers: int = 2         # Ray Train workers (GPUs on GPU presets)
     train_workers_min: int = 0     # > 0: elastic, (train_workers_min, train_workers)
+    # stage init imports this pretrained model (an HF folder, a .gguf file, or pkg:PACKAGE/FILE for
+    # one an installed package ships) instead of initialising one; the run then uses its tokenizer
+    import_from: str = ""
+    # the stages `phi4ray run` runs, in pipeline order; () = all of them
+    stages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.export_dtype not in DTYPES:

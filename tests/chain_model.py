@@ -12,7 +12,7 @@ import torch
 
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import Phi4, build_model
-from phi4ray.model.tokenizer import IM_END, get_tokenizer
+from phi4ray.model.phi4_tokenizer import IM_END, phi4_tokenizer
 
 LOGIT = 30.0
 
@@ -44,7 +44,7 @@ def text_chain(start: int, pieces: list[str | tuple[str, str]]) -> tuple[dict[in
     fixed text, a (a, b) pair a fair coin between two single-token texts. Also where each coin sits:
     [{"position": index in the completion, "tokens": (id_a, id_b)}]. Every token occurs once in the
     chain (a repeated one would merge two paths)."""
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     succ: dict[int, list[int]] = {}
     coins, prev, position = [], [start], 0
     for piece in pieces:

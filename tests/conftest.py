@@ -9,6 +9,7 @@ import torch
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import build_model
 from phi4ray.model.hf import export_hf
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 
 pytest_plugins = ["tests.guard"]  # marks checked against what each test starts; Ray-free tests first
 
@@ -30,7 +31,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_model, tmp_path_factory):
-    return export_hf(tiny_model, tmp_path_factory.mktemp("tiny_hf"))
+    return export_hf(tiny_model, tmp_path_factory.mktemp("tiny_hf"), phi4_tokenizer())
 
 
 @pytest.fixture(scope="session")

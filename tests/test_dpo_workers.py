@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import build_model
 from phi4ray.model.hf import export_hf, import_hf
-from phi4ray.model.tokenizer import PAD
+from phi4ray.model.phi4_tokenizer import PAD, phi4_tokenizer
 from phi4ray.train.dpo import DPOConfig, PairLoader, completion_logps
 from phi4ray.train.jobs import TrainJob
 from phi4ray.train.step import TrainConfig
@@ -82,7 +82,7 @@ def _train(world: int, job: TrainJob, tmp_path) -> dict:
 
 
 def test_two_workers_train_the_same_dpo_steps_as_one(tmp_path):
-    base = export_hf(build_model(CFG, seed=3), tmp_path / "base")
+    base = export_hf(build_model(CFG, seed=3), tmp_path / "base", phi4_tokenizer())
     pairs = _write_pairs(tmp_path / "pairs", base)
     job = TrainJob("dpo", CFG, DPO.train, str(tmp_path / "pairs"), str(tmp_path), init_from=str(base), dpo=DPO)
     one, two = _train(1, job, tmp_path), _train(2, job, tmp_path)

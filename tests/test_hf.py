@@ -6,6 +6,7 @@ import torch
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import build_model
 from phi4ray.model.hf import CheckpointError, export_hf, import_hf
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 
 
 def _same_state(a, b):
@@ -20,7 +21,7 @@ def test_transformers_phi3_gives_our_logits(tmp_path, tied):
 
     cfg = model_preset("tiny").replace(n_layers=2, tie_embeddings=tied)
     model = build_model(cfg, seed=3).eval()
-    export_hf(model, tmp_path)
+    export_hf(model, tmp_path, phi4_tokenizer())
     theirs = Phi3ForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     x = torch.randint(0, cfg.vocab_size, (2, 48))
     with torch.no_grad():
@@ -36,14 +37,14 @@ def test_import_of_export_is_bit_identical(tiny_model, tiny_export):
 
 
 def test_sharded_export_round_trips(tiny_model, tmp_path):
-    export_hf(tiny_model, tmp_path, max_shard_bytes=8 * 2**20)
+    export_hf(tiny_model, tmp_path, phi4_tokenizer(), max_shard_bytes=8 * 2**20)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     assert _same_state(tiny_model, import_hf(tmp_path))
 
 
 def test_bf16_export_keeps_bf16(tiny_model, tmp_path):
-    export_hf(tiny_model, tmp_path, dtype=torch.bfloat16)
+    export_hf(tiny_model, tmp_path, phi4_tokenizer(), dtype=torch.bfloat16)
     back = import_hf(tmp_path)
     assert back.tok_embeddings.weight.dtype == torch.bfloat16
     assert torch.equal(back.norm.weight, tiny_model.norm.weight.bfloat16())
@@ -51,7 +52,7 @@ def test_bf16_export_keeps_bf16(tiny_model, tmp_path):
 
 @pytest.fixture
 def export_copy(tiny_model, tmp_path):
-    return export_hf(tiny_model, tmp_path / "m")
+    return export_hf(tiny_model, tmp_path / "m", phi4_tokenizer())
 
 
 def test_missing_folder(tmp_path):
@@ -81,9 +82,18 @@ def test_inconsistent_heads_in_config(export_copy):
 
 def test_wrong_architecture(export_copy):
     cfg = json.loads((export_copy / "config.json").read_text())
+    cfg["model_type"], cfg["architectures"] = "gpt2", ["GPT2LMHeadModel"]
+    (export_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="model_type='gpt2'.*does not map"):
+        import_hf(export_copy)
+
+
+def test_mapped_family_with_the_other_layout_names_the_missing_tensors(export_copy):
+    # a Llama config over Phi-3's fused tensors: Llama's separate q/k/v are what is missing
+    cfg = json.loads((export_copy / "config.json").read_text())
     cfg["model_type"], cfg["architectures"] = "llama", ["LlamaForCausalLM"]
     (export_copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="model_type='llama'"):
+    with pytest.raises(CheckpointError, match="missing tensors.*q_proj"):
         import_hf(export_copy)
 
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.posttrain.judge import FleetJudge, FleetPolicy
-from phi4ray.model.tokenizer import ENDOFTEXT, IM_END, get_tokenizer, render_prompt
+from phi4ray.model.phi4_tokenizer import ENDOFTEXT, IM_END, phi4_tokenizer
 from phi4ray.posttrain.judge import (
     JUDGE_TEMPLATE_V1,
     Candidate,
@@ -82,7 +82,7 @@ def first_position(a, b):  # a judge with pure position bias: always prefers wha
 
 
 def cand(text, scores=None, model="m", ids=None, reason=None, correct=None):
-    ids = get_tokenizer().encode_ordinary(text) + [IM_END] if ids is None else ids
+    ids = phi4_tokenizer().encode_ordinary(text) + [IM_END] if ids is None else ids
     return Candidate(model, ids, text, "stop",
                      scores=scores, reason=reason, correct=correct)
 
@@ -242,7 +242,7 @@ class ScriptedPolicy:
         self.calls += 1
         if question in self.fail_on:
             raise ConnectionError("teacher unreachable")
-        tok = get_tokenizer()
+        tok = phi4_tokenizer()
         return [Candidate(self.model_id, tok.encode_ordinary(t) + [IM_END] if t else [IM_END], t, "stop")
                 for t in self.answers[question]]
 
@@ -287,9 +287,9 @@ def test_build_judged_pairs_accounting_and_resume(tmp_path):
     t = pq.read_table(tmp_path / "pairs.parquet")
     assert t.column_names == PAIR_COLUMNS and t.schema == pair_schema()
     row = t.to_pylist()[0]
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     assert row["query_id"] == "q-pair" and row["model_id"] == "teacher-a>teacher-b"
-    assert row["prompt_ids"] == render_prompt("pair")
+    assert row["prompt_ids"] == phi4_tokenizer().render_prompt("pair")
     assert row["chosen_ids"] == tok.encode_ordinary("right") + [IM_END]  # endpoint-style ids end the turn
     assert row["rejected_ids"] == tok.encode_ordinary("wrong") + [IM_END]
     assert (row["chosen_text"], row["rejected_text"], row["chosen_accuracy"]) == ("right", "wrong", 9.0)
@@ -385,7 +385,7 @@ def test_endpoint_policy_and_judge(teacher_url, tmp_path):
     rep = build_judged_pairs([{"id": "e1", "question": "cats"}], [policy], EndpointJudge(cfg), tmp_path)
     assert rep["pairs"] == 1 and rep["candidate_reasons"] == {"ok": 2, "truncated": 1}
     row = pq.read_table(tmp_path / "pairs.parquet").to_pylist()[0]
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     # endpoint text -> ordinary tokens + <|im_end|>: the quoted special token stays plain text
     assert row["chosen_ids"] == tok.encode_ordinary("About cats: <|im_end|> is text here.") + [IM_END]
     assert row["chosen_ids"].count(IM_END) == 1 and row["rejected_ids"] == tok.encode_ordinary("No.") + [IM_END]
@@ -461,12 +461,12 @@ def test_fleet_responses_scripted_judge_write_pairs(sampler_app, tmp_path):
     t = pq.read_table(tmp_path / "pairs.parquet")
     assert t.column_names == PAIR_COLUMNS
     sampled = [s.token_ids for s in rec.samples]
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     for row in t.to_pylist():
         assert row["chosen_ids"] in sampled and row["rejected_ids"] in sampled
         assert row["chosen_ids"] != row["rejected_ids"]
         q = next(p for p in FLEET_PROMPTS if p["id"] == row["query_id"])
-        assert row["prompt_ids"] == render_prompt(q["question"])
+        assert row["prompt_ids"] == phi4_tokenizer().render_prompt(q["question"])
         assert row["chosen_text"] == tok.decode([i for i in row["chosen_ids"] if i != IM_END])
         assert row["chosen_accuracy"] >= row["rejected_accuracy"]
     results = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]

@@ -11,7 +11,7 @@ from actors.run.cluster import RayCluster
 from phi4ray.data.mixtures import midtrain_mixture_for_run, mixture_for_run
 from phi4ray.data.packing import load_token_shards
 from phi4ray.data.token_shards import RECORD, TOO_SHORT
-from phi4ray.model.tokenizer import ENDOFTEXT, get_tokenizer
+from phi4ray.model.phi4_tokenizer import ENDOFTEXT, phi4_tokenizer
 from phi4ray.run.errors import ConfigError
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
@@ -43,7 +43,7 @@ def run(tmp_path_factory):
         (root / "curated" / name).mkdir(parents=True)
         rows = texts[name] + ([None, " "] if name == "web" else [])
         pq.write_table(pa.table({"text": pa.array(rows, pa.string())}), root / "curated" / name / "part-0.parquet")
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     lengths = [len(tok.encode_ordinary(t)) for name in ("web", "code") for t in texts[name]]
     return root, lengths
 

@@ -12,7 +12,7 @@ from phi4ray.data.row_stream import RowOrder
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import build_model
 from phi4ray.model.hf import export_hf, import_hf
-from phi4ray.model.tokenizer import PAD, get_tokenizer
+from phi4ray.model.phi4_tokenizer import PAD, phi4_tokenizer
 from phi4ray.toy.arith import ArithConfig, make_problems, sft_conversation
 from phi4ray.train.dpo import DPOConfig, PairLoader, completion_logps, dpo_step, load_pairs
 from phi4ray.train.jobs import TrainJob
@@ -26,11 +26,11 @@ CFG = model_preset("tiny").replace(n_layers=2, dim=128, n_heads=4, n_kv_heads=2,
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
-    return export_hf(build_model(CFG, seed=3), tmp_path_factory.mktemp("base"))
+    return export_hf(build_model(CFG, seed=3), tmp_path_factory.mktemp("base"), phi4_tokenizer())
 
 
 def test_sft_on_ray_train_trains_assistant_tokens_only(ray_cluster, base_model, tmp_path):
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     convs = [tok.render_chat(sft_conversation(p)) for p in make_problems(120, 0, ArithConfig(n_terms=2))]
     packed = pack_conversations(convs, 64, PAD)
     rows = tmp_path / "sft_tokens"

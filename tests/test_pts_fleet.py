@@ -8,14 +8,14 @@ import json
 import pytest
 
 from actors.posttrain.pts import run_search
-from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 from phi4ray.posttrain.pts import PTSConfig, search_report
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 PIVOT = 2
 
 
-def third_token_is_even(query):
+def third_token_is_even(query, tok):
     def oracle(ids):
         return len(ids) > PIVOT and ids[PIVOT] % 2 == 0
     return oracle
@@ -35,7 +35,7 @@ def test_pts_actors_find_the_planted_pivot(sampler_app, tmp_path):
     assert rep["kept"] >= 2  # the tiny model samples near-uniformly: p(Q) ~ 0.5
     pairs = [p for r in results for p in r["pairs"]]
     assert pairs and all(p["position"] == PIVOT for p in pairs)
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     rendered = {q["id"]: tok.render_chat([{"role": "user", "content": q["question"]}], add_generation_prompt=True).ids
                 for q in queries}
     for p in pairs:

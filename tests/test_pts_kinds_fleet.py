@@ -17,7 +17,7 @@ import json
 import pytest
 
 from phi4ray.model.hf import export_hf
-from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 from phi4ray.posttrain.queries import load_query_file
 from phi4ray.presets import run_preset
 from phi4ray.run import manifest
@@ -39,11 +39,11 @@ def test_pts_stage_on_a_file_of_every_kind(ray_cluster, tmp_path):
     from actors.context import RunContext
     from actors.posttrain import pts
 
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     gen_prompt_end = tok.render_chat([{"role": "user", "content": "q"}], add_generation_prompt=True).ids[-1]
     succ, coins = text_chain(gen_prompt_end, PIECES)
     run = tmp_path / "run"
-    export_hf(chain_model(succ), run / "models" / "sft")
+    export_hf(chain_model(succ), run / "models" / "sft", phi4_tokenizer())
     manifest.write_manifest(run, "sft", {}, key="planted", inputs={}, outputs={}, counts={}, timings={})
     qfile = tmp_path / "queries.jsonl"
     qfile.write_text("\n".join([json.dumps(q) for q, _, _ in QUERIES] + BAD) + "\n")

@@ -10,7 +10,7 @@ import pytest
 
 from phi4ray.evals.kinds import render_prompt
 from phi4ray.evals.schema import EvalItem
-from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 from phi4ray.posttrain.pts import PTSConfig
 from phi4ray.posttrain.queries import check_queries_file, load_query_file, pts_queries, query_oracle
 from phi4ray.presets import run_preset
@@ -86,17 +86,18 @@ def test_without_a_file_the_toy_domain(tmp_path):
     assert {q["kind"] for q in queries} == {"toy"} and counts["by_kind"] == {"toy": cfg.pts.queries}
     # the model sees the bare question, as SFT trains it
     assert [q["question"] for q in queries] == [p["question"] for p in make_problems(cfg.pts.queries, cfg.seed + 1, cfg.arith)]
-    oracle, tok, answer = query_oracle(queries[0]), get_tokenizer(), queries[0]["item"]["reference"]
+    tok = phi4_tokenizer()
+    oracle, answer = query_oracle(queries[0], tok), queries[0]["item"]["reference"]
     assert oracle(tok.encode(f"The answer is {answer}.")) and not oracle(tok.encode(f"The answer is {answer}1."))
 
 
 def test_each_kind_judges_a_rollout_as_eval_grades_it(tmp_path):
     path = _jsonl(tmp_path / "q.jsonl", [json.dumps(g) for g in GOOD])
     math, choice, code = load_query_file(path, "math", 10, tmp_path / "bad.jsonl")[0]
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
 
     def judge(q, text):
-        return query_oracle(q)(tok.encode(text))
+        return query_oracle(q, tok)(tok.encode(text))
     assert judge(math, "2 + 4 = 6, so \\boxed{6}") and not judge(math, "\\boxed{7}")
     assert judge(choice, "The answer is (A).") and not judge(choice, "The answer is (B).")
     assert judge(code, "```python\ndef f():\n    return 4\n```")

@@ -31,7 +31,7 @@ PIVOT = 2
 SEED = 11
 
 
-def third_token_is_even(query):
+def third_token_is_even(query, tok):
     def oracle(ids):
         return len(ids) > PIVOT and ids[PIVOT] % 2 == 0
     return oracle

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from phi4ray.model import tokenizer as T
+from phi4ray.model import phi4_tokenizer as T
+from phi4ray.model.tokenizer import CHAT_ROLES
 from phi4ray.presets import ServeConfig
 from phi4ray.run.errors import ConfigError
 from phi4ray.serve.request_limits import (
@@ -120,7 +121,7 @@ def test_message_count():
 
 
 def test_message_roles():
-    check_messages([{"role": r, "content": "x"} for r in T.CHAT_ROLES])
+    check_messages([{"role": r, "content": "x"} for r in CHAT_ROLES])
     check_messages([SimpleNamespace(role="user", content="x")])  # pydantic-style objects too
     for bad in ("developer", "function", "tool", "root", "", None):
         rejects("messages", rf"messages\[1\].role={bad!r} must be one of system, user, assistant \(the roles",
@@ -252,7 +253,7 @@ def exported_tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer  # deferred: only this test needs transformers
 
     out = tmp_path_factory.mktemp("tok")
-    T.get_tokenizer().save_hf(out)
+    T.phi4_tokenizer().save_hf(out)
     return AutoTokenizer.from_pretrained(out)
 
 
@@ -262,7 +263,7 @@ def test_chat_count_matches_our_rendering_under_the_exported_template(exported_t
     hf_tokenizer = exported_tokenizer
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12*12?"},
             {"role": "assistant", "content": "144"}, {"role": "user", "content": "And 13*13?"}]
-    ours = len(T.get_tokenizer().render_chat(msgs, add_generation_prompt=True).ids)
+    ours = len(T.phi4_tokenizer().render_chat(msgs, add_generation_prompt=True).ids)
     assert chat_prompt_tokens(chat_request(msgs), hf_tokenizer) == ours
     text = completion_request("def add(a, b):\n    return a + b")
-    assert completion_prompt_tokens(text, hf_tokenizer) == len(T.get_tokenizer().encode(text.prompt))
+    assert completion_prompt_tokens(text, hf_tokenizer) == len(T.phi4_tokenizer().encode(text.prompt))

@@ -18,14 +18,14 @@ import torch
 
 from actors.serve.sampler_client import FleetSampler
 from actors.serve.weights import refresh_weights, registry, running_replicas, target_key
-from phi4ray.model import tokenizer as T
+from phi4ray.model import phi4_tokenizer as T
 from phi4ray.model.decoder import greedy_decode
 from phi4ray.model.hf import export_hf
 from phi4ray.serve.request_limits import LLM_CONFIG_KEY, MAX_LOGPROBS, MAX_MESSAGES, MAX_N, MAX_NEW_TOKENS
 from phi4ray.serve.sampling import SampleRequest, SamplingError
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
-PROMPT = T.get_tokenizer().render_chat([{"role": "user", "content": "What is 12*12?"}], add_generation_prompt=True).ids
+PROMPT = T.phi4_tokenizer().render_chat([{"role": "user", "content": "What is 12*12?"}], add_generation_prompt=True).ids
 
 
 def _client(app):
@@ -58,7 +58,7 @@ def test_http_chat_uses_phi4_template(sampler_app):
     msgs = [{"role": "user", "content": "What is 12*12?"}]
     chat = _client(sampler_app).chat.completions.create(model="phi4ray", messages=msgs, max_tokens=12,
                                                         temperature=0, extra_body={"ignore_eos": True})
-    assert chat.choices[0].message.content == T.get_tokenizer().decode(_greedy(sampler_app, PROMPT))
+    assert chat.choices[0].message.content == T.phi4_tokenizer().decode(_greedy(sampler_app, PROMPT))
 
 
 def test_api_key_required_on_http(sampler_app):
@@ -141,7 +141,7 @@ def _perturbed(tiny_model, folder):
     with torch.no_grad():
         for p in new.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    export_hf(new, folder)
+    export_hf(new, folder, T.phi4_tokenizer())
     return new
 
 
@@ -201,7 +201,7 @@ def test_refresh_to_other_shape_is_refused_and_old_weights_stay(sampler_app, tin
     from phi4ray.model.decoder import build_model
 
     before = _greedy(sampler_app, PROMPT)
-    export_hf(build_model(tiny_model.cfg.replace(**change), seed=0), tmp_path / "other")
+    export_hf(build_model(tiny_model.cfg.replace(**change), seed=0), tmp_path / "other", T.phi4_tokenizer())
     with pytest.raises(ValueError, match="differs from the served"):
         refresh_weights(sampler_app["app"], sampler_app["deployment"], str(tmp_path / "other"), timeout_s=60)
     assert _greedy(sampler_app, PROMPT) == before
@@ -299,7 +299,7 @@ def _chat_of(n_tokens: int) -> tuple[list[dict], int]:
     words = n_tokens
     while True:
         msgs = [{"role": "user", "content": " ".join(["x"] * words)}]
-        length = len(T.get_tokenizer().render_chat(msgs, add_generation_prompt=True).ids)
+        length = len(T.phi4_tokenizer().render_chat(msgs, add_generation_prompt=True).ids)
         if length <= n_tokens:
             return msgs, length
         words -= 1

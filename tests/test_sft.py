@@ -10,7 +10,7 @@ import torch
 
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import build_model, document_causal_mask
-from phi4ray.model.tokenizer import IM_END, PAD, get_tokenizer
+from phi4ray.model.phi4_tokenizer import IM_END, PAD, phi4_tokenizer
 from phi4ray.toy.arith import ArithConfig, make_problems, sft_conversation
 from phi4ray.train.sft import heldout_loss, pack_conversations, read_conversations
 from phi4ray.train.step import SequenceLoader, TrainConfig, make_optimizer, train_step
@@ -18,7 +18,7 @@ from phi4ray.train.step import SequenceLoader, TrainConfig, make_optimizer, trai
 
 @pytest.fixture(scope="module")
 def tok():
-    return get_tokenizer()
+    return phi4_tokenizer()
 
 
 def test_conversations_are_packed_whole_with_assistant_only_mask(tok):

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import build_model
 from phi4ray.model.hf import CheckpointError, export_hf, import_hf
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 from phi4ray.model.safetensors_io import Writer
 from phi4ray.train.sharded_io import load_sharded
 from phi4ray.train.step import TrainConfig
@@ -45,7 +46,7 @@ def _worker(rank: int, world: int, port: int, src: str, src_bf16: str, out: str)
     x = torch.randint(0, CFG.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # the forward goes through FSDP's lazy init, which re-pads the shards
         assert (model(x) - ref(x)).abs().max().item() <= 1e-5
-    export_hf(model, out, max_shard_bytes=SHARD_BYTES)
+    export_hf(model, out, phi4_tokenizer(), max_shard_bytes=SHARD_BYTES)
 
     from_bf16 = load_sharded(CFG, src_bf16, TrainConfig(), "cpu", distributed=True)
     for name, p in from_bf16.named_parameters():
@@ -56,8 +57,8 @@ def _worker(rank: int, world: int, port: int, src: str, src_bf16: str, out: str)
 
 def test_two_ranks_load_their_rows_and_export_the_plain_bytes(tmp_path):
     ref = _reference()
-    src = export_hf(ref, tmp_path / "src", max_shard_bytes=SHARD_BYTES)
-    src_bf16 = export_hf(ref, tmp_path / "src_bf16", dtype=torch.bfloat16)
+    src = export_hf(ref, tmp_path / "src", phi4_tokenizer(), max_shard_bytes=SHARD_BYTES)
+    src_bf16 = export_hf(ref, tmp_path / "src_bf16", phi4_tokenizer(), dtype=torch.bfloat16)
     out = tmp_path / "out"
     assert len(json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]) == 3 + 6 * CFG.n_layers
     mp.spawn(_worker, args=(2, free_port(), str(src), str(src_bf16), str(out)), nprocs=2, join=True)
@@ -86,7 +87,7 @@ def test_writer_matches_save_file(tmp_path, dtype):
 
 def test_a_stage_may_change_context_and_rope_base_but_not_the_architecture(tmp_path):
     ref = _reference()
-    src = export_hf(ref, tmp_path / "m")
+    src = export_hf(ref, tmp_path / "m", phi4_tokenizer())
     longer = CFG.replace(max_seq_len=2 * CFG.max_seq_len, rope_theta=250_000.0)
     model = load_sharded(longer, src, TrainConfig(), "cpu", distributed=False)
     assert model.cfg == longer
@@ -96,7 +97,7 @@ def test_a_stage_may_change_context_and_rope_base_but_not_the_architecture(tmp_p
 
 
 def test_data_shorter_than_the_header_says(tmp_path):
-    src = export_hf(_reference(), tmp_path / "m")
+    src = export_hf(_reference(), tmp_path / "m", phi4_tokenizer())
     p = src / "model.safetensors"
     (n,) = struct.unpack("<Q", p.read_bytes()[:8])
     p.write_bytes(p.read_bytes()[: 8 + n + 100])  # the header intact, the data cut

@@ -16,7 +16,7 @@ from phi4ray.data.packing import load_token_shards, mixture_plan, plan_shares
 from phi4ray.data.synth.outputs import OUT_SCHEMA, write_outputs
 from phi4ray.data.token_shards import docs_file, pack_group, source_stats, tokenize_file
 from phi4ray.evals.generators import builtin_suites
-from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 from phi4ray.presets import run_preset
 from phi4ray.run.errors import ConfigError
 from phi4ray.run.overrides import OverrideError, apply_overrides
@@ -145,7 +145,7 @@ def test_the_pretraining_mixture_packs_a_real_synthetic_share(tmp_path):
         "synthetic": (("synthetic/synthetic",), 0.40), "web": (("curated/web",), 0.15),
         "code": (("curated/code",), 0.20)}
     # the tokenize stage's two passes, as actors/data/tokenize.py runs them on Ray Data, here in-process
-    tok, cache = get_tokenizer(), tmp_path / "tokenized"
+    tok, cache = phi4_tokenizer(), tmp_path / "tokenized"
     files = {s.name: source_files(tmp_path, s) for s in mix.sources}
     for fs in files.values():
         for f in fs:
@@ -164,5 +164,5 @@ def test_the_pretraining_mixture_packs_a_real_synthetic_share(tmp_path):
     assert packed["tokens_packed"] >= 0.9 * shares["synthetic"] * cfg.data.total_tokens
     (tokens, _), = list(load_token_shards(tmp_path))  # one shard: this group's rows, from RUN/tokens
     assert tokens.shape[0] == packed["sequences"]
-    text = tok.decode([t for t in tokens.reshape(-1).tolist() if t < tok.eot_id])
+    text = tok.decode([t for t in tokens.reshape(-1).tolist() if t not in tok.special_ids])
     assert "Assistant:" in text and "\\boxed{" in text  # the verified problems are what was packed

@@ -28,7 +28,7 @@ from phi4ray.data.synth.outputs import OUT_SCHEMA, check_counts
 from phi4ray.data.synth.runner import LocalRunner, synthesize
 from phi4ray.data.synth.seeds import code_seeds, pick_documents, prose_seeds
 from phi4ray.data.synth.steps import STEPS
-from phi4ray.model.tokenizer import IM_END, get_tokenizer
+from phi4ray.model.phi4_tokenizer import IM_END, phi4_tokenizer
 from phi4ray.presets import run_preset
 from phi4ray.run import manifest
 from phi4ray.run.errors import ConfigError
@@ -376,7 +376,7 @@ def test_config_errors_name_the_field(override, field):
 def test_fleet_engine_renders_decodes_seeds_and_isolates_failures():
     from actors.serve.fleet_engine import FleetEngine  # deferred: its actors.serve.sampler_client import loads Ray Serve
 
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
 
     class FakeSampler:
         def __init__(self):

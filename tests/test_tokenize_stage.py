@@ -16,7 +16,7 @@ from phi4ray.data.mixtures import mixture_for_run, source_files
 from phi4ray.data.packing import MixtureConfig, Source, load_token_shards
 from phi4ray.data.row_stream import ParquetRows, RowOrder
 from phi4ray.data.token_shards import EMPTY_TEXT, NOT_STRING, NULL_TEXT, RECORD, docs_file, quarantine_reason, tokenize_file
-from phi4ray.model.tokenizer import ENDOFTEXT, IM_END, get_tokenizer
+from phi4ray.model.phi4_tokenizer import ENDOFTEXT, IM_END, phi4_tokenizer
 from phi4ray.presets import run_preset
 from phi4ray.run import manifest
 from phi4ray.run.stage import run_stage
@@ -75,7 +75,7 @@ def segments(row):
 def check_rows_decode_to(texts, tokens):
     """Every complete document in a row decodes to one of `texts`; the cut ones at the row edges to
     a suffix / prefix of one. Returns the complete documents found."""
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     whole = set(texts)
     found = []
     for row in tokens:
@@ -108,7 +108,7 @@ def test_stage_tokenizes_quarantines_and_packs(corpus, two_runs):
     assert alpha["quarantined"] == {"empty text": 2, "null text": 1} and c["docs_quarantined"] == 3
     assert beta["docs_read"] == beta["docs_kept"] == 60 and beta["quarantined"] == {}
     assert c["docs_dropped"] == 0 and alpha["dropped"] == beta["dropped"] == {}  # no min_tokens
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     for name, src in (("alpha", alpha), ("beta", beta)):
         assert src["tokens_available"] == sum(len(tok.encode_ordinary(t)) + 1 for t in corpus[name])
         assert src["tokens_sampled"] == src["tokens_packed"] + src["tokens_dropped"]
@@ -225,7 +225,7 @@ def test_tokenize_file_quarantines_streams_and_keeps_special_text_as_text(tmp_pa
         NULL_TEXT, NOT_STRING, NOT_STRING, EMPTY_TEXT, EMPTY_TEXT, ""]
     texts = [SPECIAL_DOC, None, "", "hello"] * 700  # more than one record batch (READ_ROWS)
     pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet")
-    tok = get_tokenizer()
+    tok = phi4_tokenizer()
     summary = tokenize_file(str(tmp_path / "in.parquet"), tmp_path / "cache", tok)
     assert summary == {"read": 2800, "quarantined": {EMPTY_TEXT: 700, NULL_TEXT: 700}}
     docs = pq.read_table(docs_file(tmp_path / "cache", str(tmp_path / "in.parquet")))

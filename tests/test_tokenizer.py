@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phi4ray.model import tokenizer as T
+from phi4ray.model import phi4_tokenizer as T
 from phi4ray.model.config import PHI4_VOCAB_SIZE
 from tests.text_samples import SAMPLES, python_sources
 
-tok = T.get_tokenizer()
+tok = T.phi4_tokenizer()
 
 
 def test_special_tokens_sit_at_phi4_ids():

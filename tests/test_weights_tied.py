@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from actors.serve.sampler_client import FleetSampler
-from phi4ray.model import tokenizer as T
+from phi4ray.model import phi4_tokenizer as T
 from phi4ray.model.config import model_preset
 from phi4ray.model.decoder import build_model, greedy_decode
 from phi4ray.model.hf import export_hf
@@ -17,7 +17,7 @@ from phi4ray.serve.sampling import SampleRequest
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
-PROMPT = T.get_tokenizer().render_chat([{"role": "user", "content": "Name a prime number below 100."}],
+PROMPT = T.phi4_tokenizer().render_chat([{"role": "user", "content": "Name a prime number below 100."}],
                                        add_generation_prompt=True).ids
 APP = "phi4ray-tied-test"
 
@@ -32,8 +32,8 @@ def test_refresh_of_a_tied_model_serves_the_new_head(ray_cluster, tmp_path):
     # by float noise), and the layers, not the last token's own embedding, decide the next token
     cfg = model_preset("tiny").replace(n_layers=2, tie_embeddings=True, embed_init_std=1.0, init_std=0.5)
     first, second = build_model(cfg, seed=11), build_model(cfg, seed=12)
-    export_hf(first, tmp_path / "first")
-    export_hf(second, tmp_path / "second")
+    export_hf(first, tmp_path / "first", T.phi4_tokenizer())
+    export_hf(second, tmp_path / "second", T.phi4_tokenizer())
     want = {name: greedy_decode(m, PROMPT, 12, stop_ids=(T.IM_END, T.ENDOFTEXT))
             for name, m in (("first", first), ("second", second))}
     assert want["first"] != want["second"]

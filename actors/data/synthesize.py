@@ -62,7 +62,7 @@ def build_engine(spec: dict):
     if spec["kind"] == "fleet":
         from actors.serve.fleet_engine import FleetEngine  # deferred: the sampler client stack, for a fleet teacher only
 
-        return FleetEngine(spec["deployment"], spec["app"], seed=spec["seed"])
+        return FleetEngine(spec["deployment"], spec["app"], seed=spec["seed"], model_dir=spec["folder"])
     return endpoint_engine(spec)
 
 
@@ -102,7 +102,8 @@ class RayRunner:
             t0 = time.time()
             self.app = self.started = self.ctx.fleet.start(str(teacher_model(self.ctx.run_dir, cfg)))
             self.ready_s = round(time.time() - t0, 1)
-        return {"kind": "fleet", "deployment": self.app.deployment, "app": self.app.name, "seed": cfg.seed}
+        return {"kind": "fleet", "deployment": self.app.deployment, "app": self.app.name, "seed": cfg.seed,
+                "folder": self.app.folders.get(self.app.model_id)}
 
     def run(self, chunks: list[Chunk], s, work: Path) -> None:
         import ray.data  # deferred: the CLI imports this module to list stages without loading Ray

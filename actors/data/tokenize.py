@@ -39,7 +39,7 @@ from phi4ray.data.token_shards import (
     start_output,
     tokenize_file,
 )
-from phi4ray.model.tokenizer import get_tokenizer
+from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.run.stage import Stage, StageResult
 
 JSON_ROWS = pa.schema([("json", pa.string())])
@@ -50,7 +50,7 @@ class TokenizeFiles:
     and measures it for every source that reads it."""
 
     def __init__(self, mix: MixtureConfig, cache: str):
-        self.tok, self.mix, self.cache = get_tokenizer(), mix, Path(cache)
+        self.tok, self.mix, self.cache = tokenizer_for(mix.tokenizer), mix, Path(cache)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
@@ -102,7 +102,7 @@ def tokenize_mixture(run_dir: str | Path, mix: MixtureConfig, cluster, *, out_na
     for i, s in enumerate(mix.sources):
         for f in files[s.name]:
             readers.setdefault(f, []).append(i)
-    cache = run_dir / "tokenized"
+    cache = run_dir / "tokenized" / tokenizer_for(mix.tokenizer).identity  # token ids are per vocabulary
     with cluster.session():
         actors = actors or max(1, cluster.data_cpus())
         measured = {r["path"]: r for r in _run(

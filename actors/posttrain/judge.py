@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actors.serve.names import APP_NAME
-from phi4ray.model.tokenizer import IM_END, decode_response, render_prompt
+from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.posttrain.judge import Candidate
 from phi4ray.serve.sampling import SampleRequest
 
@@ -30,8 +30,10 @@ class FleetPolicy:
     top_p: float = 1.0
     seed: int | None = None
     sampler: object = None
+    model_dir: str | None = None  # the served model's folder, whose tokenizer renders and decodes (None: Phi-4's)
 
     def __post_init__(self) -> None:
+        self.tok = tokenizer_for(self.model_dir)
         if self.sampler is None:
             from actors.serve.sampler_client import FleetSampler  # deferred: Ray Serve loads only when no sampler is given
 
@@ -40,10 +42,10 @@ class FleetPolicy:
     async def respond(self, prompt_ids: list[int], question: str, n: int | None = None) -> list[Candidate]:
         samples = await self.sampler.sample(SampleRequest(
             prompt_ids=list(prompt_ids), n=n or self.n, max_tokens=self.max_tokens, temperature=self.temperature,
-            top_p=self.top_p, seed=self.seed, stop_ids=[IM_END]))
+            top_p=self.top_p, seed=self.seed, stop_ids=[self.tok.end_turn_id]))
         # the sampled ids are the response, exactly: DPO then trains on the tokens the policy
-        # produced (ending with <|im_end|> when it stopped), with no decode/re-encode drift
-        return [Candidate(self.model_id, list(s.token_ids), decode_response(s.token_ids), s.finish_reason)
+        # produced (ending with its end of turn when it stopped), with no decode/re-encode drift
+        return [Candidate(self.model_id, list(s.token_ids), self.tok.decode_response(s.token_ids), s.finish_reason)
                 for s in samples]
 
 
@@ -55,14 +57,16 @@ class FleetJudge:
     app: str = APP_NAME
     max_tokens: int = 128
     sampler: object = None
+    model_dir: str | None = None  # the served model's folder (its tokenizer; None: Phi-4's)
 
     def __post_init__(self) -> None:
+        self.tok = tokenizer_for(self.model_dir)
         if self.sampler is None:
             from actors.serve.sampler_client import FleetSampler  # deferred: Ray Serve loads only when no sampler is given
 
             self.sampler = FleetSampler(self.deployment, self.app)
 
     async def __call__(self, prompt_text: str) -> str:
-        req = SampleRequest(prompt_ids=render_prompt(prompt_text), n=1, max_tokens=self.max_tokens,
-                            temperature=0.0, stop_ids=[IM_END])
-        return decode_response((await self.sampler.sample(req))[0].token_ids)
+        req = SampleRequest(prompt_ids=self.tok.render_prompt(prompt_text), n=1, max_tokens=self.max_tokens,
+                            temperature=0.0, stop_ids=[self.tok.end_turn_id])
+        return self.tok.decode_response((await self.sampler.sample(req))[0].token_ids)

@@ -25,7 +25,7 @@ import ray
 
 from actors.posttrain.judge import FleetJudge, FleetPolicy
 from actors.serve.sampler_client import FleetSampler
-from phi4ray.model.tokenizer import IM_END, get_tokenizer
+from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.posttrain.judge_endpoint import EndpointJudge
 from phi4ray.posttrain.judged_pairs import build_judged_pairs
 from phi4ray.posttrain.pts import plot_p_query, query_record, search_query, search_report, write_pairs
@@ -51,25 +51,27 @@ class BoundedSampler:
 @ray.remote(max_restarts=-1, max_task_retries=3)
 class PTSActor:
     def __init__(self, deployment: str, app: str, cfg, model_id: str, oracle_for=query_oracle,
-                 seed: int | None = None):
+                 seed: int | None = None, model_dir: str | None = None):
         self.cfg, self.model_id, self.oracle_for = cfg, model_id, oracle_for
-        self.tok = get_tokenizer()
+        self.tok = tokenizer_for(model_dir)  # the searched model's (None: Phi-4's)
         # seeded per prompt: a call retried on another replica samples what the lost one would have
         self.sampler = BoundedSampler(FleetSampler(deployment, app, seed=seed), cfg.concurrency)
 
     async def search(self, query: dict) -> dict:
-        query_ids = self.tok.render_chat([{"role": "user", "content": query["question"]}],
-                                         add_generation_prompt=True).ids
+        query_ids = self.tok.render_prompt(query["question"])
         t0 = time.perf_counter()
-        res = await search_query(self.sampler, self.oracle_for(query), query_ids, self.cfg, stop_ids=(IM_END,))
-        return query_record(query, query_ids, res, self.model_id, time.perf_counter() - t0)
+        res = await search_query(self.sampler, self.oracle_for(query, self.tok), query_ids, self.cfg,
+                                 stop_ids=(self.tok.end_turn_id,))
+        return query_record(query, query_ids, res, self.model_id, time.perf_counter() - t0, self.tok)
 
 
 def run_search(queries: list[dict], out_dir: Path, deployment: str, app: str, cfg, model_id: str,
-               oracle_for=query_oracle, key: str = "", seed: int | None = None) -> list[dict]:
+               oracle_for=query_oracle, key: str = "", seed: int | None = None,
+               model_dir: str | None = None) -> list[dict]:
     """Search every query not yet in out_dir/queries.jsonl under `key` (the stage's key: a record
     made under another config is not a result of this one); returns all results (old and new).
-    `oracle_for(query) -> oracle(solution_ids) -> bool` (default: the query's own kind, phi4ray.posttrain.queries).
+    `oracle_for(query, tokenizer) -> oracle(solution_ids) -> bool` (default: the query's own kind,
+    phi4ray.posttrain.queries); `model_dir` is the searched model's folder (its tokenizer).
     With `seed`, each sampling call's seed is derived from (seed, prompt ids) (FleetSampler): a
     replica lost mid-search or a resumed run changes no result."""
     done_file = out_dir / "queries.jsonl"
@@ -77,7 +79,7 @@ def run_search(queries: list[dict], out_dir: Path, deployment: str, app: str, cf
     todo = [q for q in queries if q["id"] not in done]
     if todo:
         n = min(cfg.actors, len(todo))
-        actors = [PTSActor.options(num_cpus=0).remote(deployment, app, cfg, model_id, oracle_for, seed)
+        actors = [PTSActor.options(num_cpus=0).remote(deployment, app, cfg, model_id, oracle_for, seed, model_dir)
                   for _ in range(n)]
         pending = {actors[i % n].search.remote(q): q["id"] for i, q in enumerate(todo)}
         with open(done_file, "a") as f, progress(len(queries), "pts queries", "query") as bar:
@@ -104,10 +106,11 @@ def judge_round(run_dir: Path, cfg, app) -> dict:
     answer is known)."""
     d = cfg.dpo
     prompts = make_problems(d.judge_prompts, cfg.seed + 2, cfg.arith)
+    folder = app.folders.get(app.model_id)
     policy = FleetPolicy(model_id="sft", deployment=app.deployment, app=app.name, n=d.judge_responses,
-                         max_tokens=cfg.pts.max_tokens)
+                         max_tokens=cfg.pts.max_tokens, model_dir=folder)
     judge = (EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env))
-             if d.judge_url else FleetJudge(deployment=app.deployment, app=app.name))
+             if d.judge_url else FleetJudge(deployment=app.deployment, app=app.name, model_dir=folder))
     report = build_judged_pairs(prompts, [policy], judge, Path(run_dir) / "dpo" / "pairs_full",
                                 concurrency=cfg.pts.concurrency, oracle=check_answer)
     say(f"pts: judge round: {report['pairs']} pairs from {report['prompts_in']} prompts; "
@@ -128,7 +131,7 @@ def run(ctx) -> StageResult:
     t_ready = time.time() - t0
     try:
         results = run_search(queries, out, app.deployment, app.name, cfg.pts, str(model_dir), key=key,
-                             seed=cfg.seed)
+                             seed=cfg.seed, model_dir=str(model_dir))
         judged = judge_round(run_dir, cfg, app) if cfg.dpo.judge_prompts else None
     finally:
         # eval serves this model shape on this fleet next; on CPU the idle replica through DPO

@@ -14,7 +14,7 @@ import ray.data
 import torch
 
 from phi4ray.model.hf import import_hf
-from phi4ray.model.tokenizer import PAD
+from phi4ray.model.tokenizer import load_tokenizer
 from phi4ray.train.dpo import pair_logps
 
 
@@ -24,6 +24,7 @@ class RefLogps:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.model = import_hf(model_dir, device=device, dtype=dtype).eval()
         self.micro, self.device = micro_batch, device
+        self.pad_id = load_tokenizer(model_dir).pad_id
 
     def __call__(self, batch):
         # pyarrow batches in and out: id lists stay plain list<int> columns (numpy batches would
@@ -33,7 +34,7 @@ class RefLogps:
         with torch.no_grad():
             for i in range(0, len(cols["prompt_ids"]), self.micro):
                 mb = {k: v[i:i + self.micro] for k, v in cols.items()}
-                c, r = pair_logps(self.model, mb, PAD, self.device)
+                c, r = pair_logps(self.model, mb, self.pad_id, self.device)
                 chosen += c.float().cpu().tolist()
                 rejected += r.float().cpu().tolist()
         return (batch.append_column("ref_chosen_logp", pa.array(chosen, pa.float32()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from actors.run.off_driver import on_worker
 from actors.train.pretrain_stages import train_stage
-from phi4ray.model.tokenizer import PAD, get_tokenizer
+from phi4ray.model.tokenizer import load_tokenizer
 from phi4ray.run.console import say
 from phi4ray.run.stage import Stage, StageResult
 from phi4ray.train.jobs import sft_job, worker_split_check
@@ -19,12 +19,12 @@ from phi4ray.train.sft import model_heldout_loss, pack_conversations, sft_conver
 def run(ctx) -> StageResult:
     run_dir, cfg = ctx.run_dir, ctx.cfg
     tc = cfg.sft.train
-    tok = get_tokenizer()
+    job = sft_job(run_dir, cfg)
+    tok = load_tokenizer(job.init_from)  # the model SFT starts from renders its own chat format
     train, held, source = sft_conversations(cfg)
-    packed = pack_conversations([tok.render_chat(c) for c in train], tc.seq_len, PAD)
+    packed = pack_conversations([tok.render_chat(c) for c in train], tc.seq_len, tok.pad_id)
     if packed.too_long:
         say(f"sft: {len(packed.too_long)} conversations longer than sft.train.seq_len={tc.seq_len} set aside")
-    job = sft_job(run_dir, cfg)
     write_sft_rows(packed, run_dir / "sft_tokens")
     held_ids = [tok.render_chat(c) for c in held]
     gpu = cfg.serve.device == "gpu"
@@ -47,7 +47,8 @@ STAGE = Stage(
     summary="supervised fine-tuning in the Phi-4 chat format, loss on assistant tokens only",
     run=run,
     sections=("sft", "arith", "seed", "midtrain.rope_theta", "model"),
-    reads=("midtrain",),
+    reads=("init",),
+    uses=("pretrain", "midtrain"),  # the newest model before SFT (an imported one skips both)
     outputs=("sft_tokens", "models/sft", "ray_train/sft", "checkpoints/sft"),
     headline=("steps", "heldout_loss_before", "heldout_loss_after"),
 )

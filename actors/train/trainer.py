@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from phi4ray.model.decoder import build_model
 from phi4ray.model.hf import export_hf
-from phi4ray.model.tokenizer import PAD
+from phi4ray.model.tokenizer import load_tokenizer
 from phi4ray.train.dpo import PairLoader, dpo_step
 from phi4ray.train.jobs import TrainJob, prepare_checkpoints
 from phi4ray.train.metrics import step_progress, truncate_metrics
@@ -68,7 +68,14 @@ def _load(ckpt_dir: str, model, optimizer) -> dict:
 def _export_full(model, job: TrainJob, out: Path) -> None:
     """Stream the HF folder from the shards, one gathered tensor at a time: every rank must call
     this; rank 0 writes (phi4ray.model.hf.export_hf)."""
-    export_hf(model, out, dtype=torch.bfloat16 if job.train.dtype == "bfloat16" else torch.float32)
+    export_hf(model, out, job_tokenizer(job), dtype=torch.bfloat16 if job.train.dtype == "bfloat16" else torch.float32)
+
+
+def job_tokenizer(job: TrainJob):
+    """The tokenizer of the model the job starts from: it trains and exports with the same ids."""
+    if not job.init_from:
+        raise ValueError(f"{job.stage}: a training job starts from a model folder (init_from), which holds its tokenizer")
+    return load_tokenizer(job.init_from)
 
 
 def build_for_training(job: TrainJob, device: torch.device, distributed: bool):
@@ -84,8 +91,9 @@ def make_data(job: TrainJob, device):
     tc = job.train
     if job.dpo is not None:
         loader = PairLoader.from_folder(job.tokens_dir, tc.batch_size, seed=tc.seed)
+        pad = job_tokenizer(job).pad_id
         return loader, lambda model, opt, batch, step, all_reduce: dpo_step(
-            model, opt, batch, step, job.dpo, PAD, device, all_reduce)
+            model, opt, batch, step, job.dpo, pad, device, all_reduce)
     loader = SequenceLoader.from_shards(job.tokens_dir, tc.seq_len, tc.batch_size, seed=tc.seed,
                                         loss_mask=job.loss_mask)
     return loader, lambda model, opt, batch, step, all_reduce: train_step(model, opt, batch, step, tc, all_reduce)

@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 from phi4ray.data.corpus import write_builtin_corpus
 from phi4ray.data.packing import PHI4_MIXTURE, MixtureConfig, Source
 from phi4ray.run.errors import ConfigError
+from phi4ray.run.paths import run_tokenizer_dir
 
 
 def mixture_for_run(run_dir: str | Path, *, seq_len: int, seed: int = 0, shard_sequences: int = 256,
-                    total_tokens: int = 0, builtin_max_docs: int = 200) -> MixtureConfig:
+                    total_tokens: int = 0, builtin_max_docs: int = 200, tokenizer: str = "") -> MixtureConfig:
     """The Phi-4 mixture over what the run has: each source of `PHI4_MIXTURE` is read from
     RUN/curated/<name> and/or RUN/synthetic/<name> where those hold Parquet files, at the report's
     weight. A run with none of them (the tiny preset before curation exists) gets the built-in
@@ -31,19 +32,20 @@ def mixture_for_run(run_dir: str | Path, *, seq_len: int, seed: int = 0, shard_s
         written = write_builtin_corpus(run_dir / folder, builtin_max_docs)
         sources = [Source(name, (f"{folder}/{name}",), PHI4_MIXTURE[name]) for name in sorted(written)]
     return MixtureConfig(tuple(sources), seq_len=seq_len, seed=seed, shard_sequences=shard_sequences,
-                         total_tokens=total_tokens)
+                         total_tokens=total_tokens, tokenizer=tokenizer)
 
 
 def pretrain_mixture(run_dir: str | Path, cfg) -> MixtureConfig:
     """The tokenize stage's mixture for a RunConfig."""
     d = cfg.data
     return mixture_for_run(run_dir, seq_len=d.seq_len, seed=cfg.seed, shard_sequences=d.shard_sequences,
-                           total_tokens=d.total_tokens, builtin_max_docs=d.builtin_max_docs)
+                           total_tokens=d.total_tokens, builtin_max_docs=d.builtin_max_docs,
+                           tokenizer=run_tokenizer_dir(run_dir))
 
 
 def midtrain_mixture_for_run(run_dir: str | Path, *, seq_len: int, pretrain_seq_len: int, seed: int = 0,
                              long_share: float = 0.3, shard_sequences: int = 256, total_tokens: int = 0,
-                             builtin_max_docs: int = 200) -> MixtureConfig:
+                             builtin_max_docs: int = 200, tokenizer: str = "") -> MixtureConfig:
     """The long-context midtraining mixture (Phi-4 report: 4K -> 16K context; 30% new long data
     with documents > 8K tokens kept and >= 16K up-weighted, 70% recall of pretraining data), scaled
     to pretraining context L = `pretrain_seq_len` and midtraining context `seq_len` (4L there):
@@ -67,7 +69,7 @@ def midtrain_mixture_for_run(run_dir: str | Path, *, seq_len: int, pretrain_seq_
                       upweight_min_tokens=seq_len, upweight=2.0),
                Source("recall", paths, 1 - long_share))
     return MixtureConfig(sources, seq_len=seq_len, seed=seed, shard_sequences=shard_sequences,
-                         total_tokens=total_tokens)
+                         total_tokens=total_tokens, tokenizer=tokenizer)
 
 
 def midtrain_mixture(run_dir: str | Path, cfg) -> MixtureConfig:
@@ -75,7 +77,7 @@ def midtrain_mixture(run_dir: str | Path, cfg) -> MixtureConfig:
     m = cfg.midtrain
     return midtrain_mixture_for_run(run_dir, seq_len=cfg.data.seq_len * m.context_multiplier,
                                     pretrain_seq_len=cfg.data.seq_len, seed=cfg.seed, long_share=m.long_share,
-                                    builtin_max_docs=cfg.data.builtin_max_docs)
+                                    builtin_max_docs=cfg.data.builtin_max_docs, tokenizer=run_tokenizer_dir(run_dir))
 
 
 def source_files(run_dir: str | Path, source: Source) -> list[str]:

@@ -94,6 +94,8 @@ class MixtureConfig:
     seed: int = 0
     shard_sequences: int = 256
     total_tokens: int = 0
+    # the model folder whose tokenizer encodes the documents; "" = the Phi-4 tokenizer
+    tokenizer: str = ""
 
     def __post_init__(self) -> None:
         sources = tuple(self.sources)

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phi4ray.data.packing import MixtureConfig, PackStats, Source, pack, plan_shares
-from phi4ray.model.tokenizer import ENDOFTEXT
+from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.run.manifest import config_hash
 
 # why a row is quarantined ("" = kept)
@@ -67,7 +67,9 @@ def input_key(mix: MixtureConfig, files: dict[str, list[str]]) -> str:
     means the same shards, so the work can be skipped. New curated data under the same relative
     paths changes the key."""
     stats = {name: [file_identity(f) for f in fs] for name, fs in files.items()}
-    return config_hash({"mixture": mix, "files": stats})
+    # the tokenizer by content, not only by folder: a model re-imported under the same path
+    # with another vocabulary makes other shards
+    return config_hash({"mixture": mix, "files": stats, "tokenizer": tokenizer_for(mix.tokenizer).identity})
 
 
 def read_record(out: Path, key: str) -> dict | None:
@@ -228,7 +230,7 @@ def pack_group(task: dict, mix: MixtureConfig, out: Path) -> dict:
         _write_shard(out / names[-1], rows, source.name, width)
         rows.clear()
 
-    for row in pack(docs, mix.seq_len, ENDOFTEXT, stats):
+    for row in pack(docs, mix.seq_len, tokenizer_for(mix.tokenizer).eos_id, stats):
         rows.append(row)
         if len(rows) == mix.shard_sequences:
             flush()

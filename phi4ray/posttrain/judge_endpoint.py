@@ -7,15 +7,18 @@ to, and closed by `aclose()`.
 """
 from __future__ import annotations
 
-from phi4ray.model.tokenizer import IM_END, get_tokenizer
+from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.posttrain.judge import Candidate
 
 
 class EndpointPolicy:
     """Responses from an external OpenAI-compatible chat endpoint (a teacher model)."""
 
-    def __init__(self, model_id: str, config, n: int = 1, max_tokens: int = 1024, temperature: float = 1.0):
+    def __init__(self, model_id: str, config, n: int = 1, max_tokens: int = 1024, temperature: float = 1.0,
+                 model_dir: str | None = None):
+        """`model_dir`: the model the responses will train (its tokenizer encodes them; None: Phi-4's)."""
         self.model_id, self.config, self.n = model_id, config, n
+        self.tok = tokenizer_for(model_dir)
         self.max_tokens, self.temperature = max_tokens, temperature
         self._client = None
 
@@ -34,14 +37,14 @@ class EndpointPolicy:
     async def respond(self, prompt_ids: list[int], question: str, n: int | None = None) -> list[Candidate]:
         out = await self._endpoint().chat([{"role": "user", "content": question}], max_tokens=self.max_tokens,
                                           temperature=self.temperature, n=n or self.n)
-        tok, cands = get_tokenizer(), []
+        cands = []
         for choice in out.get("choices", []):
             text = (choice.get("message") or {}).get("content") or ""
             finish = choice.get("finish_reason") or "stop"
             # the endpoint gives text, not our token ids: encode it as ordinary text (special-token
-            # strings in it stay text) and close the turn with <|im_end|>, as the fleet's own
-            # samples end; a cut-off answer gets no <|im_end|>, so it is never taught as finished
-            ids = tok.encode_ordinary(text) + ([IM_END] if finish == "stop" else [])
+            # strings in it stay text) and close the turn with the end-of-turn id, as the fleet's own
+            # samples end; a cut-off answer gets none, so it is never taught as finished
+            ids = self.tok.encode_ordinary(text) + ([self.tok.end_turn_id] if finish == "stop" else [])
             cands.append(Candidate(self.model_id, ids, text, finish))
         return cands
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from phi4ray.model.tokenizer import render_prompt
+from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.posttrain.judge import JUDGE_TEMPLATE_V1, NO_PAIR_REASONS, Candidate, Template, judge_prompt
 from phi4ray.run.manifest import read_checkpoint_lines
 
@@ -139,9 +139,10 @@ async def abuild_judged_pairs(prompts: list[dict], policies: list, judge, out_di
     """`build_judged_pairs` inside a running event loop (an async actor, a notebook)."""
     out_dir = Path(out_dir)
     t0 = time.time()
+    tok = policies_tokenizer(policies)
 
     async def work(q: dict) -> dict:
-        prompt_ids = render_prompt(q["question"])
+        prompt_ids = tok.render_prompt(q["question"])
         cands = await _respond_all(policies, prompt_ids, q["question"])
         o = await judge_prompt(judge, q["question"], cands, reference=q.get("answer"), oracle=oracle,
                                keep_truncated=keep_truncated, confirm_pairwise=confirm_pairwise,
@@ -161,6 +162,16 @@ async def abuild_judged_pairs(prompts: list[dict], policies: list, judge, out_di
         await aclose_all(judge, *policies)
     return write_pair_outputs(results, out_dir, template, [getattr(p, "model_id", "?") for p in policies],
                               time.time() - t0)
+
+
+def policies_tokenizer(policies: list):
+    """The one tokenizer every policy's ids are in (a policy's `tok`; Phi-4's where it has none):
+    a pair's prompt, chosen and rejected ids must all be the trained model's."""
+    toks = [getattr(p, "tok", None) or tokenizer_for(None) for p in policies]
+    if len({t.identity for t in toks}) > 1:
+        raise ValueError("the policies' responses are in different tokenizers "
+                         f"({sorted({t.identity for t in toks})}); pairs need the trained model's one")
+    return toks[0]
 
 
 def build_judged_pairs(prompts: list[dict], policies: list, judge, out_dir, concurrency: int = 8, **kw) -> dict:

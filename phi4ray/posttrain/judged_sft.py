@@ -11,9 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from phi4ray.model.tokenizer import render_prompt
 from phi4ray.posttrain.judge import JUDGE_TEMPLATE_V1, Template, best_of_n, overall, score_candidates, shortfall_reason
-from phi4ray.posttrain.judged_pairs import aclose_all, candidate_record, run_resumable
+from phi4ray.posttrain.judged_pairs import aclose_all, candidate_record, policies_tokenizer, run_resumable
 
 
 async def abest_of_n_sft(prompts: list[dict], policy, judge, n: int, out_path, concurrency: int = 8, *,
@@ -22,9 +21,10 @@ async def abest_of_n_sft(prompts: list[dict], policy, judge, n: int, out_path, c
     """`best_of_n_sft` inside a running event loop."""
     out_path = Path(out_path)
     base = out_path.with_suffix("")
+    tok = policies_tokenizer([policy])
 
     async def work(q: dict) -> dict:
-        cands = await policy.respond(render_prompt(q["question"]), q["question"], n)
+        cands = await policy.respond(tok.render_prompt(q["question"]), q["question"], n)
         calls = await score_candidates(judge, q["question"], cands, reference=q.get("answer"), oracle=oracle,
                                        keep_truncated=keep_truncated, template=template)
         best = best_of_n([c.scores if c.eligible else None for c in cands])

@@ -31,7 +31,6 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from phi4ray.model.tokenizer import get_tokenizer
 from phi4ray.posttrain.queries import PTS_KINDS
 from phi4ray.run.errors import ConfigError
 from phi4ray.serve.sampling import Sample, SampleRequest
@@ -247,10 +246,10 @@ async def search_query(sampler, oracle: Callable[[list[int]], bool], query_ids: 
 
 
 # --- the pts stage: result records and outputs (queries and oracles: phi4ray.posttrain.queries) ----------------
-def query_record(query: dict, query_ids: list[int], res: QueryResult, model_id: str, wall_s: float) -> dict:
+def query_record(query: dict, query_ids: list[int], res: QueryResult, model_id: str, wall_s: float, tok) -> dict:
     """One finished query as RUN/pts/queries.jsonl holds it: the funnel's figures and its pairs
-    (token ids for the DPO trainer plus texts for reading, p estimates, query and model ids)."""
-    tok = get_tokenizer()
+    (token ids for the DPO trainer plus texts for reading, p estimates, query and model ids);
+    `tok` is the searched model's tokenizer."""
     pairs = [{
         "pair_id": f"{query['id']}:{p.position}:{p.chosen}:{p.rejected}", "query_id": query["id"],
         "model_id": model_id, "prompt_ids": query_ids + p.prefix, "chosen_ids": [p.chosen],

@@ -22,7 +22,6 @@ from typing import Callable, Iterator
 
 from phi4ray.evals.kinds import get_kind, render_prompt
 from phi4ray.evals.schema import EvalItem, SuiteError
-from phi4ray.model.tokenizer import get_tokenizer
 from phi4ray.run.errors import MissingInput
 from phi4ray.toy.arith import make_problems
 from phi4ray.toy.evals import TOY_KIND
@@ -151,18 +150,17 @@ def check_queries_file(cfg, run_dir: Path, options: dict) -> None:
             raise MissingInput(f"pts.queries_file: {f} is not a file")
 
 
-def query_oracle(query: dict) -> Callable[[list[int]], bool]:
+def query_oracle(query: dict, tok) -> Callable[[list[int]], bool]:
     """oracle(solution_ids) -> bool for a query: its kind grading the decoded rollout as the eval
     stage would (the toy domain's queries are of kind `toy`: the domain's own answer check).
     Verdicts are remembered per rollout text (bounded, keyed by a digest so that long rollouts
     cost 16 bytes each): PTS samples the same short completions many times, and a code verdict
     costs a sandboxed interpreter."""
-    tok = get_tokenizer()
     item, kind = EvalItem.from_json(query["item"]), get_kind(query["kind"])
     verdicts: OrderedDict[bytes, bool] = OrderedDict()
 
     def oracle(ids: list[int]) -> bool:
-        text = tok.decode([t for t in ids if t < tok.eot_id])
+        text = tok.decode_response(ids)
         key = hashlib.blake2b(text.encode(), digest_size=16).digest()
         if key in verdicts:
             verdicts.move_to_end(key)

@@ -25,6 +25,14 @@ def latest_model(run_dir: str | Path) -> Path:
     raise MissingInput(f"{run_dir}/models: no model folder yet (run `phi4ray init` first)")
 
 
+def run_tokenizer_dir(run_dir: str | Path) -> str:
+    """The folder holding the run's tokenizer: its first model, RUN/models/init (stage init writes
+    Phi-4's beside a model from scratch, an imported model's own beside it), or "" for the Phi-4
+    tokenizer where the run has no model yet (tokenizing data before init)."""
+    d = model_dir(run_dir, "init")
+    return str(d.resolve()) if is_model_dir(d) else ""
+
+
 def check_model_dir(folder: str | Path, what: str) -> Path:
     """An HF model folder the user named, checked before anything starts."""
     p = Path(folder)

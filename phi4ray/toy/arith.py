@@ -20,7 +20,6 @@ import random
 import zlib
 from dataclasses import dataclass
 
-from phi4ray.model.tokenizer import IM_END, get_tokenizer
 from phi4ray.run.errors import ConfigError
 from phi4ray.verify.oracles import MathOracle, extract_answer
 
@@ -136,24 +135,22 @@ def sft_conversation(problem: dict) -> list[dict]:
             {"role": "assistant", "content": problem["solution"]}]
 
 
-def success_rate(model, problems: list[dict], samples: int = 4, max_tokens: int = 48, temperature: float = 1.0,
+def success_rate(model, tok, problems: list[dict], samples: int = 4, max_tokens: int = 48, temperature: float = 1.0,
                  seed: int = 0, batch: int = 64) -> float:
     """Mean oracle success of `samples` sampled answers per problem: p(success) averaged over the
-    problems, the quantity PTS raises. Plain torch with a KV cache (phi4ray.model.sample); the eval
-    stage measures served models through the endpoint instead."""
+    problems, the quantity PTS raises; `tok` is the model's tokenizer. Plain torch with a KV cache
+    (phi4ray.model.sample); the eval stage measures served models through the endpoint instead."""
     import torch  # here, not at the top: curation's workers import this module's questions, and torch costs them seconds each
 
     from phi4ray.model.sample import sample  # with torch, for the same reason
 
-    tok = get_tokenizer()
     gen = torch.Generator().manual_seed(seed)
-    jobs = [(p, tok.render_chat([{"role": "user", "content": p["question"]}], add_generation_prompt=True).ids)
-            for p in problems for _ in range(samples)]
+    jobs = [(p, tok.render_prompt(p["question"])) for p in problems for _ in range(samples)]
     wins = 0
     model.eval()
     for i in range(0, len(jobs), batch):
         chunk = jobs[i:i + batch]
-        for (p, _), o in zip(chunk, sample(model, [ids for _, ids in chunk], max_tokens, temperature, gen, IM_END)):
-            o = o[:o.index(IM_END)] if IM_END in o else o
-            wins += check_answer(tok.decode([t for t in o if t < tok.eot_id]), p["answer"])
+        for (p, _), o in zip(chunk, sample(model, [ids for _, ids in chunk], max_tokens, temperature, gen,
+                                           tok.end_turn_id)):
+            wins += check_answer(tok.decode_response(o), p["answer"])
     return wins / max(1, len(jobs))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from phi4ray.data.row_stream import ArrayRows, ParquetRows, RowOrder, micro_slices
 from phi4ray.model.hf import import_hf
-from phi4ray.model.tokenizer import PAD
+from phi4ray.model.tokenizer import load_tokenizer
 from phi4ray.run.errors import ConfigError
 from phi4ray.toy.arith import make_problems, success_rate
 from phi4ray.train.step import TrainConfig, apply_optimizer, set_gradient_sync
@@ -264,12 +264,13 @@ def evaluate_policy(model_dir: Path, pairs_dir: Path, cfg, device: str = "cpu", 
     questions (cfg: the RunConfig). Runs where it is called: the dpo stage calls it on a Ray
     worker (actors/run/off_driver.py), with a GPU in bf16 when the preset has one."""
     model = import_hf(model_dir, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
-    out = {"success": success_rate(model, make_problems(cfg.sft.heldout, cfg.seed, cfg.arith, split="test"),
+    tok = load_tokenizer(model_dir)
+    out = {"success": success_rate(model, tok, make_problems(cfg.sft.heldout, cfg.seed, cfg.arith, split="test"),
                                    samples=4, seed=cfg.seed)}
     if list(pairs_dir.glob("*.parquet")):
         pairs = load_pairs(str(pairs_dir), need_ref=False)  # held-out: a fifth of the queries' pairs
         with torch.no_grad():
-            parts = [pair_logps(model, {k: v[i:i + micro] for k, v in pairs.items()}, PAD, device)
+            parts = [pair_logps(model, {k: v[i:i + micro] for k, v in pairs.items()}, tok.pad_id, device)
                      for i in range(0, len(pairs["prompt_ids"]), micro)]
         m = torch.cat([c - r for c, r in parts]).float().cpu()
         out.update(margin=m.mean().item(), accuracy=(m > 0).float().mean().item())

@@ -22,6 +22,7 @@ from phi4ray.data.token_shards import RECORD
 from phi4ray.model.config import ModelConfig
 from phi4ray.run.console import say
 from phi4ray.run.errors import ConfigError
+from phi4ray.run.paths import is_model_dir, model_dir
 from phi4ray.train.dpo import DPOConfig
 from phi4ray.train.step import TrainConfig
 
@@ -207,10 +208,14 @@ def prepare_checkpoints(job: TrainJob) -> list[Path]:
 
 
 def sft_job(run_dir: str | Path, cfg) -> TrainJob:
-    """From RUN/models/midtrain on RUN/sft_tokens, the loss on assistant tokens only."""
+    """From the run's newest model before SFT (RUN/models/midtrain; RUN/models/init where the run
+    imported a pretrained model and skips pre- and midtraining) on RUN/sft_tokens, the loss on
+    assistant tokens only."""
     run_dir = Path(run_dir)
+    start = next((model_dir(run_dir, s) for s in ("midtrain", "pretrain") if is_model_dir(model_dir(run_dir, s))),
+                 model_dir(run_dir, "init"))
     return TrainJob("sft", post_midtrain_model(cfg), cfg.sft.train, str(run_dir / "sft_tokens"), str(run_dir),
-                    init_from=str(run_dir / "models" / "midtrain"), loss_mask=True)
+                    init_from=str(start), loss_mask=True)
 
 
 def dpo_job(run_dir: str | Path, cfg) -> TrainJob:

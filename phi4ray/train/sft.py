@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from phi4ray.model.hf import import_hf
-from phi4ray.model.tokenizer import PAD, ChatTokens
+from phi4ray.model.tokenizer import ChatTokens, load_tokenizer
 from phi4ray.run.errors import ConfigError
 from phi4ray.toy.arith import make_problems, sft_conversation
 from phi4ray.train.step import TrainConfig, loss_fn
@@ -158,4 +158,4 @@ def model_heldout_loss(model_dir: str | Path, convs: list[ChatTokens], seq_len: 
     """`heldout_loss` of the HF model in `model_dir` on `device` (bf16 on a GPU). The sft stage
     runs it on a Ray worker (actors/run/off_driver.py)."""
     model = import_hf(model_dir, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
-    return heldout_loss(model, convs, seq_len, PAD)
+    return heldout_loss(model, convs, seq_len, load_tokenizer(model_dir).pad_id)
