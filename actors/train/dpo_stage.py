@@ -3,8 +3,8 @@
 Pairs: RUN/pts/pairs (round 1, single-token PTS pairs) and RUN/dpo/pairs_full (round 2,
 judge-guided full responses, phi4ray/posttrain/judged_pairs.py) when present. The pairs of one query in five
 (by query id) are held out: they measure the policy's chosen-vs-rejected log-prob margin and
-accuracy before and after. In the toy domain the stage also measures what PTS is for: the
-success rate on held-out questions, before and after.
+accuracy before and after. The stage also measures what PTS is for: p(success) on held-out
+queries (`dpo.heldout_queries`, or the toy domain's), before and after, with 95% intervals.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from actors.run.off_driver import on_worker
 from actors.train.pretrain_stages import train_stage
 from phi4ray.run.console import say
 from phi4ray.run.stage import Stage, StageResult
+from phi4ray.posttrain.heldout import heldout_queries, success_on_queries
 from phi4ray.train.dpo import evaluate_policy, split_pairs
 from phi4ray.train.jobs import dpo_job, folder_fingerprint, model_fingerprint, worker_split_check
 
@@ -55,21 +56,31 @@ def run(ctx) -> StageResult:
         return StageResult(counts={"train_pairs": n_train, "heldout_pairs": n_held}, outputs={"skipped": reason},
                            inputs=inputs)
     gpu = cfg.serve.device == "gpu"
+    queries = heldout_queries(cfg, d)
+
+    def measure(model: Path) -> dict:
+        success = on_worker(success_on_queries, model, queries, cfg.dpo.heldout_samples, cfg.pts.max_tokens,
+                            cfg.pts.temperature, seed=cfg.seed, gpu=gpu)
+        (d / f"heldout_success_{model.name}.json").write_text(json.dumps(success, indent=2))
+        return {**on_worker(evaluate_policy, model, d / "heldout", gpu=gpu), **success}
 
     def evaluate() -> dict:
-        after = on_worker(evaluate_policy, run_dir / "models" / "dpo", d / "heldout", cfg, gpu=gpu)
+        after = measure(run_dir / "models" / "dpo")
         say(f"dpo: held-out pair margin {before.get('margin')} -> {after.get('margin')}, "
-              f"accuracy {before.get('accuracy')} -> {after.get('accuracy')}; "
-              f"held-out success {before['success']:.3f} -> {after['success']:.3f}")
+              f"accuracy {before.get('accuracy')} -> {after.get('accuracy')}; held-out success "
+              f"{before['success']:.3f} +- {before['success_ci95']:.3f} -> {after['success']:.3f} "
+              f"+- {after['success_ci95']:.3f} ({after['queries']} queries)")
         return {"train_pairs": n_train, "heldout_pairs": n_held,
                 "heldout_margin_before": before.get("margin"), "heldout_margin_after": after.get("margin"),
                 "heldout_pair_accuracy_before": before.get("accuracy"),
-                "heldout_pair_accuracy_after": after.get("accuracy"),
-                "heldout_success_before": before["success"], "heldout_success_after": after["success"]}
+                "heldout_pair_accuracy_after": after.get("accuracy"), "heldout_queries": after["queries"],
+                "heldout_success_before": before["success"], "heldout_success_after": after["success"],
+                "heldout_success_ci95_before": before["success_ci95"],
+                "heldout_success_ci95_after": after["success_ci95"]}
 
     with ctx.cluster.session(min_cpus=4):  # one Ray for the reference pass, the measures and the training
         reference_pass(ctx, d / "train", base, Path(job.tokens_dir))
-        before = on_worker(evaluate_policy, base, d / "heldout", cfg, gpu=gpu)
+        before = measure(base)
         return train_stage(ctx, job, inputs, evaluate)
 
 
@@ -78,7 +89,8 @@ STAGE = Stage(
     check=worker_split_check("dpo.train"),
     summary="DPO on PTS pairs and judge-guided full pairs (reference log-probs precomputed)",
     run=run,
-    sections=("dpo", "arith", "seed", "sft.heldout", "model", "midtrain.rope_theta"),
+    sections=("dpo", "arith", "seed", "sft.heldout", "model", "midtrain.rope_theta", "pts.max_tokens",
+              "pts.temperature", "pts.queries_kind"),
     reads=("sft", "pts"),
     outputs=("dpo", "models/dpo", "ray_train/dpo", "checkpoints/dpo"),
     headline=("train_pairs", "heldout_margin_before", "heldout_margin_after"),

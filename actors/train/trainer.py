@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from phi4ray.model.decoder import build_model
 from phi4ray.model.hf import export_hf
-from phi4ray.model.tokenizer import load_tokenizer
+from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.train.dpo import PairLoader, dpo_step
 from phi4ray.train.jobs import TrainJob, prepare_checkpoints
 from phi4ray.train.metrics import step_progress, truncate_metrics
@@ -72,10 +72,9 @@ def _export_full(model, job: TrainJob, out: Path) -> None:
 
 
 def job_tokenizer(job: TrainJob):
-    """The tokenizer of the model the job starts from: it trains and exports with the same ids."""
-    if not job.init_from:
-        raise ValueError(f"{job.stage}: a training job starts from a model folder (init_from), which holds its tokenizer")
-    return load_tokenizer(job.init_from)
+    """The tokenizer of the model the job starts from (it trains and exports with the same ids); a
+    job from a fresh model pretrains with the Phi-4 tokenizer."""
+    return tokenizer_for(job.init_from)
 
 
 def build_for_training(job: TrainJob, device: torch.device, distributed: bool):

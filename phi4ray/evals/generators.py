@@ -275,9 +275,9 @@ _BUILDERS = {"arith": (arith_suite, 48), "choice": (choice_suite, 48), "code": (
              "humaneval": (humaneval_suite, None), "ifeval": (ifeval_suite, 40),
              "toy_prime": (toy_prime_suite, 48), "toy_arith": (toy_arith_suite, 48)}
 BUILTIN_SUITES = tuple(_BUILDERS)
-# what `eval.suites` runs unless told: the benchmark-like kinds; the toy suites measure only the toy
-# domain (the tiny preset's training task) and are the tiny preset's choice
-DEFAULT_SUITES = ("arith", "choice", "code", "ifeval")
+# what `eval.suites` runs unless told: the benchmark-like kinds and HumanEval; the toy suites
+# measure only the toy domain (the tiny preset's training task) and are the tiny preset's choice
+DEFAULT_SUITES = ("arith", "choice", "code", "humaneval", "ifeval")
 
 
 def builtin_suites(seed: int = 0, size: int | None = None, names: tuple[str, ...] | list[str] | None = None

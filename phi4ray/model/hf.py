@@ -228,7 +228,7 @@ def export_hf(model: Phi4, out_dir: str | os.PathLike, tokenizer: Tokenizer, dty
     dtype = dtype or params["tok_embeddings.weight"].dtype
     sharded = any(isinstance(p, DTensor) for p in params.values())
     write_folder(model.cfg, tokenizer, out, dtype,
-                 lambda name: params[name].full_tensor() if sharded else params[name],
+                 lambda name: params[name].full_tensor() if isinstance(params[name], DTensor) else params[name],
                  max_shard_bytes, writing=not sharded or dist.get_rank() == 0)
     if sharded:
         dist.barrier()
@@ -240,7 +240,6 @@ def write_folder(cfg: ModelConfig, tok: Tokenizer, out: Path, dtype: torch.dtype
     """The Phi3ForCausalLM folder of a model given as `tensor(our parameter name)`, asked for one at
     a time in file order (export gathers each from the shards, import reads each from the source).
     With `writing` False this rank only takes part in the gathers."""
-    check_vocab(cfg, tok, str(out))
     layout = hf_layout(cfg)
     files = _shard_files(layout, dtype.itemsize, max_shard_bytes)
     if writing:
@@ -282,7 +281,7 @@ def check_vocab(cfg: ModelConfig, tok: Tokenizer, where: str) -> None:
                           f"vocab_size is {cfg.vocab_size}: tokenizer and model do not belong together")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
@@ -296,14 +295,14 @@ def folder_config(model_dir: str | os.PathLike) -> tuple[dict, ModelConfig]:
     d = Path(model_dir)
     if not d.is_dir():
         raise CheckpointError(f"{d}: model folder not found")
-    hf = _read_json(d / "config.json")
+    hf = read_json(d / "config.json")
     return hf, config_from_hf(hf, where=str(d / "config.json"))
 
 
-def _weights(d: Path, layout: dict[str, HFTensor]) -> dict[str, Entry]:
+def folder_weights(d: Path, layout: dict[str, HFTensor]) -> dict[str, Entry]:
     """The folder's tensors (headers only), checked against the layout by name and shape."""
     index = d / "model.safetensors.index.json"
-    files = (sorted(set(_read_json(index)["weight_map"].values())) if index.exists()
+    files = (sorted(set(read_json(index)["weight_map"].values())) if index.exists()
              else ["model.safetensors"])
     tensors: dict[str, Entry] = {}
     for fname in files:
@@ -323,8 +322,8 @@ def load_hf_weights(model: Phi4, model_dir: str | os.PathLike) -> None:
     family whose tensors fit model.cfg. Each rank reads only the rows it holds, by plain file
     reads, in the parameters' own dtype: beyond its shard a rank holds at most one converted row block."""
     d = Path(model_dir)
-    layout = source_layout(model.cfg, family(_read_json(d / "config.json"), str(d / "config.json")))
-    tensors = _weights(d, layout)
+    layout = source_layout(model.cfg, family(read_json(d / "config.json"), str(d / "config.json")))
+    tensors = folder_weights(d, layout)
     params = _parameters(model, hf_layout(model.cfg))
     for hf_name, t in layout.items():
         row0 = 0

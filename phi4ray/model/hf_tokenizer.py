@@ -128,7 +128,7 @@ class HFTokenizer(Tokenizer):
 
 def _compile(template: str):
     """The template in the environment transformers renders chat templates in."""
-    from jinja2.ext import loopcontrols
+    from jinja2.ext import loopcontrols  # deferred: with the HF tokenizer, only for imported models
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):

@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 from phi4ray.model.config import ModelConfig
-from phi4ray.model.hf import TORCH_DTYPES, _read_json, _weights, config_from_hf, family, source_layout, write_folder
+from phi4ray.model.hf import (TORCH_DTYPES, check_vocab, config_from_hf, family, folder_weights, read_json,
+                              source_layout, write_folder)
 from phi4ray.model.hf_tokenizer import HFTokenizer
 from phi4ray.model.safetensors_io import CheckpointError, read_rows
 from phi4ray.model.tokenizer import load_tokenizer
@@ -84,10 +85,10 @@ def _folder_tokenizer(src: Path, scratch: Path) -> Tokenizer:
 
 
 def _from_folder(src: Path, scratch: Path):
-    hf = _read_json(src / "config.json")
+    hf = read_json(src / "config.json")
     cfg = config_from_hf(hf, str(src / "config.json"))
     layout = source_layout(cfg, family(hf, str(src / "config.json")))
-    tensors = _weights(src, layout)  # every tensor present with the config's shape, headers only
+    tensors = folder_weights(src, layout)  # every tensor present with the config's shape, headers only
     where = {name: (theirs, row0) for theirs, t in layout.items()
              for name, row0 in zip((n for n, _ in t.parts), _offsets(t))}
 
@@ -150,6 +151,7 @@ def import_model(source: str, out_dir: str | os.PathLike, dtype: str | None = No
             cfg, tok, tensor, src_dtype = _from_gguf(src, scratch)
         else:
             raise ConfigError(f"import: {src} is neither an HF model folder nor a .gguf file")
+        check_vocab(cfg, tok, str(src))
         if check:
             check(cfg)
         write_folder(cfg, tok, staged, TORCH_DTYPES[dtype] if dtype else src_dtype, tensor)

@@ -61,7 +61,7 @@ def run(ctx) -> StageResult:
 def check(cfg, run_dir, options) -> None:
     """A source that does not exist fails before the run starts."""
     if cfg.import_from:
-        from phi4ray.model.import_model import resolve_source
+        from phi4ray.model.import_model import resolve_source  # deferred: as in run()
 
         resolve_source(cfg.import_from)
 

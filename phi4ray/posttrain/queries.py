@@ -101,7 +101,7 @@ def load_query_file(path: str, default_kind: str, limit: int, quarantine: Path) 
                 bad.append({"where": where, "reason": str(e), "row": row})
                 continue
             seen.add(item.id)
-            queries.append(_query(item))
+            queries.append(as_query(item))
     except FileNotFoundError:
         raise MissingInput(f"pts.queries_file: {path} does not exist") from None
     quarantine.parent.mkdir(parents=True, exist_ok=True)
@@ -121,12 +121,12 @@ def pts_queries(cfg, out_dir: Path) -> tuple[list[dict], dict]:
     p = cfg.pts
     if p.queries_file:
         return load_query_file(p.queries_file, p.queries_kind, p.queries, out_dir / "quarantine.jsonl")
-    queries = [_query(EvalItem(q["id"], TOY_KIND.name, q["question"], q["answer"]))
+    queries = [as_query(EvalItem(q["id"], TOY_KIND.name, q["question"], q["answer"]))
                for q in make_problems(p.queries, cfg.seed + 1, cfg.arith)]
     return queries, {"read": len(queries), "used": len(queries), "quarantined": 0, "by_kind": _by_kind(queries)}
 
 
-def _query(item: EvalItem) -> dict:
+def as_query(item: EvalItem) -> dict:
     """A query as the stage hands it to a PTS actor: the question as the model sees it, the item."""
     return {"id": item.id, "kind": item.kind, "question": render_prompt(item), "item": item.to_json()}
 

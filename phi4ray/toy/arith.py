@@ -133,24 +133,3 @@ def split_of(question: str) -> str:
 def sft_conversation(problem: dict) -> list[dict]:
     return [{"role": "user", "content": problem["question"]},
             {"role": "assistant", "content": problem["solution"]}]
-
-
-def success_rate(model, tok, problems: list[dict], samples: int = 4, max_tokens: int = 48, temperature: float = 1.0,
-                 seed: int = 0, batch: int = 64) -> float:
-    """Mean oracle success of `samples` sampled answers per problem: p(success) averaged over the
-    problems, the quantity PTS raises; `tok` is the model's tokenizer. Plain torch with a KV cache
-    (phi4ray.model.sample); the eval stage measures served models through the endpoint instead."""
-    import torch  # here, not at the top: curation's workers import this module's questions, and torch costs them seconds each
-
-    from phi4ray.model.sample import sample  # with torch, for the same reason
-
-    gen = torch.Generator().manual_seed(seed)
-    jobs = [(p, tok.render_prompt(p["question"])) for p in problems for _ in range(samples)]
-    wins = 0
-    model.eval()
-    for i in range(0, len(jobs), batch):
-        chunk = jobs[i:i + batch]
-        for (p, _), o in zip(chunk, sample(model, [ids for _, ids in chunk], max_tokens, temperature, gen,
-                                           tok.end_turn_id)):
-            wins += check_answer(tok.decode_response(o), p["answer"])
-    return wins / max(1, len(jobs))

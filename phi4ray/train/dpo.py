@@ -32,7 +32,6 @@ from phi4ray.data.row_stream import ArrayRows, ParquetRows, RowOrder, micro_slic
 from phi4ray.model.hf import import_hf
 from phi4ray.model.tokenizer import load_tokenizer
 from phi4ray.run.errors import ConfigError
-from phi4ray.toy.arith import make_problems, success_rate
 from phi4ray.train.step import TrainConfig, apply_optimizer, set_gradient_sync
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo")
@@ -56,6 +55,12 @@ class DPOConfig:
     judge_url: str = ""
     judge_model: str = ""
     judge_api_key_env: str = "OPENAI_API_KEY"
+    # what the pairs are for, before and after (phi4ray.posttrain.heldout): p(success) on held-out
+    # queries, `heldout_samples` samples each. A query file (as pts.queries_file; its first
+    # `heldout_size` rows), or "" for the toy domain's held-out questions (sft.heldout of them)
+    heldout_queries: str = ""
+    heldout_size: int = 64
+    heldout_samples: int = 4
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -71,6 +76,9 @@ class DPOConfig:
                               f"{self.judge_responses} >= 2 (a pair needs two responses)")
         if self.judge_url and not self.judge_model:
             raise ConfigError("dpo.judge_url is set but dpo.judge_model is empty")
+        if self.heldout_size < 2 or self.heldout_samples < 1:
+            raise ConfigError(f"dpo: heldout_size={self.heldout_size} must be >= 2 (an interval needs two "
+                              f"queries) and heldout_samples={self.heldout_samples} >= 1")
 
 
 def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
@@ -258,20 +266,18 @@ def split_pairs(src_dirs: list[Path], train_dir: Path, held_dir: Path) -> tuple[
     return train.num_rows, held.num_rows
 
 
-def evaluate_policy(model_dir: Path, pairs_dir: Path, cfg, device: str = "cpu", micro: int = 16) -> dict:
-    """One load of the model for both figures: the log-prob margin log pi(chosen) - log pi(rejected)
-    on held-out pairs (and how often it is > 0), and the success rate on held-out toy-domain
-    questions (cfg: the RunConfig). Runs where it is called: the dpo stage calls it on a Ray
-    worker (actors/run/off_driver.py), with a GPU in bf16 when the preset has one."""
+def evaluate_policy(model_dir: Path, pairs_dir: Path, device: str = "cpu", micro: int = 16) -> dict:
+    """The log-prob margin log pi(chosen) - log pi(rejected) on held-out pairs, and how often it is
+    > 0 ({} without held-out pairs). Runs where it is called: the dpo stage calls it on a Ray
+    worker (actors/run/off_driver.py), with a GPU in bf16 when the preset has one. The success
+    the pairs are for is measured beside it (phi4ray.posttrain.heldout)."""
+    if not list(pairs_dir.glob("*.parquet")):
+        return {}
     model = import_hf(model_dir, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32).eval()
-    tok = load_tokenizer(model_dir)
-    out = {"success": success_rate(model, tok, make_problems(cfg.sft.heldout, cfg.seed, cfg.arith, split="test"),
-                                   samples=4, seed=cfg.seed)}
-    if list(pairs_dir.glob("*.parquet")):
-        pairs = load_pairs(str(pairs_dir), need_ref=False)  # held-out: a fifth of the queries' pairs
-        with torch.no_grad():
-            parts = [pair_logps(model, {k: v[i:i + micro] for k, v in pairs.items()}, tok.pad_id, device)
-                     for i in range(0, len(pairs["prompt_ids"]), micro)]
-        m = torch.cat([c - r for c, r in parts]).float().cpu()
-        out.update(margin=m.mean().item(), accuracy=(m > 0).float().mean().item())
-    return out
+    pad = load_tokenizer(model_dir).pad_id
+    pairs = load_pairs(str(pairs_dir), need_ref=False)  # held-out: a fifth of the queries' pairs
+    with torch.no_grad():
+        parts = [pair_logps(model, {k: v[i:i + micro] for k, v in pairs.items()}, pad, device)
+                 for i in range(0, len(pairs["prompt_ids"]), micro)]
+    m = torch.cat([c - r for c, r in parts]).float().cpu()
+    return {"margin": m.mean().item(), "accuracy": (m > 0).float().mean().item()}
