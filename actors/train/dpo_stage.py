@@ -14,9 +14,9 @@ from pathlib import Path
 
 from actors.run.off_driver import on_worker
 from actors.train.pretrain_stages import train_stage
+from phi4ray.posttrain.heldout import heldout_queries, success_on_queries
 from phi4ray.run.console import say
 from phi4ray.run.stage import Stage, StageResult
-from phi4ray.posttrain.heldout import heldout_queries, success_on_queries
 from phi4ray.train.dpo import evaluate_policy, split_pairs
 from phi4ray.train.jobs import dpo_job, folder_fingerprint, model_fingerprint, worker_split_check
 

@@ -24,8 +24,16 @@ from typing import Callable
 import torch
 
 from phi4ray.model.config import ModelConfig
-from phi4ray.model.hf import (TORCH_DTYPES, check_vocab, config_from_hf, family, folder_weights, read_json,
-                              source_layout, write_folder)
+from phi4ray.model.hf import (
+    TORCH_DTYPES,
+    check_vocab,
+    config_from_hf,
+    family,
+    folder_weights,
+    read_json,
+    source_layout,
+    write_folder,
+)
 from phi4ray.model.hf_tokenizer import HFTokenizer
 from phi4ray.model.safetensors_io import CheckpointError, read_rows
 from phi4ray.model.tokenizer import load_tokenizer
