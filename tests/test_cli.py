@@ -133,6 +133,7 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     (["init", "model"], "key=value"),
     (["serve", "serve.device=tpu"], "serve.device='tpu'"),
     (["serve", "serve.min_replicas=3"], "min_replicas"),
+    (["run", "stages=init,nope"], "unknown stage(s) ['nope']"),
 ])
 def test_bad_config_fails_before_work(argv, needle, tmp_path, capsys):
     assert main([*argv, "--run-dir", str(tmp_path / "r")]) == 2
@@ -155,7 +156,7 @@ def test_relative_run_dir_is_made_absolute(tmp_path, monkeypatch):
     assert out == str(tmp_path / "rel" / "run" / "models" / "init")
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small", "phi4-14b"])
+@pytest.mark.parametrize("preset", ["tiny", "smol", "small", "phi4-14b"])
 def test_config_file_round_trips_every_preset(preset, tmp_path, capsys):
     """`phi4ray config` writes the preset as a file; reading it back gives the same config, and
     key=value arguments still win over the file."""

@@ -12,6 +12,34 @@ from pathlib import Path
 from phi4ray.run.manifest import read_manifest
 
 
+def pivot_table(queries_file: Path, limit: int = 20) -> list[str]:
+    """The first `limit` pivots PTS found, with their token texts: what the pairs teach. Read as a
+    stream, so the report costs the same at 64 queries as at 64,000."""
+    if not queries_file.is_file():
+        return []
+    rows = []
+    with open(queries_file) as f:
+        for line in f:
+            for p in json.loads(line).get("pairs", []):
+                rows.append(p)
+                if len(rows) == limit:
+                    break
+            if len(rows) == limit:
+                break
+    if not rows:
+        return []
+    out = ["| query | prefix (end) | chosen | rejected | p before | p after |", "|---|---|---|---|---|---|"]
+    for p in rows:
+        out.append(f"| {p['query_id']} | {_cell(p['prompt_text'])} | `{_cell(p['chosen_text'])}` | "
+                   f"`{_cell(p['rejected_text'])}` | {p['p_before']:.2f} | {p['p_after']:.2f} |")
+    return out + [""]
+
+
+def _cell(text: str) -> str:
+    """Token text for a Markdown table cell: escapes visible (a newline is the token), the end kept."""
+    return json.dumps(text)[1:-1].replace("|", "\\|")[-60:]
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -83,6 +111,16 @@ def write_report(run_dir: str | Path, stages: list) -> Path:
         if (out / "pts_p_query.png").is_file():
             lines += ["![p(success) per query](pts_p_query.png)", ""]
         lines += ["```json", json.dumps(pts.get("counts", {}), indent=1)[:3000], "```", ""]
+        lines += pivot_table(run_dir / "pts" / "queries.jsonl")
+    dpo = read_manifest(run_dir, "dpo")
+    if dpo and "heldout_success_before" in dpo.get("counts", {}):
+        c = dpo["counts"]
+        lines += ["## What DPO did", "",
+                  f"p(success) on {c.get('heldout_queries', '?')} held-out queries: "
+                  f"{c['heldout_success_before']:.3f} +- {c.get('heldout_success_ci95_before', float('nan')):.3f} "
+                  f"before, {c['heldout_success_after']:.3f} +- {c.get('heldout_success_ci95_after', float('nan')):.3f} "
+                  f"after (95% intervals over queries); held-out pair accuracy "
+                  f"{c.get('heldout_pair_accuracy_before')} -> {c.get('heldout_pair_accuracy_after')}", ""]
     summary = run_dir / "eval" / "summary.json"
     if summary.is_file():
         per_stage = json.loads(summary.read_text())
