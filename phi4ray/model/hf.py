@@ -112,7 +112,9 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     if hf.get("head_dim") not in (None, hf["hidden_size"] // hf["num_attention_heads"]):
         raise CheckpointError(f"{where}: head_dim={hf['head_dim']} is not hidden_size / num_attention_heads")
     kwargs["n_kv_heads"] = hf.get("num_key_value_heads") or hf["num_attention_heads"]
-    kwargs["norm_eps"] = float(hf.get("rms_norm_eps", 1e-5))
+    # 7 significant digits: GGUF stores eps as fp32, so 1e-5 comes back as 9.99999974e-06, which
+    # would differ from every config that says 1e-5 (the two give the same logits to ~1e-8)
+    kwargs["norm_eps"] = float(f"{float(hf.get('rms_norm_eps', 1e-5)):.7g}")
     kwargs["rope_theta"] = _rope_theta(hf, where)
     kwargs["tie_embeddings"] = bool(hf.get("tie_word_embeddings", False))
     kwargs["init_std"] = float(hf.get("initializer_range", 0.02))

@@ -23,7 +23,7 @@ from phi4ray.run.stage import Stage, StageResult
 
 def check_shape(imported: ModelConfig, preset: ModelConfig, source: str) -> None:
     """The run's `model` section must describe the imported model: every stage sizes its work from it."""
-    skip = {"init_std", "embed_init_std", "norm_eps"}  # init-only, and eps as stored (1e-5 as fp32 rounds)
+    skip = {"init_std", "embed_init_std"}  # initialisation only: an imported model is already trained
     diff = [f"model.{f.name}: preset {getattr(preset, f.name)!r}, imported {getattr(imported, f.name)!r}"
             for f in dataclasses.fields(ModelConfig) if f.name not in skip
             and getattr(preset, f.name) != getattr(imported, f.name)]
