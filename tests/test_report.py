@@ -15,3 +15,13 @@ def test_pivot_table_shows_token_texts_and_stops_at_the_limit(tmp_path):
     assert "` (B`" in rows[0] and "`\\n`" in rows[0] and "0.40 | 0.90" in rows[0]
     assert "\\|" in rows[0]  # a | in the text cannot break the table
     assert pivot_table(tmp_path / "missing.jsonl") == []
+
+
+def test_paired_change_cancels_the_spread_between_queries():
+    from phi4ray.posttrain.heldout import interval95, paired_change
+
+    before = {"per_query": {"a": 0.1, "b": 0.5, "c": 0.9}}
+    after = {"per_query": {"a": 0.2, "b": 0.6, "c": 1.0}}
+    change, ci = paired_change(before, after)
+    assert abs(change - 0.1) < 1e-12 and ci < 1e-9  # every query up by 0.1: no doubt about it
+    assert interval95(list(before["per_query"].values())) > 0.4  # each figure alone is wide

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from actors.run.off_driver import on_worker
 from actors.train.pretrain_stages import train_stage
-from phi4ray.posttrain.heldout import heldout_queries, success_on_queries
+from phi4ray.posttrain.heldout import heldout_queries, paired_change, success_on_queries
 from phi4ray.run.console import say
 from phi4ray.run.stage import Stage, StageResult
 from phi4ray.train.dpo import evaluate_policy, split_pairs
@@ -66,17 +66,19 @@ def run(ctx) -> StageResult:
 
     def evaluate() -> dict:
         after = measure(run_dir / "models" / "dpo")
+        change, change_ci = paired_change(before, after)
         say(f"dpo: held-out pair margin {before.get('margin')} -> {after.get('margin')}, "
               f"accuracy {before.get('accuracy')} -> {after.get('accuracy')}; held-out success "
               f"{before['success']:.3f} +- {before['success_ci95']:.3f} -> {after['success']:.3f} "
-              f"+- {after['success_ci95']:.3f} ({after['queries']} queries)")
+              f"+- {after['success_ci95']:.3f} ({after['queries']} queries; paired change {change:+.3f} +- {change_ci:.3f})")
         return {"train_pairs": n_train, "heldout_pairs": n_held,
                 "heldout_margin_before": before.get("margin"), "heldout_margin_after": after.get("margin"),
                 "heldout_pair_accuracy_before": before.get("accuracy"),
                 "heldout_pair_accuracy_after": after.get("accuracy"), "heldout_queries": after["queries"],
                 "heldout_success_before": before["success"], "heldout_success_after": after["success"],
                 "heldout_success_ci95_before": before["success_ci95"],
-                "heldout_success_ci95_after": after["success_ci95"]}
+                "heldout_success_ci95_after": after["success_ci95"],
+                "heldout_success_change": change, "heldout_success_change_ci95": change_ci}
 
     with ctx.cluster.session(min_cpus=4):  # one Ray for the reference pass, the measures and the training
         reference_pass(ctx, d / "train", base, Path(job.tokens_dir))

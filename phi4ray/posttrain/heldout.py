@@ -40,6 +40,13 @@ def interval95(rates: list[float]) -> float:
     return 1.96 * math.sqrt(var / n)
 
 
+def paired_change(before: dict, after: dict) -> tuple[float, float]:
+    """(mean, 95% half-width) of after - before per query: the same queries measured twice, so the
+    query-to-query spread that widens each figure's own interval cancels."""
+    diffs = [after["per_query"][k] - v for k, v in before["per_query"].items() if k in after["per_query"]]
+    return sum(diffs) / max(1, len(diffs)), interval95(diffs)
+
+
 def success_on_queries(model_dir: str | Path, queries: list[dict], samples: int, max_tokens: int,
                        temperature: float, seed: int = 0, device: str = "cpu", batch: int = 64) -> dict:
     """{"success", "success_ci95", "queries", "per_query"} of the model in `model_dir`. Runs where

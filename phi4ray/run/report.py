@@ -119,7 +119,9 @@ def write_report(run_dir: str | Path, stages: list) -> Path:
                   f"p(success) on {c.get('heldout_queries', '?')} held-out queries: "
                   f"{c['heldout_success_before']:.3f} +- {c.get('heldout_success_ci95_before', float('nan')):.3f} "
                   f"before, {c['heldout_success_after']:.3f} +- {c.get('heldout_success_ci95_after', float('nan')):.3f} "
-                  f"after (95% intervals over queries); held-out pair accuracy "
+                  f"after (95% intervals over queries); paired change per query "
+                  f"{c.get('heldout_success_change', float('nan')):+.3f} +- "
+                  f"{c.get('heldout_success_change_ci95', float('nan')):.3f}; held-out pair accuracy "
                   f"{c.get('heldout_pair_accuracy_before')} -> {c.get('heldout_pair_accuracy_after')}", ""]
     summary = run_dir / "eval" / "summary.json"
     if summary.is_file():
