@@ -608,6 +608,7 @@ class Scripted:
         self.calls: Counter[str] = Counter()
         self.paths: Counter[str] = Counter()
         self.bodies: list[dict] = []
+        self.headers: list[dict] = []
         self.lock = threading.Lock()
         outer = self
 
@@ -623,6 +624,7 @@ class Scripted:
                     outer.calls[prompt] += 1
                     outer.paths[self.path] += 1
                     outer.bodies.append(body)
+                    outer.headers.append(dict(self.headers))
                     call = outer.calls[prompt]
                 status, texts = outer.lookup(prompt)(call, body)
                 if status != 200:

@@ -1,7 +1,9 @@
 """What the eval stage runs: which suites, against which of the run's models, how."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from phi4ray.evals.generators import BUILTIN_SUITES, DEFAULT_SUITES, MAX_SIZE
 from phi4ray.run.errors import ConfigError
@@ -25,6 +27,13 @@ class EvalConfig:
     models_at_once: int = 0                    # models served together; 0 = as many as the cluster fits
     seed: int = 1234                           # the built-in suites' generator seed (not the run's:
     # a changed training seed must not change the test set)
+    # lm-evaluation-harness's own registry, run on each model after the suites, offline (a task's data
+    # set must be on this machine: the HF datasets cache, or local files named in the task's YAML)
+    lm_eval_tasks: tuple[str, ...] = ()        # task, group or tag names (built-in, or lm_eval_include's)
+    lm_eval_include: str = ""                  # a folder of the user's lm-eval task YAMLs, added to the registry
+    lm_eval_limit: int = 0                     # documents per task; 0 = all
+    lm_eval_mode: str = ""                     # "chat", "completion" or "" (= eval.mode); completion mode
+    # passes the served model's tokenizer folder, which loglikelihood (multiple-choice) tasks need
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.suites) - set(BUILTIN_SUITES))
@@ -44,5 +53,21 @@ class EvalConfig:
             raise ConfigError(f"eval.size={self.size} must be at most {MAX_SIZE}")
         if self.temperature < 0:
             raise ConfigError(f"eval.temperature={self.temperature} must be >= 0")
-        if not self.suites and not self.files:
-            raise ConfigError("eval: no suites and no files: nothing to evaluate")
+        if self.lm_eval_mode not in ("", "chat", "completion"):
+            raise ConfigError(f"eval.lm_eval_mode={self.lm_eval_mode!r} must be 'chat', 'completion' or '' (eval.mode)")
+        if self.lm_eval_limit < 0:
+            raise ConfigError(f"eval.lm_eval_limit={self.lm_eval_limit} must be >= 0 (0: every document)")
+        if self.lm_eval_include and not Path(self.lm_eval_include).is_dir():
+            raise ConfigError(f"eval.lm_eval_include={self.lm_eval_include!r} is not a folder (of lm-eval task YAMLs)")
+        if not self.suites and not self.files and not self.lm_eval_tasks:
+            raise ConfigError("eval: no suites, no files and no lm_eval_tasks: nothing to evaluate")
+
+    @property
+    def lm_eval_chat(self) -> bool:
+        """Whether lm-eval tasks go to /v1/chat/completions (chat template applied) or /v1/completions."""
+        return (self.lm_eval_mode or self.mode) == "chat"
+
+    def grading(self) -> dict:
+        """The settings the suites' grades depend on (all but lm-eval's): another lm-eval task
+        keeps the graded records."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("lm_eval_")}

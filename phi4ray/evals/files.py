@@ -14,8 +14,9 @@ from pathlib import Path
 
 from phi4ray.evals.generators import BUILTIN_SUITES, MAX_SIZE, builtin_suites
 from phi4ray.evals.jsonl import load_suite_jsonl, write_suite_jsonl
+from phi4ray.evals.lm_eval_task import check_lm_eval_tasks, include_files
 from phi4ray.evals.schema import Suite, SuiteError
-from phi4ray.run.errors import MissingInput
+from phi4ray.run.errors import ConfigError, MissingInput
 
 
 def _write(suites: list[Suite], out: Path) -> list[Path]:
@@ -54,3 +55,20 @@ def check_eval_files(cfg, run_dir: Path, options: dict) -> None:
     for f in cfg.eval.files:
         if not Path(f).is_file():
             raise MissingInput(f"eval.files: {f} is not a file")
+
+
+def check_eval(cfg, run_dir: Path, options: dict) -> None:
+    """The eval stage's `check`, before anything starts: the user's suite files exist, and every
+    name in `eval.lm_eval_tasks` is in lm-eval's registry (indexing it takes about 9 s, paid only
+    when tasks are named)."""
+    check_eval_files(cfg, run_dir, options)
+    e = cfg.eval
+    if e.lm_eval_include and not e.lm_eval_tasks:  # here, not in EvalConfig: overrides apply one at a time
+        raise ConfigError("eval.lm_eval_include without eval.lm_eval_tasks: name the tasks (or groups) to run")
+    check_lm_eval_tasks(e.lm_eval_tasks, e.lm_eval_include or None)
+
+
+def eval_input_files(cfg) -> list[str]:
+    """The user's files whose contents join the eval stage's key: suite files and the task
+    definitions of `eval.lm_eval_include`."""
+    return list(cfg.eval.files) + include_files(cfg.eval.lm_eval_include)

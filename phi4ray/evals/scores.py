@@ -21,9 +21,10 @@ def write_summary(summary: dict[str, dict[str, dict]], path: Path) -> Path:
 
 
 def score_lines(summary: dict[str, dict[str, dict]]) -> list[str]:
-    """One line per stage: each suite's accuracy with its 95% interval."""
+    """One line per stage: each suite's accuracy with its 95% interval (none for a stage with no
+    suites: lm-eval tasks alone)."""
     lines = []
-    for stage, per in summary.items():
+    for stage, per in ((s, per) for s, per in summary.items() if per):
         cells = ", ".join(f"{name} {r['accuracy']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
                           if r["accuracy"] is not None else f"{name} n/a" for name, r in per.items())
         lines.append(f"eval {stage}: {cells}")
@@ -68,3 +69,48 @@ def plot_scores(summary: dict[str, dict[str, dict]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# --- lm-eval's registry tasks (eval.lm_eval_tasks) -----------------------------------------------
+def lm_eval_summary(records: dict[str, dict], path: Path) -> dict:
+    """RUN/eval/lm_eval.json across the models ({stage: the record phi4ray.evals.lm_eval_task.
+    lm_eval_model wrote}): the records, one row per model, task and metric (lm-eval's own
+    "metric,filter" split in two, its stderr beside it; a tag's tasks each get their rows, a
+    group's own aggregate is shown) and the failed tasks."""
+    rows, errors = [], []
+    for stage, record in records.items():
+        for task, r in record["tasks"].items():
+            if "error" in r:
+                errors.append({"model": stage, "task": task, "error": r["error"]})
+                continue
+            shown = [task] if task in r["results"] else sorted(r["results"])
+            for name in shown:
+                res = r["results"][name]
+                for key, value in res["metrics"].items():
+                    metric, _, filt = key.partition(",")
+                    if metric.endswith("_stderr"):
+                        continue
+                    rows.append({"model": stage, "task": name, "metric": metric, "filter": filt, "value": value,
+                                 "stderr": res["metrics"].get(f"{metric}_stderr,{filt}"),
+                                 "n": res.get("n", r["n"])})
+    summary = {"models": records, "rows": rows, "errors": errors}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def lm_eval_lines(summary: dict) -> list[str]:
+    """One console line per model, task and metric; one per failed task."""
+    def num(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = [f"lm-eval {r['model']}: {r['task']} {r['metric']},{r['filter']} {num(r['value'])}"
+             + (f" ± {num(r['stderr'])}" if r["stderr"] is not None else "") + f" (n {r['n']})" for r in summary["rows"]]
+    return lines + [f"lm-eval {e['model']}: {e['error']}" for e in summary["errors"]]
+
+
+def lm_eval_counts(summary: dict, tasks: tuple[str, ...]) -> dict:
+    scores: dict = {}
+    for r in summary["rows"]:
+        scores.setdefault(r["model"], {}).setdefault(r["task"], {})[f"{r['metric']},{r['filter']}"] = r["value"]
+    return {"lm_eval_tasks": len(tasks), "lm_eval_errors": len(summary["errors"]), "lm_eval": scores}

@@ -51,6 +51,20 @@ def _wall(m: dict) -> float:
     return float(t.get("total_s") or sum(v for v in t.values() if isinstance(v, (int, float))))
 
 
+def lm_eval_table(summary_file: Path) -> list[str]:
+    """lm-evaluation-harness's registry tasks (RUN/eval/lm_eval.json): a row per model, task and
+    metric ("metric,filter" as lm-eval names it, ± its stderr), then the tasks that failed."""
+    if not summary_file.is_file():
+        return []
+    lm = json.loads(summary_file.read_text())
+    out = ["### lm-evaluation-harness tasks", "", "| model | task | metric | value | n |", "|---|---|---|---|---|"]
+    for r in lm["rows"]:
+        value = _fmt(r["value"]) + (f" ± {_fmt(r['stderr'])}" if r["stderr"] is not None else "")
+        out.append(f"| {r['model']} | {r['task']} | {r['metric']},{r['filter']} | {value} | {r['n']} |")
+    out += [""] + [f"- failed on {e['model']}: {e['error']}" for e in lm["errors"]]
+    return out + ([""] if lm["errors"] else [])
+
+
 def plot_funnel(stats: dict, path: Path) -> Path:
     import matplotlib  # deferred: matplotlib loads in ~1 s, and only a run with a curation funnel plots
 
@@ -134,6 +148,7 @@ def write_report(run_dir: str | Path, stages: list) -> Path:
                      if s in per and per[s]["accuracy"] is not None else "n/a" for s in suites]
             lines.append(f"| {stage} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += lm_eval_table(run_dir / "eval" / "lm_eval.json")
     path = out / "index.md"
     path.write_text("\n".join(lines))
     return path
