@@ -34,60 +34,85 @@ from types import SimpleNamespace
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-from phi4ray.model.phi4_tokenizer import IM_END  # noqa: E402  (after the environment vLLM reads)
 
 
 class OfflineSampler:
-    """phi4ray.serve.sampling.Sampler over an offline vLLM engine (one call at a time: both searches
-    pay the same per-call cost, so wall times compare)."""
+    """phi4ray.serve.sampling.Sampler over an offline vLLM engine. Requests made while the engine
+    is busy wait and go together in the next `generate` call (as the fleet's engines batch
+    concurrent requests); both searches get the same batching, so their wall times compare."""
 
     def __init__(self, llm):
-        self.llm = llm
+        self.llm, self.pending, self.worker = llm, [], None
 
     async def sample(self, req):
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((req, fut))
+        if self.worker is None:
+            self.worker = asyncio.ensure_future(self._drain())
+        return await fut
+
+    async def _drain(self):
         from vllm import SamplingParams
 
         from phi4ray.serve.sampling import Sample
 
-        params = SamplingParams(n=req.n, max_tokens=req.max_tokens, temperature=req.temperature, logprobs=0,
-                                detokenize=False, stop_token_ids=req.stop_ids or None)
-        out = self.llm.generate([{"prompt_token_ids": req.prompt_ids}], params, use_tqdm=False)[0]
-        return [Sample(list(c.token_ids), [float(lp[t].logprob) for t, lp in zip(c.token_ids, c.logprobs)],
-                       c.finish_reason or "length") for c in out.outputs]
+        while self.pending:
+            seen = -1
+            while seen != len(self.pending):  # let every runnable search reach its next request
+                seen = len(self.pending)
+                for _ in range(8):
+                    await asyncio.sleep(0)
+            batch, self.pending = self.pending, []
+            params = [SamplingParams(n=r.n, max_tokens=r.max_tokens, temperature=r.temperature, logprobs=0,
+                                     detokenize=False, stop_token_ids=r.stop_ids or None) for r, _ in batch]
+            outs = self.llm.generate([{"prompt_token_ids": r.prompt_ids} for r, _ in batch], params, use_tqdm=False)
+            for (_, fut), out in zip(batch, outs):
+                fut.set_result([Sample(list(c.token_ids),
+                                       [float(lp[t].logprob) for t, lp in zip(c.token_ids, c.logprobs)],
+                                       c.finish_reason or "length") for c in out.outputs])
+        self.worker = None
 
 
 def planted(k: int):
     return lambda ids: len(ids) > k and ids[k] % 2 == 0
 
 
-async def verify(sampler, oracle, query_ids, pair, cfg, n: int) -> bool:
-    """Re-estimate p before and after the pivot token with n fresh rollouts each."""
+async def verify(sampler, oracle, query_ids, pair, cfg, n: int, stop_ids) -> bool:
+    """Re-estimate p before and after the pivot token with n fresh rollouts each: the gap must hold
+    (>= p_gap, same direction). After an end-of-turn token the answer is complete: judged, not sampled."""
     from phi4ray.posttrain.pts import PivotSearch
 
-    token = pair.chosen if pair.p_after > pair.p_before else pair.rejected  # the token the search found
+    raises = pair.p_after > pair.p_before
+    token = pair.chosen if raises else pair.rejected  # the token the search found
     fresh = PivotSearch(sampler, oracle, query_ids, dataclasses.replace(cfg, samples_per_estimate=n, memo=False),
-                        stop_ids=(IM_END,))
-    before, after = await asyncio.gather(fresh.estimate(pair.prefix), fresh.estimate(pair.prefix + [token]))
-    return abs(after.p - before.p) >= cfg.p_gap
+                        stop_ids=stop_ids)
+    after_prefix = pair.prefix + [token]
+    if token in stop_ids:
+        before, p_after = await fresh.estimate(pair.prefix), float(oracle(after_prefix))
+    else:
+        before, after = await asyncio.gather(fresh.estimate(pair.prefix), fresh.estimate(after_prefix))
+        p_after = after.p
+    return abs(p_after - before.p) >= cfg.p_gap and (p_after > before.p) == raises
 
 
-async def search_all(sampler, queries, cfg, prefix_ids=None, verify_n: int = 0):
-    """queries: (query ids, oracle, planted position or None)."""
+async def search_all(sampler, queries, cfg, stop_ids, prefix_ids=None, verify_n: int = 0):
+    """queries: (query ids, oracle, planted position or None), searched concurrently."""
     from phi4ray.posttrain.pts import search_query
 
     t0 = time.perf_counter()
-    results = [await search_query(sampler, oracle, q, cfg, stop_ids=(IM_END,), prefix_ids=prefix_ids)
-               for q, oracle, _ in queries]
+    results = await asyncio.gather(*(search_query(sampler, oracle, q, cfg, stop_ids=stop_ids, prefix_ids=prefix_ids)
+                                     for q, oracle, _ in queries))
     wall = time.perf_counter() - t0
     samples = sum(r.samples for r in results)
     pivots = sum(r.pivots for r in results)
     out = {"kept": sum(r.kept for r in results), "samples": samples, "pivots": pivots,
+           "unconfirmed": sum(r.unconfirmed for r in results),
            "samples_per_pivot": samples / pivots if pivots else float("inf"), "wall_s": wall}
     if all(k is not None for _, _, k in queries):
         out["pairs_at_planted_pivot"] = sum(sum(p.position == k for p in r.pairs) for r, (_, _, k) in zip(results, queries))
     if verify_n:
-        checked = [await verify(sampler, oracle, q, pair, cfg, verify_n)
-                   for r, (q, oracle, _) in zip(results, queries) for pair in r.pairs]
+        checked = await asyncio.gather(*(verify(sampler, oracle, q, pair, cfg, verify_n, stop_ids)
+                                         for r, (q, oracle, _) in zip(results, queries) for pair in r.pairs))
         out["verified"], out["precision"] = len(checked), sum(checked) / len(checked) if checked else float("nan")
     return out
 
@@ -107,7 +132,7 @@ def run_queries(run_dir: Path, n: int):
     kept = [r["query_id"] for r in map(json.loads, (run_dir / "pts" / "queries.jsonl").read_text().splitlines())
             if r["kept"]][:n]
     tok = load_tokenizer(run_dir / "models" / "sft")  # the searched model's
-    return [(tok.render_prompt(queries[i]["question"]), query_oracle(queries[i], tok), None) for i in kept], cfg.pts
+    return [(tok.render_prompt(queries[i]["question"]), query_oracle(queries[i], tok), None) for i in kept], cfg.pts, tok
 
 
 def main() -> None:
@@ -117,6 +142,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=24, help="solution length (planted mode)")
     ap.add_argument("--run-dir", type=Path, help="a finished run: its SFT model and its own kept queries")
     ap.add_argument("--verify", type=int, default=64, help="fresh rollouts per re-estimate (--run-dir)")
+    ap.add_argument("--confirm", type=int, help="pts.confirm_samples for both searches (--run-dir: default the run's)")
     args = ap.parse_args()
 
     from vllm import LLM
@@ -131,7 +157,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         if args.run_dir:
             model, verify_n = str(args.run_dir / "models" / "sft"), args.verify
-            queries, cfg = run_queries(args.run_dir, args.queries)
+            queries, cfg, tok = run_queries(args.run_dir, args.queries)
             what = f"{len(queries)} queries kept by {args.run_dir}'s pts stage, its SFT model and oracle"
         else:
             # unit-std embeddings: near-uniform sampling, so the planted pivot is the only one
@@ -143,15 +169,20 @@ def main() -> None:
             cfg = PTSConfig(samples_per_estimate=args.samples, p_gap=0.35, max_tokens=args.max_tokens,
                             solutions_per_query=2)
             what = f"{args.queries} queries, one planted pivot each"
+        if args.confirm is not None:
+            cfg = dataclasses.replace(cfg, confirm_samples=args.confirm)
+        stop_ids = (tok.end_turn_id,)
         llm = LLM(str(model), dtype="float32", enforce_eager=True, max_model_len=512, enable_prefix_caching=True, seed=0)
         sampler = OfflineSampler(llm)
-        pts = asyncio.run(search_all(sampler, queries, cfg, verify_n=verify_n))
-        naive = asyncio.run(search_all(sampler, queries, dataclasses.replace(cfg, split="middle", memo=False),
+        pts = asyncio.run(search_all(sampler, queries, cfg, stop_ids, verify_n=verify_n))
+        naive = asyncio.run(search_all(sampler, queries, dataclasses.replace(cfg, split="middle", memo=False), stop_ids,
                                        prefix_ids=lambda ids: tok.encode(tok.decode(ids)), verify_n=verify_n))
         llm.llm_engine.engine_core.shutdown()
     print(f"{what}; {cfg.samples_per_estimate} rollouts per estimate, p_gap {cfg.p_gap}, "
-          f"solutions of <= {cfg.max_tokens} tokens")
-    cols = ["kept", "samples", "pivots", "samples_per_pivot", "pairs_at_planted_pivot", "verified", "precision", "wall_s"]
+          f"solutions of <= {cfg.max_tokens} tokens, {cfg.confirm_samples} confirming rollouts per side"
+          + (f", {verify_n} per side to verify" if verify_n else ""))
+    cols = ["kept", "samples", "pivots", "unconfirmed", "samples_per_pivot", "pairs_at_planted_pivot", "verified",
+            "precision", "wall_s"]
     cols = [c for c in cols if c in pts]
     print(f"{'search':>8} " + " ".join(f"{c:>{max(8, len(c))}}" for c in cols))
     for name, r in (("PTS", pts), ("naive", naive)):

@@ -20,7 +20,7 @@ import pytest
 from actors.posttrain.judge import FleetJudge, FleetPolicy
 from phi4ray.model.phi4_tokenizer import ENDOFTEXT, IM_END, phi4_tokenizer
 from phi4ray.posttrain.judge import (
-    JUDGE_TEMPLATE_V1,
+    JUDGE_TEMPLATE,
     Candidate,
     best_of_n,
     judge_pair,
@@ -55,10 +55,11 @@ class ScriptedJudge:
     pair by comparing the rates (position-blind) unless `pair_answer(a, b)` says otherwise."""
 
     def __init__(self, rate, pair_answer=None):
-        self.rate, self.pair_answer, self.calls = rate, pair_answer, []
+        self.rate, self.pair_answer, self.calls, self.guides = rate, pair_answer, [], []
 
-    async def __call__(self, text: str) -> str:
+    async def __call__(self, text: str, guide: dict | None = None) -> str:
         self.calls.append(text)
+        self.guides.append(guide)
         await asyncio.sleep(0)
         if text.startswith("You are comparing"):
             a, b = _between(text, "Response A"), _between(text, "Response B")
@@ -261,7 +262,7 @@ def _scenario():
         return None
 
     class Judge(ScriptedJudge):
-        async def __call__(self, text):
+        async def __call__(self, text, guide=None):
             if text.startswith("You are comparing") and pair_answer(_between(text, "Response A"),
                                                                     _between(text, "Response B")):
                 self.calls.append(text)
@@ -281,7 +282,7 @@ def test_build_judged_pairs_accounting_and_resume(tmp_path):
     assert rep["no_pair"] == {"empty_responses": 1, "judge_unparseable": 1, "no_clear_winner": 1,
                               "position_inconsistent": 1, "error": 1}
     assert rep["parse_failures"] == 2 and rep["position_inconsistencies"] == 1
-    assert rep["template_id"] == JUDGE_TEMPLATE_V1.id
+    assert rep["template_id"] == JUDGE_TEMPLATE.id
     assert json.loads((tmp_path / "report.json").read_text()) == rep
 
     t = pq.read_table(tmp_path / "pairs.parquet")
@@ -293,7 +294,7 @@ def test_build_judged_pairs_accounting_and_resume(tmp_path):
     assert row["chosen_ids"] == tok.encode_ordinary("right") + [IM_END]  # endpoint-style ids end the turn
     assert row["rejected_ids"] == tok.encode_ordinary("wrong") + [IM_END]
     assert (row["chosen_text"], row["rejected_text"], row["chosen_accuracy"]) == ("right", "wrong", 9.0)
-    assert row["pairwise"] == "agree" and row["template_id"] == JUDGE_TEMPLATE_V1.id
+    assert row["pairwise"] == "agree" and row["template_id"] == JUDGE_TEMPLATE.id
     no_pair = [json.loads(x) for x in (tmp_path / "no_pair.jsonl").read_text().splitlines()]
     assert sorted(r["query_id"] for r in no_pair) == ["q-biased", "q-down", "q-empty", "q-junk", "q-tie"]
     assert {r["query_id"]: r["reason"] for r in no_pair}["q-down"] == "error"

@@ -144,3 +144,41 @@ def test_config_errors():
         PTSConfig(p_min=0.9, p_max=0.1)
     with pytest.raises(ConfigError, match="split"):
         PTSConfig(split="random")
+
+
+class Lucky(Scripted):
+    """The first estimate at each prefix is a lucky draw (p(k) + `luck`, an estimate's noise); every
+    later one there is exact, as fresh rollouts of a well-sampled estimate are."""
+
+    def __init__(self, p_of_k, luck):
+        super().__init__(lambda k: self._p(k))
+        self.true_p, self.luck, self.seen = p_of_k, luck, set()
+
+    def _p(self, k):
+        first = k not in self.seen
+        self.seen.add(k)
+        return min(1.0, max(0.0, self.true_p(k) + (self.luck.get(k, 0.0) if first else 0.0)))
+
+
+def test_confirmation_drops_a_pivot_that_was_sampling_noise_and_keeps_a_real_one():
+    L = 16
+    sol = list(range(10, 10 + L - 1)) + [WIN]
+    lps = [-0.1] * L
+    lps[5] = -5.0
+    true_p = steps(L, 0.25, {5: 0.5})  # token 5 truly moves p from 0.25 to 0.75
+
+    def search(luck, confirm):
+        ps = PivotSearch(Lucky(true_p, luck), oracle, QUERY, PTSConfig(samples_per_estimate=20, p_gap=0.3,
+                                                                      confirm_samples=confirm))
+        return asyncio.run(ps.pivots(sol, lps)), ps.stats
+
+    # the first estimate at prefix 5 comes out 0.5 too high: token 4 looks pivotal, token 5 not
+    noisy, _ = search({5: 0.5}, 0)
+    assert [pv.position for pv in noisy] == [4]
+    kept, stats = search({5: 0.5}, 20)
+    assert kept == [] and stats.unconfirmed == 1  # fresh rollouts around token 4 show no gap
+    # without the noise the real pivot is found, and confirmation keeps it with its fresh p's
+    real, stats = search({}, 20)
+    assert [(pv.position, pv.p_before, pv.p_after) for pv in real] == [(5, 0.25, 0.75)] and stats.unconfirmed == 0
+    with pytest.raises(ConfigError, match="confirm_samples"):
+        PTSConfig(confirm_samples=1)

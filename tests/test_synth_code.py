@@ -103,13 +103,13 @@ def test_validate_code_runs_generated_code_and_tests_in_the_sandbox():
     assert validate_code("def f(:\n", CLAMP_TESTS).status == "syntax_error"  # no sandbox run needed
     assert validate_code("   ", CLAMP_TESTS).status == "no_code"
     rows = asyncio.run(validate_step([
-        {"seed_id": "good", "code": CLAMP, "tests": CLAMP_TESTS, "template_id": "instruction_to_code@1"},
+        {"seed_id": "good", "code": CLAMP, "tests": CLAMP_TESTS, "template_id": "instruction_to_code@2"},
         {"seed_id": "bad", "code": CLAMP_BUGGY, "tests": CLAMP_TESTS},
         {"seed_id": "untested", "code": CLAMP}]))
     pa.Table.from_pylist(rows, schema=reversal.VALIDATION_SCHEMA)
     assert [(r["seed_id"], r["status"]) for r in rows] == [("good", "ok"), ("bad", "tests_failed"),
                                                           ("untested", "bad_seed: no tests")]
-    assert rows[0]["template_id"] == "instruction_to_code@1"
+    assert rows[0]["template_id"] == "instruction_to_code@2"
 
 
 # --- reversal step ---------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_reversal_keeps_faithful_regenerations_and_drops_the_rest():
     ok = by["doctest-faithful"]
     assert (ok["tests_source"], ok["tests_passed"], ok["ast_similarity"], ok["fidelity"]) == ("doctest", True, 1.0, 1.0)
     assert ok["instruction"] == "Write a function median. [median-good]" and ok["code"] == MEDIAN
-    assert ok["template_id"] == "code_to_instruction@1+instruction_to_code@1"
+    assert ok["template_id"] == "code_to_instruction@2+instruction_to_code@2"
     assert by["given-faithful"]["tests_source"] == "given"
     assert by["given-buggy"]["fidelity"] == 0.0 and by["given-buggy"]["tests_passed"] is False
     assert (by["no-tests"]["tests_source"], by["no-tests"]["tests_passed"], by["no-tests"]["fidelity"]) == (

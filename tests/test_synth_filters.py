@@ -81,7 +81,7 @@ def test_rewrite_keeps_good_rewrites_and_drops_copies_and_missing_parts():
     assert all(status["empty", k] == "bad_seed: no text" for k in ("exercise", "reasoning"))
     good = {r["kind"]: r for r in rows if r["seed_id"] == "good"}
     assert good["reasoning"]["answer"] == "8" and good["exercise"]["answer"] is None
-    assert good["exercise"]["template_id"] == "rewrite_exercise@1" and good["exercise"]["copy_overlap"] < 0.1
+    assert good["exercise"]["template_id"] == "rewrite_exercise@2" and good["exercise"]["copy_overlap"] < 0.1
     copied = next(r for r in rows if r["seed_id"] == "copy")
     assert copied["copy_overlap"] == 1.0 and copied["text"].startswith("COPY")
 
@@ -144,7 +144,7 @@ def test_revision_stops_as_soon_as_the_rubric_clears_the_threshold():
     assert (row["status"], row["rounds"], row["text"], row["draft"]) == ("ok", 1, "answer v1", "answer v0")
     assert (row["score_reasoning"], row["score_factual_accuracy"], row["min_score"]) == (9, 8, 8)
     assert steps(row) == ["generate", "critique", "revise", "critique"]
-    assert row["template_id"] == "respond@1+critique@1+revise@1"
+    assert row["template_id"] == "respond@1+critique@2+revise@1"
     trace = json.loads(row["trace"])
     assert trace[1]["scores"] == {"reasoning": 6, "factual_accuracy": 9} and trace[2]["text"] == "answer v1"
 
@@ -156,7 +156,7 @@ def test_revision_stops_after_k_rounds_and_keeps_the_trace():
     assert (row["status"], row["rounds"], row["text"], row["draft"]) == ("below_threshold", 2, "answer v2", "answer v0")
     assert steps(row) == ["draft", "critique", "revise", "critique", "revise", "critique"]
     assert (row["score_factual_accuracy"], row["min_score"]) == (7, 5)  # the final text's critique
-    assert row["template_id"] == "critique@1+revise@1"
+    assert row["template_id"] == "critique@2+revise@1"
     assert not any(p.startswith("Complete the task") for call in eng.calls for p in call)  # the draft was used
 
 
@@ -252,7 +252,7 @@ def test_qa_step_keeps_supported_pairs_and_drops_unsupported_and_duplicates():
     assert [r["status"].split(":")[0] for r in orchard] == ["ok", "unsupported_answer", "duplicate_question",
                                                             "unsupported_answer", "ok"]
     assert "number(s) 5 not in" in orchard[1]["status"]
-    assert all(r["source"] == "book" and r["template_id"] == "qa_extract@1" for r in orchard)
+    assert all(r["source"] == "book" and r["template_id"] == "qa_extract@2" for r in orchard)
     assert [r["status"] for r in rows if r["seed_id"] != "orchard"] == ["no_pairs", "bad_seed: no text"]
     assert "at most 5 pairs" in eng.calls[0][0]
     assert [r["status"] for r in run(qa_step(eng, seeds[:1], QAConfig(max_pairs=2), FAST))] == [
@@ -321,7 +321,7 @@ def test_plurality_step_samples_n_answers_per_question_and_keeps_every_seed():
     assert (by["s"]["status"], by["s"]["answer"], by["s"]["answer_source"]) == ("ok", "x+1", "majority_replaced_organic")
     assert by["s"]["cluster_sizes"] == [3, 1] and by["s"]["n_answers"] == 4 and by["s"]["organic_answer"] == "x-1"
     assert by["d"]["status"].startswith("llm_error") and by["n"]["status"] == "bad_seed: no question"
-    assert all(r["template_id"] == "answer@1" for r in rows)
+    assert all(r["template_id"] == "answer@2" for r in rows)
     assert len(eng.calls[0]) == 4  # one batched call: one prompt per question, n samples each
     with pytest.raises(ValueError, match="n must be an int >= 2"):
         run(plurality_step(eng, seeds, n=1))

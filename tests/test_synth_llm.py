@@ -52,7 +52,7 @@ def test_render_fills_once_and_fails_clearly_on_a_missing_or_unknown_field():
     text = t.render(question=r"Is {question} \frac{1}{2}?")
     assert r"Is {question} \frac{1}{2}?" in text  # a value's braces are never placeholders
     assert r"\boxed{answer}" in text  # the template's doubled braces come out single
-    with pytest.raises(TemplateError, match=r"answer@1: missing field\(s\) \['question'\]"):
+    with pytest.raises(TemplateError, match=r"answer@2: missing field\(s\) \['question'\]"):
         t.render()
     with pytest.raises(TemplateError, match=r"unknown field\(s\) \['questoin'\]"):
         t.render(question="q", questoin="typo")
@@ -69,7 +69,12 @@ def test_digests_change_with_the_wording_and_not_otherwise(tmp_path):
     load_template.cache_clear()
     second = template_digests(directory=str(tmp_path))
     assert list(second) == ["t@1"] and second != first
-    assert set(template_digests()) == {f"{n}@1" for n in available_templates()}
+    # the answer's form is part of what was asked: a changed output regex changes the digest
+    (tmp_path / "t.txt").write_text(body.replace("Say", "Shout").replace("---", "output: [a-z]+\n---"))
+    load_template.cache_clear()
+    third = template_digests(directory=str(tmp_path))
+    assert list(third) == ["t@1"] and third != second
+    assert set(template_digests()) == {f"{n}@{load_template(n).version}" for n in available_templates()}
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -66,7 +66,7 @@ class FleetJudge:
 
             self.sampler = FleetSampler(self.deployment, self.app)
 
-    async def __call__(self, prompt_text: str) -> str:
+    async def __call__(self, prompt_text: str, guide: dict | None = None) -> str:
         req = SampleRequest(prompt_ids=self.tok.render_prompt(prompt_text), n=1, max_tokens=self.max_tokens,
-                            temperature=0.0, stop_ids=[self.tok.end_turn_id])
+                            temperature=0.0, stop_ids=[self.tok.end_turn_id], guide=guide)
         return self.tok.decode_response((await self.sampler.sample(req))[0].token_ids)

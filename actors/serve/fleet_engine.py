@@ -31,9 +31,10 @@ class FleetEngine:
     def _seed_for(self, prompt: str) -> int | None:
         return None if self.seed is None else derived_seed(self.seed, prompt)
 
-    async def _one(self, prompt: str, n: int, max_tokens: int, temperature: float) -> list[str]:
+    async def _one(self, prompt: str, n: int, max_tokens: int, temperature: float, guide: dict | None) -> list[str]:
         req = SampleRequest(prompt_ids=self.tok.render_prompt(prompt), n=n, max_tokens=max_tokens,
-                            temperature=temperature, seed=self._seed_for(prompt), stop_ids=[self.tok.end_turn_id])
+                            temperature=temperature, seed=self._seed_for(prompt), stop_ids=[self.tok.end_turn_id],
+                            guide=guide)
         try:
             samples = await self.sampler.sample(req)
         except Exception as e:
@@ -46,6 +47,6 @@ class FleetEngine:
         return [self.tok.decode_response(s.token_ids) for s in samples]
 
     async def generate(self, prompts: list[str], *, n: int, max_tokens: int,
-                       temperature: float) -> list[list[str]]:
-        return list(await asyncio.gather(*(self._one(p, n, max_tokens, temperature) for p in prompts),
+                       temperature: float, guide: dict | None = None) -> list[list[str]]:
+        return list(await asyncio.gather(*(self._one(p, n, max_tokens, temperature, guide) for p in prompts),
                                          return_exceptions=True))

@@ -28,7 +28,7 @@ from ray.serve.llm.deployment import LLMServer
 from transformers import AutoTokenizer
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from actors.serve.request_guard import check_http, limits_of, rejected
 from actors.serve.weights import model_shape, registry, repack_tied_head, target_key
@@ -79,6 +79,7 @@ class PhiSampler(LLMServer):
             n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,
             seed=req.seed, stop_token_ids=req.stop_ids or None, logprobs=0, detokenize=False,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            structured_outputs=StructuredOutputsParams(**req.guide) if req.guide else None,
         )
         # LLMServer keeps vLLM's AsyncLLM on its engine wrapper; the OpenAI path would detokenize
         # and we would have to re-tokenize, which PTS must never do.

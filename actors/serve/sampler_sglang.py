@@ -11,6 +11,7 @@ this path has not been run end to end; weight refresh is vLLM-only for now.
 from __future__ import annotations
 
 import json
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -49,6 +50,10 @@ class PhiSGLangSampler(SGLangServer):
                   "stop_token_ids": req.stop_ids or None}
         if req.seed is not None:
             params["sampling_seed"] = req.seed
+        if req.guide:  # SGLang's sampling params take a regex or a JSON schema string; choices become a regex
+            kind, value = next(iter(req.guide.items()))
+            params.update({"regex": value} if kind == "regex" else {"json_schema": json.dumps(value)} if kind == "json"
+                          else {"regex": "|".join(re.escape(c) for c in value)})
         # n copies of one prompt in a batch share its prefix through SGLang's radix cache
         outs = await self.engine.async_generate(input_ids=[req.prompt_ids] * req.n, sampling_params=params,
                                                 return_logprob=True)

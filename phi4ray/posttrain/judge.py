@@ -3,7 +3,7 @@
 Phi-4's SFT keeps the best of N responses by an LLM judge, and its second DPO round pairs
 responses from several models by a judge's verdict on accuracy, style and detail. This module is
 the plain-Python part: prompt templates, output parsing, position-bias control and pair
-selection. The judge is any async callable `judge(prompt_text) -> str` (the sampler fleet, an
+selection. The judge is any async callable `judge(prompt_text, guide=None) -> str` (the sampler fleet, an
 external OpenAI-compatible endpoint, or a scripted fake in tests); phi4ray/posttrain/judged_pairs.py and
 phi4ray/posttrain/judged_sft.py drive it over many prompts, actors/posttrain/judge.py puts the fleet behind it.
 
@@ -29,18 +29,27 @@ from typing import Awaitable, Callable
 from phi4ray.verify.score_lines import LINE_DRESS, SCORE_MAX, SCORE_MIN, SCORE_VALUE, score_value
 
 CRITERIA = ("accuracy", "style", "detail")
-Judge = Callable[[str], Awaitable[str]]
+Judge = Callable[..., Awaitable[str]]  # judge(prompt_text, guide=dict | None) -> its answer
 
 
 @dataclass(frozen=True)
 class Template:
-    id: str      # recorded on every output row: change the wording, change the id
+    id: str      # recorded on every output row: change the wording or the answer forms, change the id
     single: str  # placeholders {prompt}, {response}
     pair: str    # placeholders {prompt}, {response_a}, {response_b}
+    # the answer forms as regexes, sent as structured-output guides (phi4ray.serve.guide) so a small
+    # judge's verdict always parses; "" leaves that answer free
+    single_output: str = ""
+    pair_output: str = ""
+
+    def guide(self, which: str) -> dict | None:
+        rx = self.single_output if which == "single" else self.pair_output
+        return {"regex": rx} if rx else None
 
 
-JUDGE_TEMPLATE_V1 = Template(
-    id="phi4ray-judge-v1",
+_SCORE = r"(10|[1-9])"
+JUDGE_TEMPLATE = Template(
+    id="phi4ray-judge-v2",
     single=(
         "You are grading one response to a user's prompt.\n"
         "Rate it on three criteria, each an integer from 1 (worst) to 10 (best):\n"
@@ -66,6 +75,8 @@ JUDGE_TEMPLATE_V1 = Template(
         "Answer with exactly these seven lines and nothing else (better is A, B or tie):\n"
         "A accuracy: N\nA style: N\nA detail: N\nB accuracy: N\nB style: N\nB detail: N\nbetter: X"
     ),
+    single_output=f"accuracy: {_SCORE}\nstyle: {_SCORE}\ndetail: {_SCORE}",
+    pair_output="".join(f"{side} {c}: {_SCORE}\n" for side in "AB" for c in CRITERIA) + "better: (A|B|tie)",
 )
 
 _SINGLE = re.compile(LINE_DRESS + r"(accuracy|style|detail)" + SCORE_VALUE, re.I | re.M)
@@ -166,11 +177,11 @@ class PairVerdict:
 
 
 async def judge_pair(judge: Judge, prompt: str, a: str, b: str,
-                     template: Template = JUDGE_TEMPLATE_V1) -> PairVerdict:
+                     template: Template = JUDGE_TEMPLATE) -> PairVerdict:
     """Ask the judge about (a, b) and (b, a); a verdict only when both orders pick the same one."""
     raw = list(await asyncio.gather(
-        judge(template.pair.format(prompt=prompt, response_a=a, response_b=b)),
-        judge(template.pair.format(prompt=prompt, response_a=b, response_b=a))))
+        judge(template.pair.format(prompt=prompt, response_a=a, response_b=b), guide=template.guide("pair")),
+        judge(template.pair.format(prompt=prompt, response_a=b, response_b=a), guide=template.guide("pair"))))
     orders = [parse_verdict(t) for t in raw]
     if None in orders:
         return PairVerdict(None, "unparseable", orders, raw)
@@ -186,7 +197,7 @@ async def judge_pair(judge: Judge, prompt: str, a: str, b: str,
 
 async def score_candidates(judge: Judge, prompt: str, candidates: list[Candidate], *,
                            reference: str | None = None, oracle=None, keep_truncated: bool = False,
-                           template: Template = JUDGE_TEMPLATE_V1) -> int:
+                           template: Template = JUDGE_TEMPLATE) -> int:
     """Score every candidate in place (judge calls run concurrently); returns the calls made.
     Empty and (unless `keep_truncated`) cut-off responses are marked and not judged: a truncated
     chosen response would teach the model to stop mid-answer."""
@@ -197,7 +208,8 @@ async def score_candidates(judge: Judge, prompt: str, candidates: list[Candidate
         if c.finish_reason != "stop" and not keep_truncated:
             c.reason = "truncated"
             return 0
-        c.judge_output = await judge(template.single.format(prompt=prompt, response=c.text))
+        c.judge_output = await judge(template.single.format(prompt=prompt, response=c.text),
+                                     guide=template.guide("single"))
         c.scores = parse_scores(c.judge_output)
         if c.scores is None:
             c.reason = "unparseable"
@@ -239,7 +251,7 @@ def shortfall_reason(candidates: list[Candidate]) -> str:
 async def judge_prompt(judge: Judge, prompt: str, candidates: list[Candidate], *,
                        reference: str | None = None, oracle=None, keep_truncated: bool = False,
                        confirm_pairwise: bool = True, min_accuracy_gap: float = 1.0,
-                       min_overall_gap: float = 1.0, template: Template = JUDGE_TEMPLATE_V1) -> Outcome:
+                       min_overall_gap: float = 1.0, template: Template = JUDGE_TEMPLATE) -> Outcome:
     """Score the candidates, select (chosen, rejected), confirm by a two-order pairwise judgement.
     A pair decided by the oracle (chosen correct, rejected wrong) needs no confirmation."""
     out = Outcome(candidates)

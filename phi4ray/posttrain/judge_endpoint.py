@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.posttrain.judge import Candidate
+from phi4ray.serve.guide import endpoint_body
 
 
 class EndpointPolicy:
@@ -55,13 +56,13 @@ class EndpointJudge:
     def __init__(self, config, max_tokens: int = 256):
         self.config, self.max_tokens, self._client = config, max_tokens, None
 
-    async def __call__(self, prompt_text: str) -> str:
+    async def __call__(self, prompt_text: str, guide: dict | None = None) -> str:
         from phi4ray.serve.endpoint import OpenAIEndpoint  # deferred: httpx loads only for endpoint judges
 
         if self._client is None:
             self._client = OpenAIEndpoint(self.config)
         out = await self._client.chat([{"role": "user", "content": prompt_text}], max_tokens=self.max_tokens,
-                                      temperature=0.0)
+                                      temperature=0.0, extra=endpoint_body(guide) or None)
         return (out["choices"][0].get("message") or {}).get("content") or ""
 
     async def aclose(self) -> None:

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from phi4ray.model.tokenizer import tokenizer_for
-from phi4ray.posttrain.judge import JUDGE_TEMPLATE_V1, NO_PAIR_REASONS, Candidate, Template, judge_prompt
+from phi4ray.posttrain.judge import JUDGE_TEMPLATE, NO_PAIR_REASONS, Candidate, Template, judge_prompt
 from phi4ray.run.manifest import read_checkpoint_lines
 
 log = logging.getLogger("phi4ray.posttrain.judge")
@@ -135,7 +135,7 @@ def _pair_row(query: dict, prompt_ids: list[int], outcome, template: Template) -
 async def abuild_judged_pairs(prompts: list[dict], policies: list, judge, out_dir, concurrency: int = 8, *,
                               oracle=None, keep_truncated: bool = False, confirm_pairwise: bool = True,
                               min_accuracy_gap: float = 1.0, min_overall_gap: float = 1.0,
-                              template: Template = JUDGE_TEMPLATE_V1) -> dict:
+                              template: Template = JUDGE_TEMPLATE) -> dict:
     """`build_judged_pairs` inside a running event loop (an async actor, a notebook)."""
     out_dir = Path(out_dir)
     t0 = time.time()

@@ -11,13 +11,13 @@ import json
 import time
 from pathlib import Path
 
-from phi4ray.posttrain.judge import JUDGE_TEMPLATE_V1, Template, best_of_n, overall, score_candidates, shortfall_reason
+from phi4ray.posttrain.judge import JUDGE_TEMPLATE, Template, best_of_n, overall, score_candidates, shortfall_reason
 from phi4ray.posttrain.judged_pairs import aclose_all, candidate_record, policies_tokenizer, run_resumable
 
 
 async def abest_of_n_sft(prompts: list[dict], policy, judge, n: int, out_path, concurrency: int = 8, *,
                          oracle=None, keep_truncated: bool = False, min_score: float | None = None,
-                         template: Template = JUDGE_TEMPLATE_V1) -> dict:
+                         template: Template = JUDGE_TEMPLATE) -> dict:
     """`best_of_n_sft` inside a running event loop."""
     out_path = Path(out_path)
     base = out_path.with_suffix("")

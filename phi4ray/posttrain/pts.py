@@ -47,6 +47,11 @@ class PTSConfig:
     solutions_per_query: int = 2     # one failing and one succeeding rollout when both exist
     split: str = "logprob"           # "logprob" (the report) or "middle" (naive, for benchmarks)
     memo: bool = True
+    # > 0: each pivot the search finds is re-estimated on both sides with this many fresh rollouts
+    # and kept only if the gap holds there too. The search's own p's are selected for a large gap
+    # (with 8 rollouts an estimate's noise is about +-0.18), so without this a share of the pivots
+    # are sampling noise; the fresh rollouts also widen the alternatives a pair is made from.
+    confirm_samples: int = 0
     # the stage (actors/posttrain/pts.py): how many queries, PTS actors, sampling calls in flight per actor
     queries: int = 64
     # the user's queries (JSONL/Parquet, fsspec path; phi4ray.posttrain.queries); "" = the toy domain.
@@ -63,6 +68,8 @@ class PTSConfig:
             raise ConfigError(f"pts: need 0 <= p_min ({self.p_min}) <= p_max ({self.p_max}) <= 1")
         if self.samples_per_estimate < 2:
             raise ConfigError(f"pts.samples_per_estimate={self.samples_per_estimate} must be >= 2")
+        if self.confirm_samples < 0 or self.confirm_samples == 1:
+            raise ConfigError(f"pts.confirm_samples={self.confirm_samples} must be 0 (off) or >= 2")
         if self.split not in ("logprob", "middle"):
             raise ConfigError(f"pts.split={self.split!r} must be 'logprob' or 'middle'")
         if self.queries_kind not in PTS_KINDS:
@@ -90,6 +97,7 @@ class Pivot:
 class SearchStats:
     samples: int = 0
     estimates: int = 0
+    unconfirmed: int = 0  # pivots whose gap did not hold on fresh rollouts (confirm_samples > 0)
 
 
 def split_point(logprobs: list[float], a: int, b: int, how: str = "logprob") -> int:
@@ -122,14 +130,15 @@ class PivotSearch:
         self.stats = SearchStats()
         self._memo: dict[tuple[int, ...], asyncio.Task] = {}
 
-    async def rollouts(self, prefix: list[int]) -> tuple[list[Sample], Estimate]:
-        """Sample continuations of Q + prefix and judge each: the samples and p's estimate."""
+    async def rollouts(self, prefix: list[int], n: int = 0) -> tuple[list[Sample], Estimate]:
+        """Sample n (default samples_per_estimate) continuations of Q + prefix and judge each: the
+        samples and p's estimate."""
         budget = self.cfg.max_tokens - len(prefix)
         if budget <= 0:  # nothing left to sample: the prefix is the whole answer
             return [], Estimate(float(self.oracle(prefix)), [])
         sent = self.prefix_ids(prefix)
         samples: list[Sample] = await self.sampler.sample(SampleRequest(
-            prompt_ids=self.query_ids + sent, n=self.cfg.samples_per_estimate, max_tokens=budget,
+            prompt_ids=self.query_ids + sent, n=n or self.cfg.samples_per_estimate, max_tokens=budget,
             temperature=self.cfg.temperature, stop_ids=self.stop_ids))
         self.stats.samples += len(samples)
         self.stats.estimates += 1
@@ -169,8 +178,32 @@ class PivotSearch:
         return left + right
 
     async def pivots(self, sol: list[int], logprobs: list[float]) -> list[Pivot]:
-        return [Pivot(a, sol[a], pa, pb) for a, b, pa, pb in await self.subdivide(sol, logprobs, 0, len(sol))
-                if b - a == 1 and abs(pb - pa) >= self.cfg.p_gap]
+        found = [Pivot(a, sol[a], pa, pb) for a, b, pa, pb in await self.subdivide(sol, logprobs, 0, len(sol))
+                 if b - a == 1 and abs(pb - pa) >= self.cfg.p_gap]
+        if not self.cfg.confirm_samples:
+            return found
+        confirmed = [pv for pv in await asyncio.gather(*(self.confirm(sol, pv) for pv in found)) if pv is not None]
+        self.stats.unconfirmed += len(found) - len(confirmed)
+        return confirmed
+
+    async def confirm(self, sol: list[int], pv: Pivot) -> Pivot | None:
+        """The pivot with p's from confirm_samples fresh rollouts on each side, or None when the
+        gap does not hold there. The fresh rollouts before it join the prefix's memoised estimate's
+        (more alternative first tokens for its pair; its p stays the search's)."""
+        n = self.cfg.confirm_samples
+        (_, before), after = await asyncio.gather(
+            self.rollouts(sol[:pv.position], n),
+            self._fresh_p(sol, pv.position + 1, n))
+        if self.cfg.memo:
+            (await self.estimate(sol[:pv.position])).rollouts.extend(before.rollouts)
+        if abs(after - before.p) < self.cfg.p_gap or (after > before.p) != (pv.p_after > pv.p_before):
+            return None
+        return Pivot(pv.position, pv.token, before.p, after)
+
+    async def _fresh_p(self, sol: list[int], k: int, n: int) -> float:
+        if k == len(sol):  # the complete solution: its success is known, not estimated
+            return float(self.oracle(sol))
+        return (await self.rollouts(sol[:k], n))[1].p
 
 
 @dataclass
@@ -215,6 +248,7 @@ class QueryResult:
     pairs: list[PivotPair] = field(default_factory=list)
     pivots: int = 0
     no_alternative: int = 0
+    unconfirmed: int = 0
     samples: int = 0
     estimates: int = 0
 
@@ -241,7 +275,7 @@ async def search_query(sampler, oracle: Callable[[list[int]], bool], query_ids: 
                 elif all((p.prefix, p.chosen, p.rejected) != (pair.prefix, pair.chosen, pair.rejected)
                          for p in result.pairs):
                     result.pairs.append(pair)
-    result.samples, result.estimates = ps.stats.samples, ps.stats.estimates
+    result.samples, result.estimates, result.unconfirmed = ps.stats.samples, ps.stats.estimates, ps.stats.unconfirmed
     return result
 
 
@@ -258,8 +292,8 @@ def query_record(query: dict, query_ids: list[int], res: QueryResult, model_id: 
         "position": p.position, "p_query": res.p_query, "p_before": p.p_before, "p_after": p.p_after,
         "p_chosen": p.p_chosen, "p_rejected": p.p_rejected} for p in res.pairs]
     return {"query_id": query["id"], "kind": query.get("kind"), "p_query": res.p_query, "kept": res.kept, "pivots": res.pivots,
-            "no_alternative": res.no_alternative, "samples": res.samples, "estimates": res.estimates,
-            "wall_s": wall_s, "pairs": pairs}
+            "no_alternative": res.no_alternative, "unconfirmed": res.unconfirmed, "samples": res.samples,
+            "estimates": res.estimates, "wall_s": wall_s, "pairs": pairs}
 
 
 def search_report(results: list[dict], pts: PTSConfig) -> dict:
@@ -278,6 +312,8 @@ def _funnel(results: list[dict], pts: PTSConfig) -> dict:
             "too_easy": sum(r["p_query"] > pts.p_max for r in results),
             "pivots": pivots, "pairs": sum(len(r["pairs"]) for r in results),
             "pivots_without_alternative": sum(r["no_alternative"] for r in results),
+            # found by the search, dropped by the fresh re-estimate (not in "pivots")
+            "pivots_unconfirmed": sum(r.get("unconfirmed", 0) for r in results),
             "samples": samples, "p_estimates": sum(r["estimates"] for r in results),
             "samples_per_pivot": samples / pivots if pivots else None,
             "mean_p_query": sum(r["p_query"] for r in results) / max(1, len(results))}

@@ -13,6 +13,7 @@ from typing import Protocol
 
 # the limits live in request_limits (one check for the token path and the HTTP routes); re-exported
 # here, where callers of the token-level contract have always found them
+from phi4ray.serve.guide import check_guide
 from phi4ray.serve.request_limits import DEFAULT_LIMITS, MAX_N, MAX_NEW_TOKENS, RequestLimits, SamplingError, check_request
 
 __all__ = ["MAX_N", "MAX_NEW_TOKENS", "RequestLimits", "Sample", "SampleRequest", "Sampler", "SamplingError"]
@@ -34,6 +35,8 @@ class SampleRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop_ids: list[int] = field(default_factory=list)
+    # structured output (phi4ray.serve.guide): {"regex": ...}, {"choice": [...]} or {"json": schema}
+    guide: dict | None = None
 
     def validate(self, vocab_size: int | None = None, max_model_len: int | None = None,
                  limits: RequestLimits = DEFAULT_LIMITS) -> "SampleRequest":
@@ -48,6 +51,7 @@ class SampleRequest:
             raise SamplingError("max_tokens is required", "max_tokens")
         check_request(limits, n=self.n, max_tokens=self.max_tokens, prompt_tokens=len(self.prompt_ids),
                       prompt_field="prompt_ids", context=max_model_len, temperature=self.temperature, top_p=self.top_p)
+        check_guide(self.guide)
         return self
 
     @classmethod

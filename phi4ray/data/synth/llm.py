@@ -25,6 +25,7 @@ Also here: the row plumbing every step shares (`make_row`, `seed_value`, `requir
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -32,12 +33,15 @@ import pyarrow as pa
 
 from phi4ray.run.errors import ConfigError
 from phi4ray.run.retry import retrying
+from phi4ray.serve.guide import endpoint_body
 
 
 class Engine(Protocol):
     async def generate(self, prompts: list[str], *, n: int, max_tokens: int,
-                       temperature: float) -> list[list[str]]:
-        """n completions for each prompt, in prompt order."""
+                       temperature: float, guide: dict | None = None) -> list[list[str]]:
+        """n completions for each prompt, in prompt order; `guide` (phi4ray.serve.guide), when
+        call_all passes one, constrains their form. An engine without structured output may omit
+        the parameter: call_all passes it only for guided requests."""
         ...
 
 
@@ -57,6 +61,10 @@ class CallConfig:
     backoff_s: float = 0.5     # first retry waits up to this, doubling each attempt (full jitter)
     backoff_max_s: float = 20.0
     timeout_s: float | None = None  # per generate call; None: the engine's own timeouts rule
+    # send each template's output form as a guide (structured output): a small model's answer then
+    # always parses. False sends prompts alone (how often the form is met unguided, or an endpoint
+    # that takes no regex guide: OpenAI's API takes JSON schemas only)
+    structured: bool = True
 
     def __post_init__(self) -> None:
         require("CallConfig", self, {
@@ -66,6 +74,7 @@ class CallConfig:
             "backoff_s": (self.backoff_s >= 0, ">= 0"),
             "backoff_max_s": (self.backoff_max_s >= self.backoff_s, ">= backoff_s"),
             "timeout_s": (self.timeout_s is None or self.timeout_s > 0, "None or > 0"),
+            "structured": (isinstance(self.structured, bool), "true or false"),
         })
 
     def kwargs(self) -> dict[str, Any]:
@@ -89,10 +98,11 @@ class Request:
     n: int = 1
     max_tokens: int = 1024
     temperature: float = 0.7
+    guide: dict | None = None  # the answer's form (phi4ray.serve.guide), e.g. a template's `output`
 
     @classmethod
-    def of(cls, prompt: str, sampling: Sampling, n: int = 1) -> Request:
-        return cls(prompt, n, sampling.max_tokens, sampling.temperature)
+    def of(cls, prompt: str, sampling: Sampling, n: int = 1, guide: dict | None = None) -> Request:
+        return cls(prompt, n, sampling.max_tokens, sampling.temperature, guide)
 
 
 @dataclass(frozen=True)
@@ -143,9 +153,10 @@ def _checked(replies: Any, count: int, n: int) -> list[list[str] | BaseException
 
 async def call_all(engine: Engine, requests: Sequence[Request], *, concurrency: int = 8, retries: int = 2,
                    batch_size: int = 16, backoff_s: float = 0.5, backoff_max_s: float = 20.0,
-                   timeout_s: float | None = None) -> list[Outcome]:
-    """One Outcome per request, in order; never raises for a failing request (see the module doc)."""
-    CallConfig(concurrency, retries, batch_size, backoff_s, backoff_max_s, timeout_s)  # validates
+                   timeout_s: float | None = None, structured: bool = True) -> list[Outcome]:
+    """One Outcome per request, in order; never raises for a failing request (see the module doc).
+    `structured=False` drops the requests' guides."""
+    CallConfig(concurrency, retries, batch_size, backoff_s, backoff_max_s, timeout_s, structured)  # validates
     sem = asyncio.Semaphore(concurrency)
     outcomes: list[Outcome | None] = [None] * len(requests)
 
@@ -154,8 +165,9 @@ async def call_all(engine: Engine, requests: Sequence[Request], *, concurrency: 
         first = requests[idx[0]]
         async with sem:
             try:
+                guided = {"guide": first.guide} if structured and first.guide is not None else {}
                 coro = engine.generate([requests[i].prompt for i in idx], n=first.n,
-                                       max_tokens=first.max_tokens, temperature=first.temperature)
+                                       max_tokens=first.max_tokens, temperature=first.temperature, **guided)
                 replies = await (asyncio.wait_for(coro, timeout_s) if timeout_s else coro)
                 return _checked(replies, len(idx), first.n), False
             except asyncio.CancelledError:
@@ -196,13 +208,14 @@ async def call_all(engine: Engine, requests: Sequence[Request], *, concurrency: 
                 outcomes[i] = Outcome(tuple(r), None, 1)
         await asyncio.gather(*failed)
 
-    # a generate call takes one (n, max_tokens, temperature): group by it, keeping request order
+    # a generate call takes one (n, max_tokens, temperature, guide): group by it, keeping request order
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
         if not isinstance(r, Request):
             outcomes[i] = Outcome(None, f"bad_request: {type(r).__name__} is not a Request")
             continue
-        groups.setdefault((r.n, r.max_tokens, r.temperature), []).append(i)
+        guide = json.dumps(r.guide, sort_keys=True) if structured and r.guide is not None else None
+        groups.setdefault((r.n, r.max_tokens, r.temperature, guide), []).append(i)
     batches = [idx[s:s + batch_size] for idx in groups.values() for s in range(0, len(idx), batch_size)]
     await asyncio.gather(*(batch(b) for b in batches))
     return outcomes  # type: ignore[return-value]  # every slot is filled above
@@ -218,12 +231,14 @@ class ScriptedEngine:
                  fail: Callable[[str, int], bool] | None = None, delay_s: float = 0.0):
         self.reply, self.fail, self.delay_s = reply, fail, delay_s
         self.calls: list[list[str]] = []
+        self.guides: list[dict | None] = []  # each call's guide
         self.seen: dict[str, int] = {}
         self.in_flight = self.max_in_flight = 0
 
     async def generate(self, prompts: list[str], *, n: int, max_tokens: int,
-                       temperature: float) -> list[list[str]]:
+                       temperature: float, guide: dict | None = None) -> list[list[str]]:
         self.calls.append(list(prompts))
+        self.guides.append(guide)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -255,24 +270,25 @@ class EndpointEngine:
             raise ConfigError(f"EndpointEngine.mode must be 'chat' or 'completions', got {mode!r}")
         self.endpoint, self.mode, self.system, self.extra = endpoint, mode, system, extra
 
-    async def _one(self, prompt: str, n: int, max_tokens: int, temperature: float) -> list[str]:
+    async def _one(self, prompt: str, n: int, max_tokens: int, temperature: float, guide: dict | None) -> list[str]:
+        extra = {**(self.extra or {}), **endpoint_body(guide)}
         if self.mode == "chat":
             messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
                        [{"role": "user", "content": prompt}]
             resp = await self.endpoint.chat(messages, max_tokens=max_tokens, temperature=temperature, n=n,
-                                            extra=self.extra)
+                                            extra=extra)
             texts = [(c.get("message") or {}).get("content") or "" for c in _choices(resp)]
         else:
             resp = await self.endpoint.completions(prompt, max_tokens=max_tokens, temperature=temperature, n=n,
-                                                   extra=self.extra)
+                                                   extra=extra)
             texts = [c.get("text") or "" for c in _choices(resp)]
         if len(texts) != n:
             raise ValueError(f"asked the endpoint for {n} choices, got {len(texts)}")
         return texts
 
     async def generate(self, prompts: list[str], *, n: int, max_tokens: int,
-                       temperature: float) -> list[list[str]]:
-        return list(await asyncio.gather(*(self._one(p, n, max_tokens, temperature) for p in prompts),
+                       temperature: float, guide: dict | None = None) -> list[list[str]]:
+        return list(await asyncio.gather(*(self._one(p, n, max_tokens, temperature, guide) for p in prompts),
                                          return_exceptions=True))
 
 

@@ -141,7 +141,7 @@ async def plurality_step(engine: Engine, questions: list[dict], n: int | None = 
                        organic_answer=organic if isinstance(organic, str) and organic.strip() else None)
         rows.append(row)
         if bad is None:
-            jobs.append((row, Request.of(tmpl.render(question=text), config.sampling, n=n)))
+            jobs.append((row, Request.of(tmpl.render(question=text), config.sampling, n=n, guide=tmpl.guide)))
     outcomes = await call_all(engine, [r for _, r in jobs], **call.kwargs())
     for (row, _), out in zip(jobs, outcomes):
         if not out.ok:

@@ -175,7 +175,7 @@ async def qa_step(engine: Engine, seeds: list[dict], config: QAConfig = QAConfig
         slots.append([row])
         if bad is None:
             jobs.append((len(slots) - 1, text, Request.of(tmpl.render(passage=text, max_pairs=config.max_pairs),
-                                                          config.sampling)))
+                                                          config.sampling, guide=tmpl.guide)))
     outcomes = await call_all(engine, [r for _, _, r in jobs], **call.kwargs())
     for (i, text, _), out in zip(jobs, outcomes):
         base = slots[i][0]

@@ -302,7 +302,8 @@ async def reversal_step(engine: Engine, seeds: list[dict], config: ReversalConfi
             row["status"] = f"original_fails_tests: {v.status}"
     live = [r for r in live if r["status"] is None]
 
-    outs = await call_all(engine, [Request.of(to_instr.render(code=r["code"]), config.instruction) for r in live],
+    outs = await call_all(engine, [Request.of(to_instr.render(code=r["code"]), config.instruction, guide=to_instr.guide)
+                                   for r in live],
                           **call.kwargs())
     regen = []
     for row, out in zip(live, outs):
@@ -317,7 +318,7 @@ async def reversal_step(engine: Engine, seeds: list[dict], config: ReversalConfi
         else:
             regen.append(row)
 
-    outs = await call_all(engine, [Request.of(to_code.render(instruction=r["instruction"]), config.code)
+    outs = await call_all(engine, [Request.of(to_code.render(instruction=r["instruction"]), config.code, guide=to_code.guide)
                                    for r in regen], **call.kwargs())
     judged = []
     for row, out in zip(regen, outs):

@@ -107,7 +107,8 @@ async def revise_step(engine: Engine, seeds: list[dict], config: ReviseConfig = 
 
     active = [t for t in tasks if t.row["status"] is None]
     while active:
-        outs = await call_all(engine, [Request.of(crit_t.render(task=t.task, response=t.row["text"]), config.critique)
+        outs = await call_all(engine, [Request.of(crit_t.render(task=t.task, response=t.row["text"]), config.critique,
+                                                  guide=crit_t.guide)
                                        for t in active], **call.kwargs())
         to_revise = []
         for t, out in zip(active, outs):

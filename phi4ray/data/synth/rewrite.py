@@ -103,7 +103,8 @@ async def rewrite_step(engine: Engine, seeds: list[dict], config: RewriteConfig 
             row = make_row(SCHEMA, seed_id=sid, kind=kind, template_id=templates[kind].template_id, status=bad)
             rows.append(row)
             if bad is None:
-                jobs.append((row, text, Request.of(templates[kind].render(passage=text), config.sampling)))
+                jobs.append((row, text, Request.of(templates[kind].render(passage=text), config.sampling,
+                                                       guide=templates[kind].guide)))
     outcomes = await call_all(engine, [r for _, _, r in jobs], **call.kwargs())
     for (row, text, _), out in zip(jobs, outcomes):
         if not out.ok:

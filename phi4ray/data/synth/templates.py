@@ -10,6 +10,7 @@ File format (`templates/<name>.txt`):
     id: <name, equal to the file name>
     version: <positive integer>
     purpose: <one line>
+    output: <optional: a regex the answer must match, sent as a structured-output guide>
     ---
     <body with {placeholders}>
 
@@ -31,6 +32,7 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)\}|[{}]")
 _HEADER = ("id", "version", "purpose")
+_OPTIONAL = ("output",)
 
 
 class TemplateError(ValueError):
@@ -44,10 +46,17 @@ class Template:
     purpose: str
     body: str
     fields: frozenset[str]
+    # the form of the answer the step's parser reads, as a regex (phi4ray.serve.guide): the engine
+    # is held to it, so a small teacher's answer always parses; "" leaves the answer free
+    output: str = ""
 
     @property
     def id(self) -> str:
         return self.name
+
+    @property
+    def guide(self) -> dict | None:
+        return {"regex": self.output} if self.output else None
 
     @property
     def template_id(self) -> str:
@@ -56,7 +65,7 @@ class Template:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.body.encode()).hexdigest()[:12]
+        return hashlib.sha256((self.body + "\0" + self.output).encode()).hexdigest()[:12]
 
     def render(self, **values: object) -> str:
         """The body with every placeholder filled; a missing or unknown field raises TemplateError
@@ -82,11 +91,17 @@ def parse_template(text: str, name: str) -> Template:
     header: dict[str, str] = {}
     for line in head.strip().splitlines():
         key, colon, value = line.partition(":")
-        if not colon or key.strip() not in _HEADER:
-            raise TemplateError(f"template {name!r}: bad header line {line!r} (expected {', '.join(_HEADER)})")
+        if not colon or key.strip() not in _HEADER + _OPTIONAL:
+            raise TemplateError(f"template {name!r}: bad header line {line!r} "
+                                f"(expected {', '.join(_HEADER)}, optionally {', '.join(_OPTIONAL)})")
         header[key.strip()] = value.strip()
-    if set(header) != set(_HEADER):
+    if not set(_HEADER) <= set(header):
         raise TemplateError(f"template {name!r}: header lacks {sorted(set(_HEADER) - set(header))}")
+    output = header.get("output", "")
+    try:
+        re.compile(output)
+    except re.error as e:
+        raise TemplateError(f"template {name!r}: output is not a regex ({e})") from None
     if header["id"] != name:
         raise TemplateError(f"template {name!r}: header id {header['id']!r} differs from the file name")
     if not header["version"].isdigit() or int(header["version"]) < 1:
@@ -100,7 +115,7 @@ def parse_template(text: str, name: str) -> Template:
                                 "double literal braces ({{ and }})")
         if m.group(1):
             fields.add(m.group(1))
-    return Template(name, int(header["version"]), header["purpose"], body, frozenset(fields))
+    return Template(name, int(header["version"]), header["purpose"], body, frozenset(fields), output)
 
 
 @lru_cache(maxsize=None)
