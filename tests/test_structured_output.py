@@ -148,3 +148,41 @@ def test_the_fleet_holds_answers_to_their_guides(sampler_app):
         choice, rx = asyncio.run(call_all(engine, reqs, retries=0))
         assert choice.ok and set(choice.texts) <= {"red", "green", "blue"}, (engine, choice)
         assert rx.ok and all(re.fullmatch("(yes|no), [0-9]{2}", t) for t in rx.texts), (engine, rx)
+
+
+def test_the_step_report_counts_answers_in_the_asked_form():
+    # deferred: outputs imports every step module; only this test needs the report
+    from phi4ray.data.synth.outputs import step_report
+
+    def rows(*statuses, **extra):
+        return [{"seed_id": f"s{i}", "status": s, **extra} for i, s in enumerate(statuses)]
+    seeds = [{"seed_id": f"s{i}", "text": "t"} for i in range(4)]
+    rep = step_report("rewrite", seeds, rows("ok", "no_solution", "llm_error: Timeout", "bad_seed: no text"), 1, 1)
+    assert (rep["answers_read"], rep["parse_rate"]) == (2, 0.5)  # failures before any answer are not read
+    qa = [{"seed_id": "s0", "status": "ok"}, {"seed_id": "s0", "status": "duplicate_question"},
+          {"seed_id": "s1", "status": "no_pairs"}, {"seed_id": "s2", "status": "llm_error: x"},
+          {"seed_id": "s3", "status": "unsupported_answer: y"}]
+    assert step_report("qa", seeds, qa, 1, 1)["parse_rate"] == round(2 / 3, 4)  # per seed answered
+    plural = [{"seed_id": "s0", "status": "ok", "n_answers": 4, "n_parsed": 3},
+              {"seed_id": "s1", "status": "no_consensus", "n_answers": 4, "n_parsed": 1},
+              {"seed_id": "s2", "status": "llm_error: x"}, {"seed_id": "s3", "status": "too_easy", "n_answers": 4,
+                                                               "n_parsed": 4}]
+    assert step_report("plurality", [dict(s, question="q") for s in seeds], plural, 1, 1)["parse_rate"] == round(8 / 12, 4)
+
+
+def test_an_endpoint_judge_sends_its_guide_unless_told_the_endpoint_takes_none():
+    from phi4ray.posttrain.judge_endpoint import EndpointJudge
+
+    class Client:
+        def __init__(self):
+            self.extras = []
+
+        async def chat(self, messages, *, max_tokens, temperature, extra=None):
+            self.extras.append(extra)
+            return {"choices": [{"message": {"content": "accuracy: 9\nstyle: 9\ndetail: 9"}}]}
+
+    for structured, sent in ((True, endpoint_body(JUDGE_TEMPLATE.guide("single"))), (False, None)):
+        judge = EndpointJudge(config=None, structured=structured)
+        judge._client = Client()
+        assert parse_scores(asyncio.run(judge("rate", guide=JUDGE_TEMPLATE.guide("single")))) is not None
+        assert judge._client.extras == [sent]

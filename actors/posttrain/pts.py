@@ -109,7 +109,8 @@ def judge_round(run_dir: Path, cfg, app) -> dict:
     folder = app.folders.get(app.model_id)
     policy = FleetPolicy(model_id="sft", deployment=app.deployment, app=app.name, n=d.judge_responses,
                          max_tokens=cfg.pts.max_tokens, model_dir=folder)
-    judge = (EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env))
+    judge = (EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env),
+                           structured=d.judge_structured)
              if d.judge_url else FleetJudge(deployment=app.deployment, app=app.name, model_dir=folder))
     report = build_judged_pairs(prompts, [policy], judge, Path(run_dir) / "dpo" / "pairs_full",
                                 concurrency=cfg.pts.concurrency, oracle=check_answer)
@@ -157,7 +158,7 @@ STAGE = Stage(
     run=run,
     # the judge round (DPO round 2's pairs) runs here while the fleet is up
     sections=("pts", "arith", "seed", "dpo.judge_prompts", "dpo.judge_responses", "dpo.judge_url",
-              "dpo.judge_model", "dpo.judge_api_key_env"),
+              "dpo.judge_model", "dpo.judge_api_key_env", "dpo.judge_structured"),
     reads=("sft",),
     outputs=("pts", "dpo/pairs_full", "report/pts_p_query.png"),
     files=query_files,

@@ -53,8 +53,9 @@ class EndpointPolicy:
 class EndpointJudge:
     """A judge behind an external OpenAI-compatible endpoint, answering at temperature 0."""
 
-    def __init__(self, config, max_tokens: int = 256):
+    def __init__(self, config, max_tokens: int = 256, structured: bool = True):
         self.config, self.max_tokens, self._client = config, max_tokens, None
+        self.structured = structured  # False: the endpoint takes no guide, the answer's form is asked for in words only
 
     async def __call__(self, prompt_text: str, guide: dict | None = None) -> str:
         from phi4ray.serve.endpoint import OpenAIEndpoint  # deferred: httpx loads only for endpoint judges
@@ -62,7 +63,7 @@ class EndpointJudge:
         if self._client is None:
             self._client = OpenAIEndpoint(self.config)
         out = await self._client.chat([{"role": "user", "content": prompt_text}], max_tokens=self.max_tokens,
-                                      temperature=0.0, extra=endpoint_body(guide) or None)
+                                      temperature=0.0, extra=endpoint_body(guide if self.structured else None) or None)
         return (out["choices"][0].get("message") or {}).get("content") or ""
 
     async def aclose(self) -> None:

@@ -55,6 +55,9 @@ class DPOConfig:
     judge_url: str = ""
     judge_model: str = ""
     judge_api_key_env: str = "OPENAI_API_KEY"
+    # the judge endpoint takes vLLM's `structured_outputs` (its scores and verdict held to their
+    # forms); false for an API without it, e.g. OpenAI's
+    judge_structured: bool = True
     # what the pairs are for, before and after (phi4ray.posttrain.heldout): p(success) on held-out
     # queries, `heldout_samples` samples each. A query file (as pts.queries_file; its first
     # `heldout_size` rows), or "" for the toy domain's held-out questions (sft.heldout of them)

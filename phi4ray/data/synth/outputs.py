@@ -64,8 +64,11 @@ def step_report(step: str, seeds: list[dict], rows: list[dict], chunks: int, red
         for r in rows:
             if len(shown) < 3 and pick(r) and r["seed_id"] not in {x["seed_id"] for x in shown}:
                 shown.append(r)
+    parsed, read = spec.form(rows)
     return {"seeds_in": len(seeds), "rows_out": len(rows), "ok": len(ok), "dropped": dict(sorted(reasons.items())),
             "acceptance_rate": round(len(ok) / len(rows), 4) if rows else None,
+            # of the teacher's answers a parser read, the share in the form it asked for
+            "answers_read": read, "parse_rate": round(parsed / read, 4) if read else None,
             "seeds_with_output": len({r["seed_id"] for r in ok}),
             "llm_errors": reasons.get("llm_error", 0), "chunks": chunks, "chunks_run": redone,
             "examples": [{"seed_id": r["seed_id"], "status": r["status"],

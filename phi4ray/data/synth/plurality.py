@@ -31,7 +31,7 @@ SCHEMA = pa.schema([("seed_id", pa.string()), ("template_id", pa.string()), ("st
                     ("question", pa.string()), ("answer", pa.string()), ("answer_source", pa.string()),
                     ("organic_answer", pa.string()), ("majority_answer", pa.string()),
                     ("majority_solution", pa.string()), ("majority_share", pa.float64()),
-                    ("n_answers", pa.int32()), ("cluster_sizes", pa.list_(pa.int32()))])
+                    ("n_answers", pa.int32()), ("n_parsed", pa.int32()), ("cluster_sizes", pa.list_(pa.int32()))])
 
 
 @dataclass(frozen=True)
@@ -152,5 +152,6 @@ async def plurality_step(engine: Engine, questions: list[dict], n: int | None = 
         row.update(status=res.status, answer=res.answer, answer_source=res.answer_source,
                    majority_answer=res.majority_answer, majority_solution=res.majority_solution,
                    majority_share=res.majority_share, n_answers=len(res.extracted),
+                   n_parsed=sum(a is not None for a in res.extracted),
                    cluster_sizes=list(res.cluster_sizes))
     return rows
