@@ -28,6 +28,7 @@ from phi4ray.data.synth.outputs import OUT_SCHEMA, check_counts
 from phi4ray.data.synth.runner import LocalRunner, synthesize
 from phi4ray.data.synth.seeds import code_seeds, pick_documents, prose_seeds
 from phi4ray.data.synth.steps import STEPS
+from phi4ray.data.synth.templates import load_template
 from phi4ray.model.phi4_tokenizer import IM_END, phi4_tokenizer
 from phi4ray.presets import run_preset
 from phi4ray.run import manifest
@@ -282,7 +283,10 @@ def test_a_changed_step_config_redoes_only_that_step(tmp_path):
     after = {s: sorted(p.name for p in (tmp_path / "synthesize" / s).glob("*")) for s in STEPS}
     assert all(after[s] == before[s] for s in STEPS if s != "rewrite")
     assert len(after["rewrite"]) == 2 and not set(after["rewrite"]) & set(before["rewrite"])  # stale files gone
-    assert len(engine.calls) == 2 and all("[Passage]" in p for call in engine.calls for p in call)
+    # only rewrite asked the teacher again: per chunk (2), one call per answer form (kinds with a guide
+    # of their own, and the free-form ones together)
+    forms = {json.dumps(load_template(f"rewrite_{k}").guide) for k in cfg.synth.rewrite.kinds}
+    assert len(engine.calls) == 2 * len(forms) and all("[Passage]" in p for call in engine.calls for p in call)
     rep = report(tmp_path)
     assert rep["steps"]["rewrite"]["dropped"] == {"too_short": 12} and "web_rewrites" not in {
         p.parent.name for p in (tmp_path / "synthetic").rglob("*.parquet")}
