@@ -24,7 +24,8 @@ def text(i: int) -> str:
 
 
 def corpus(n: int = 40, seed: int = 0) -> list[dict]:
-    return [{"source": src, "doc_id": f"d{i}", "text": text(i), "rank": rank(seed, src, f"d{i}")}
+    """Documents whose page scores come in five levels (ties broken by rank)."""
+    return [{"source": src, "doc_id": f"d{i}", "text": text(i), "rank": rank(seed, src, f"d{i}"), "score": (i % 5) / 5}
             for src in ("web", "books") for i in range(n)]
 
 
@@ -65,6 +66,23 @@ def test_seeds_from_candidates_equal_seeds_from_every_document():
     # the prose pool is the first 4 * seeds documents of all prose sources together
     pool = sorted(docs, key=order)[:4 * cfg.synth.seeds]
     assert {p["seed_id"].split("#")[0] for p in passages} <= {f"{d['source']}:{d['doc_id']}" for d in pool}
+
+
+def test_seeds_are_the_best_passages_of_the_best_pages():
+    """Page then passage: the pool is the best-scored pages; of their passages, the densest in facts
+    and reasoning become seeds, whatever their place in the page order."""
+    cfg = config(n_seeds=2)
+    docs = corpus()
+    top = top_documents(docs, cfg.synth)
+    assert all(d["score"] == 0.8 for d in top["web"])  # the best level (8 documents per source)
+    plain = "A short note on the weather, written on a quiet afternoon at the coast with friends."
+    dense = ("In 1848 the river rose 3.2 m because the dam failed; therefore the mill stopped, and hence "
+             "the town lost 40% of its flour. It follows that the dam caused the shortage.")
+    last = top["web"][-1]["doc_id"]  # the dense passage sits in the last page of the order
+    pages = [{**d, "text": dense if d["doc_id"] == last else plain} for d in top["web"]]
+    picked = prose_seeds({"web": pages}, cfg.synth)
+    assert picked[0]["text"] == dense and len(picked) == 2
+    assert seeds.passage_score(dense) > seeds.passage_score(plain)
 
 
 def write(path, rows) -> None:

@@ -283,9 +283,10 @@ def test_a_changed_step_config_redoes_only_that_step(tmp_path):
     after = {s: sorted(p.name for p in (tmp_path / "synthesize" / s).glob("*")) for s in STEPS}
     assert all(after[s] == before[s] for s in STEPS if s != "rewrite")
     assert len(after["rewrite"]) == 2 and not set(after["rewrite"]) & set(before["rewrite"])  # stale files gone
-    # only rewrite asked the teacher again: per chunk (2), one call per answer form (kinds with a guide
-    # of their own, and the free-form ones together)
-    forms = {json.dumps(load_template(f"rewrite_{k}").guide) for k in cfg.synth.rewrite.kinds}
+    # only rewrite asked the teacher again: per chunk (2), one call per answer form sent (kinds with a
+    # guide of their own, and the free-form ones together; one when no guides are sent)
+    forms = {json.dumps(load_template(f"rewrite_{k}").guide if cfg.synth.call.structured else None)
+             for k in cfg.synth.rewrite.kinds}
     assert len(engine.calls) == 2 * len(forms) and all("[Passage]" in p for call in engine.calls for p in call)
     rep = report(tmp_path)
     assert rep["steps"]["rewrite"]["dropped"] == {"too_short": 12} and "web_rewrites" not in {

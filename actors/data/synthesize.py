@@ -24,7 +24,8 @@ from phi4ray.data.synth.teacher import check_teacher, endpoint_engine, endpoint_
 from phi4ray.run.console import progress
 from phi4ray.run.stage import Stage, StageResult
 
-CANDIDATES = pa.schema([("source", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("rank", pa.int64())])
+CANDIDATES = pa.schema([("source", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("rank", pa.int64()),
+                        ("score", pa.float64())])
 
 
 def file_candidates(batch: pa.Table, root: str, seed: int, synth) -> pa.Table:
@@ -39,7 +40,7 @@ def pick_documents(run_dir: Path, cfg) -> tuple[str, dict[str, list[dict]]]:
     """phi4ray.data.synth.seeds.pick_documents on Ray Data: the same documents, whatever the blocks.
     Files are the read unit (a document without an id is `<file>:<row>`, so its row must be counted
     from the file's start); each source's candidates are the `pool_size` first of the files' picks
-    by (rank, doc_id, text), a distributed sort + limit."""
+    by (score descending, rank, doc_id, text), a distributed sort + limit."""
     import ray.data  # deferred: the CLI imports this module to list stages without loading Ray
     from ray.data.expressions import col  # deferred: with ray.data, above
 
@@ -49,10 +50,13 @@ def pick_documents(run_dir: Path, cfg) -> tuple[str, dict[str, list[dict]]]:
                            fn_kwargs={"root": str(root), "seed": cfg.seed, "synth": cfg.synth}).materialize()
     docs = {}
     for src in sorted({Path(r).parts[0] for r in rels}):
-        rows = (picks.filter(expr=col("source") == src).sort(["rank", "doc_id", "text"])
+        # phi4ray.data.synth.seeds.order: the page score best first, then rank, doc_id, text
+        rows = (picks.filter(expr=col("source") == src)
+                .sort(["score", "rank", "doc_id", "text"], descending=[True, False, False, False])
                 .limit(pool_size(src, cfg.synth)).take_all())
         if rows:  # a source of blank documents only offers none
-            docs[src] = [{"source": src, "doc_id": r["doc_id"], "text": r["text"], "rank": int(r["rank"])}
+            docs[src] = [{"source": src, "doc_id": r["doc_id"], "text": r["text"], "rank": int(r["rank"]),
+                          "score": float(r["score"])}
                          for r in rows]
     return origin, docs
 

@@ -89,6 +89,9 @@ class PhiSampler(LLMServer):
                                          request_id=f"phi4ray-{uuid.uuid4().hex}"):
             final = out
         self._served += 1
+        aborted = [c.finish_reason for c in final.outputs if c.finish_reason not in ("stop", "length")]
+        if aborted:  # not an answer (an abort, a guide the engine gave up on): fail it, so the caller retries
+            raise RuntimeError(f"the engine ended the request without an answer (finish_reason {aborted[0]!r})")
         return [
             {"token_ids": list(c.token_ids),
              "logprobs": [float(lp[t].logprob) for t, lp in zip(c.token_ids, c.logprobs)],

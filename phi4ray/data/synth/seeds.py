@@ -8,11 +8,15 @@
   problems (phi4ray.toy.arith) with their references as organic answers.
 Every seed has a stable `seed_id`; the same documents and config always give the same seeds.
 
-Which documents: each has a `rank` (a hash of the run's seed, its source and doc_id), and each
-source offers its `pool_size` documents first by rank (`top_documents`). That pick is the same per
+Which documents, page then passage (the report's two-stage seed filter): each document has a
+`score`, the page quality classifier's `quality_score` from curation (0 where a file has none),
+and a `rank` (a hash of the run's seed, its source and doc_id) that breaks ties. Each source offers
+its `pool_size` best documents (`top_documents`, by score, then rank). That pick is the same per
 file and then over the files' picks as over everything at once, so actors.data.synthesize runs it as a
-Ray Data pass (only the candidates reach the driver) and `pick_documents` runs it here, on the same
-files, with the same result; the seed functions below then work on those few candidates.
+Ray Data pass (only the candidates reach the driver, a few per seed: bounded by `synth.seeds`,
+never by the corpus) and `pick_documents` runs it here, on the same files, with the same result.
+Then passages: the candidates' passages are ranked by their passage scores (the mean of
+`passage_scores`' factual and reasoning densities) and the best `synth.seeds` become seeds.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow.parquet as pq
 
 from phi4ray.data.corpus import spread, write_builtin_corpus
-from phi4ray.data.curate.passages import segment_passages
+from phi4ray.data.curate.passages import passage_scores, segment_passages
 from phi4ray.data.synth import qa, reversal
 from phi4ray.toy.arith import make_arithmetic
 
@@ -46,9 +50,15 @@ def rank(seed: int, source: str, doc_id: str) -> int:
 
 
 def order(doc: dict) -> tuple:
-    """The draw's total order: rank, then doc_id and text, so two rows of one (source, doc_id)
-    still sort the same way whatever order they are read in."""
-    return doc["rank"], doc["doc_id"], doc["text"]
+    """The draw's total order: the page score (best first), then rank, doc_id and text, so two rows
+    of one (source, doc_id) still sort the same way whatever order they are read in."""
+    return -doc["score"], doc["rank"], doc["doc_id"], doc["text"]
+
+
+def passage_score(text: str) -> float:
+    """A passage's worth as a seed: the mean of its factual and reasoning densities."""
+    sc = passage_scores([text])[0]
+    return (sc["factual"] + sc["reasoning"]) / 2
 
 
 def pool_size(source: str, s) -> int:
@@ -73,23 +83,28 @@ def seed_files(run_dir: Path, cfg) -> tuple[str, Path, list[str]]:
 
 
 def file_documents(root: Path, rel: str, seed: int) -> Iterator[dict]:
-    """The documents of one file {"source", "doc_id", "text", "rank"}, read READ_ROWS rows at a time
-    (a file's size never sits in memory). Without a doc_id/id column a document is `<rel>:<row>`;
-    a null or blank text seeds nothing."""
+    """The documents of one file {"source", "doc_id", "text", "rank", "score"}, read READ_ROWS rows
+    at a time (a file's size never sits in memory). Without a doc_id/id column a document is
+    `<rel>:<row>`; without a quality_score column (or a null one) its score is 0; a null or blank
+    text seeds nothing."""
     f, source = Path(root) / rel, PurePosixPath(rel).parts[0]
     pf = pq.ParquetFile(f)
     names = pf.schema_arrow.names
     if "text" not in names:
         raise ValueError(f"synthesize: {f} has no 'text' column")
     id_col = next((c for c in ("doc_id", "id") if c in names), None)
+    score_col = "quality_score" if "quality_score" in names else None
     row = 0
-    for batch in pf.iter_batches(batch_size=READ_ROWS, columns=["text"] + ([id_col] if id_col else [])):
+    cols = ["text"] + [c for c in (id_col, score_col) if c]
+    for batch in pf.iter_batches(batch_size=READ_ROWS, columns=cols):
         texts = batch.column("text").to_pylist()
         ids = batch.column(id_col).to_pylist() if id_col else [None] * len(texts)
-        for doc_id, text in zip(ids, texts):
+        scores = batch.column(score_col).to_pylist() if score_col else [None] * len(texts)
+        for doc_id, text, score in zip(ids, texts, scores):
             if isinstance(text, str) and text.strip():
                 doc_id = str(doc_id) if doc_id not in (None, "") else f"{rel}:{row}"
-                yield {"source": source, "doc_id": doc_id, "text": text, "rank": rank(seed, source, doc_id)}
+                yield {"source": source, "doc_id": doc_id, "text": text, "rank": rank(seed, source, doc_id),
+                       "score": float(score) if score is not None else 0.0}
             row += 1
 
 
@@ -129,14 +144,16 @@ def _pool(docs: dict[str, list[dict]], code: bool, k: int) -> list[dict]:
 
 
 def prose_seeds(docs: dict[str, list[dict]], s) -> list[dict]:
-    """`s.seeds` passages {"seed_id", "text", "source"} spread over the passages of the prose
-    documents first in the draw (`docs`: documents with their rank, by source)."""
+    """The `s.seeds` best passages {"seed_id", "text", "source"} by passage score (ties: the page
+    order, then the passage's place) of the prose documents first in the draw (`docs`: documents
+    with their score and rank, by source)."""
     out = []
-    for d in _pool(docs, False, 4 * s.seeds):  # a few documents per seed: some give no passage that fits
+    for i, d in enumerate(_pool(docs, False, 4 * s.seeds)):  # a few documents per seed: some give no passage that fits
         for k, p in enumerate(segment_passages(d["text"], s.passage_max_chars, s.passage_min_chars)):
             if s.passage_min_chars <= len(p) <= s.passage_max_chars:  # a long code block stays whole: skip it
-                out.append({"seed_id": f"{d['source']}:{d['doc_id']}#{k}", "text": p, "source": d["source"]})
-    return spread(_unique(out), s.seeds)
+                out.append((-passage_score(p), i, k, {"seed_id": f"{d['source']}:{d['doc_id']}#{k}", "text": p,
+                                                      "source": d["source"]}))
+    return _unique([seed for *_, seed in sorted(out, key=lambda t: t[:3])])[:s.seeds]
 
 
 def revise_seeds(passages: list[dict]) -> list[dict]:
