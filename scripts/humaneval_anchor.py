@@ -28,9 +28,8 @@ def recorded(run_dir: Path, model: str, n: int) -> tuple[list[dict], int]:
     for line in (run_dir / "eval" / model / "humaneval.jsonl").read_text().splitlines():
         rec = json.loads(line)
         by_id[rec["id"]] = rec
-    conf = json.loads((run_dir / "manifests" / "eval.json").read_text())["config"]
-    max_tokens = conf["eval"]["max_tokens"] if "eval" in conf else conf["max_tokens"]
-    return list(by_id.values())[:n], int(max_tokens)
+    conf = json.loads((run_dir / "manifests" / "eval.json").read_text())["config"]  # the stage's sections
+    return list(by_id.values())[:n], int(conf["eval"]["max_tokens"])
 
 
 def main() -> None:

@@ -62,6 +62,13 @@ def load_suite_jsonl(path: str | os.PathLike, name: str | None = None) -> Suite:
         raise SuiteError(f"{path}: {e}") from None
 
 
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_suite_jsonl(suite: Suite, path: str | os.PathLike) -> Path:
     """Write the suite as JSONL (atomically: a reader never sees half a file)."""
     path = Path(path)

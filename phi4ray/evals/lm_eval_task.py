@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from phi4ray.evals.jsonl import atomic_write
 from phi4ray.evals.kinds import render_prompt
 from phi4ray.evals.schema import Suite
 from phi4ray.run.errors import ConfigError
@@ -397,7 +398,5 @@ def lm_eval_model(base_url: str, model: str, tasks: list[str] | tuple[str, ...],
                             num_concurrent=num_concurrent, timeout_s=timeout_s, api_key_env=api_key_env)["tasks"]
     record = {"key": key, "lm_eval_version": key["lm_eval"], "served_as": model,
               "tasks": {t: new[t] if t in new else kept[t] for t in tasks}}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(record, indent=1))
     return record

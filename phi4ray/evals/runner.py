@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phi4ray.evals.jsonl import atomic_write
 from phi4ray.evals.kinds import Grade, get_kind, render_completion, render_prompt
 from phi4ray.evals.schema import EvalItem, Suite
 from phi4ray.serve.endpoint import EndpointError, OpenAIEndpoint
@@ -313,21 +314,15 @@ async def run_suites(endpoint: OpenAIEndpoint, suites: list[Suite], *, out_dir: 
     return results
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_results(results: list[SuiteResult], out_dir: str | os.PathLike) -> Path:
     """Write `<suite>.jsonl` (one record per item, in suite order: the append log compacted) and
     `summary.json` (every suite's summary); returns the summary's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for r in results:
-        _atomic_write(out / f"{r.suite}.jsonl", "".join(json.dumps(rec, ensure_ascii=False) + "\n"
+        atomic_write(out / f"{r.suite}.jsonl", "".join(json.dumps(rec, ensure_ascii=False) + "\n"
                                                         for rec in r.records))
     summary = out / "summary.json"
-    _atomic_write(summary, json.dumps({"suites": {r.suite: r.summary() for r in results}}, indent=2,
+    atomic_write(summary, json.dumps({"suites": {r.suite: r.summary() for r in results}}, indent=2,
                                       ensure_ascii=False) + "\n")
     return summary

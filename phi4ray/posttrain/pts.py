@@ -162,10 +162,11 @@ class PivotSearch:
         fut.set_result(est)
         self._memo[tuple(prefix)] = fut
 
-    async def _p(self, sol: list[int], k: int) -> float:
+    async def _p(self, sol: list[int], k: int, fresh: int = 0) -> float:
+        """p after sol[:k]: the memoised estimate, or with `fresh` > 0 one of that many new rollouts."""
         if k == len(sol):  # the complete solution: success is known, nothing to sample
             return float(self.oracle(sol))
-        return (await self.estimate(sol[:k])).p
+        return (await self.rollouts(sol[:k], fresh))[1].p if fresh else (await self.estimate(sol[:k])).p
 
     async def subdivide(self, sol: list[int], logprobs: list[float], a: int,
                         b: int) -> list[tuple[int, int, float, float]]:
@@ -193,17 +194,12 @@ class PivotSearch:
         n = self.cfg.confirm_samples
         (_, before), after = await asyncio.gather(
             self.rollouts(sol[:pv.position], n),
-            self._fresh_p(sol, pv.position + 1, n))
+            self._p(sol, pv.position + 1, fresh=n))
         if self.cfg.memo:
             (await self.estimate(sol[:pv.position])).rollouts.extend(before.rollouts)
         if abs(after - before.p) < self.cfg.p_gap or (after > before.p) != (pv.p_after > pv.p_before):
             return None
         return Pivot(pv.position, pv.token, before.p, after)
-
-    async def _fresh_p(self, sol: list[int], k: int, n: int) -> float:
-        if k == len(sol):  # the complete solution: its success is known, not estimated
-            return float(self.oracle(sol))
-        return (await self.rollouts(sol[:k], n))[1].p
 
 
 @dataclass

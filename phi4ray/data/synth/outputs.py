@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from phi4ray.data.synth.chunks import write_table
-from phi4ray.data.synth.steps import STEPS
+from phi4ray.data.synth.steps import STEPS, why
 from phi4ray.toy.synth import DROPPED_SCHEMA as TOY_DROPPED_SCHEMA
 from phi4ray.toy.synth import STEP as TOY
 from phi4ray.toy.synth import ToySource
@@ -39,11 +39,6 @@ def _excerpt(text) -> str | None:
     return None if text is None else (text if len(text) <= EXCERPT else text[:EXCERPT] + "…")
 
 
-def _why(row: dict) -> str:
-    """A status's reason without its detail ("llm_error: TimeoutError: ..." -> "llm_error")."""
-    return (row["status"] or "none").split(":", 1)[0]
-
-
 def check_counts(step: str, seeds: list[dict], rows: list[dict]) -> None:
     """Every seed in shows up in the rows, and no row belongs to a seed that was not in."""
     want, got = [x["seed_id"] for x in seeds], {r["seed_id"] for r in rows}
@@ -56,11 +51,11 @@ def check_counts(step: str, seeds: list[dict], rows: list[dict]) -> None:
 def step_report(step: str, seeds: list[dict], rows: list[dict], chunks: int, redone: int) -> dict:
     spec = STEPS[step]
     ok = [r for r in rows if r["status"] == "ok"]
-    reasons = Counter(_why(r) for r in rows if r["status"] != "ok")
+    reasons = Counter(why(r) for r in rows if r["status"] != "ok")
     by_id = {x["seed_id"]: x for x in seeds}
     shown: list[dict] = []
     # up to 3 rows, each from another seed: kept rows first, then one per drop reason, then any
-    for pick in (lambda r: r["status"] == "ok", lambda r: _why(r) not in {_why(x) for x in shown}, lambda r: True):
+    for pick in (lambda r: r["status"] == "ok", lambda r: why(r) not in {why(x) for x in shown}, lambda r: True):
         for r in rows:
             if len(shown) < 3 and pick(r) and r["seed_id"] not in {x["seed_id"] for x in shown}:
                 shown.append(r)

@@ -27,11 +27,16 @@ def _code_block(code: str | None) -> str | None:
     return f"```python\n{code.strip()}\n```" if code else None
 
 
+def why(row: dict) -> str:
+    """A row status's reason without its detail ("llm_error: TimeoutError: ..." -> "llm_error")."""
+    return (row["status"] or "none").split(":", 1)[0]
+
+
 def _rows_form(read: set[str], unparsed: set[str]):
     """(answers in the asked form, answers read) over rows whose status (its reason, before any
     ":") says a parser read the teacher's answer: `read`, of which `unparsed` lacked the form."""
     def count(rows: list[dict]) -> tuple[int, int]:
-        whys = [(r["status"] or "").split(":", 1)[0] for r in rows]
+        whys = [why(r) for r in rows]
         n = sum(w in read for w in whys)
         return n - sum(w in unparsed for w in whys), n
     return count
@@ -39,7 +44,7 @@ def _rows_form(read: set[str], unparsed: set[str]):
 
 def _qa_form(rows: list[dict]) -> tuple[int, int]:
     """Per seed: a reply with at least one Question/Reasoning/Answer block, of the seeds answered."""
-    answered = {r["seed_id"] for r in rows if (r["status"] or "").split(":", 1)[0] not in ("llm_error", "bad_seed")}
+    answered = {r["seed_id"] for r in rows if why(r) not in ("llm_error", "bad_seed")}
     empty = {r["seed_id"] for r in rows if r["status"] == "no_pairs"}
     return len(answered - empty), len(answered)
 
