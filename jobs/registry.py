@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from actors.data import curate, synthesize, tokenize
 from actors.evals import stage as eval_stage
-from actors.posttrain import pts
+from actors.posttrain import dpo_stage, pts
 from actors.serve import stage as serve_stage
-from actors.train import dpo_stage, sft_stage
 from actors.train import pretrain_stages as train_stages
+from actors.train import sft_stage
 from phi4ray.model import init_model
 from phi4ray.run.stage import Stage
 
@@ -21,7 +21,8 @@ STAGES: list[Stage] = [
     train_stages.MIDTRAIN,
     sft_stage.STAGE,
     pts.STAGE,
-    dpo_stage.STAGE,
+    dpo_stage.ROUND1,
+    dpo_stage.ROUND2,
     eval_stage.STAGE,
     serve_stage.STAGE,
 ]

@@ -156,7 +156,8 @@ def tiny() -> RunConfig:
         pts=PTSConfig(queries=64, samples_per_estimate=16, max_tokens=32),
         # with the chosen-side NLL term (sft_weight): plain DPO lowered held-out success on the
         # tiny run (docs/benchmarks.md, "Tiny-run results")
-        dpo=DPOConfig(beta=0.1, sft_weight=1.0, judge_prompts=16, train=TrainConfig(
+        # no round 2 (dpo2): its judge would be the run's own tiny model; the smol preset runs it
+        dpo=DPOConfig(beta=0.1, sft_weight=1.0, train=TrainConfig(
             batch_size=16, micro_batch_size=8, steps=30, lr=1e-4, warmup_steps=3, min_lr_ratio=1.0,
             weight_decay=0.0, checkpoint_every=15, log_every=5)),
         # the teacher is the run's own (random) model here: every step runs and its filters
@@ -199,7 +200,8 @@ SMOL_QUERIES = Path(__file__).parent / "posttrain" / "data"
 
 def smol() -> RunConfig:
     """Post-training a real pretrained model on a laptop CPU: SmolLM2-135M-Instruct imported with its
-    own tokenizer and chat template, then SFT -> PTS -> DPO -> eval (HumanEval) -> serve.
+    own tokenizer and chat template, then SFT -> PTS -> DPO round 1 -> DPO round 2 (judged) -> eval
+    (HumanEval) -> serve.
 
     Sized for a 2-core machine, where the 135M model samples about 120 tokens/s and trains a
     1K-token step in about 10 s: every figure below is a count of those (docs/benchmarks.md)."""
@@ -207,7 +209,7 @@ def smol() -> RunConfig:
                        min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=6, log_every=2)
     return RunConfig(
         preset="smol", model=model_preset("smollm2-135m"), export_dtype="float32", import_from=SMOL_GGUF,
-        stages=("init", "sft", "pts", "dpo", "eval", "serve"),
+        stages=("init", "sft", "pts", "dpo", "dpo2", "eval", "serve"),
         # no pre- or midtraining: these only keep the config consistent with the model's context
         data=DataConfig(seq_len=1024), midtrain=MidtrainConfig(rope_theta=100_000.0),
         # a light touch: the toy domain's worked solutions at a small learning rate, so SFT runs on
@@ -216,14 +218,18 @@ def smol() -> RunConfig:
         # choice answers ("The answer is (B).") take ~8 tokens: 20 leaves room, not rambling
         pts=PTSConfig(queries=24, queries_file=str(SMOL_QUERIES / "smol_queries_train.jsonl"),
                       queries_kind="choice", samples_per_estimate=8, max_tokens=20, concurrency=32),
+        # round 2: the round-1 model answers PTS's training questions 4 times each and judges its
+        # answers (guided, so they parse); the choice oracle decides accuracy. 48 tokens: room
+        # for a short explanation before "The answer is (X)", so fewer answers are cut off
         dpo=DPOConfig(beta=0.1, sft_weight=1.0, heldout_queries=str(SMOL_QUERIES / "smol_queries_heldout.jsonl"),
-                      heldout_size=16, heldout_samples=16,
+                      heldout_size=16, heldout_samples=16, judge_prompts=24, judge_max_tokens=48,
+                      judge_prompts_file=str(SMOL_QUERIES / "smol_queries_train.jsonl"),
                       train=dataclasses.replace(post, steps=8, lr=1e-5, batch_size=8, micro_batch_size=4,
                                                 checkpoint_every=8)),
-        # HumanEval pass@1, greedy, for the imported model, SFT's and DPO's: 20 of the 164 problems
+        # HumanEval pass@1, greedy, for the imported model and each post-training stage's: 20 of the 164 problems
         # (all 164 take ~40 min a model here; eval.size=164 on a bigger machine)
         eval=EvalConfig(suites=("humaneval",), size=20, max_tokens=256, temperature=0.0, concurrency=32,
-                        models=("init", "sft", "dpo")),
+                        models=("init", "sft", "dpo", "dpo2")),
     )
 
 

@@ -12,10 +12,12 @@ from jobs.cli import main
 from jobs.registry import STAGES
 from phi4ray.presets import resolve_config, run_preset
 from phi4ray.run.overrides import OverrideError, apply_overrides
+from phi4ray.train.jobs import model_fingerprint
 from phi4ray.train.metrics import read_metrics
 from tests.test_eval_stage import check_eval_outputs
 
-DESIGN_STAGES = ["curate", "synthesize", "tokenize", "pretrain", "midtrain", "sft", "pts", "dpo", "eval", "serve"]
+DESIGN_STAGES = ["curate", "synthesize", "tokenize", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2", "eval",
+                 "serve"]
 
 
 def test_help_lists_every_stage():
@@ -52,7 +54,7 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     argv = [sys.executable, "-m", "jobs.cli", "run", "--preset", "tiny", "--run-dir", str(tmp_path),
             "model.n_layers=2", f"serve.port={free_port()}", "curate.builtin_docs=12",
             "curate.quality.annotate_docs=8", "synth.seeds=1", "synth.steps=rewrite,reversal", "eval.size=2",
-            "eval.max_tokens=16", "eval.models=init,sft,dpo",
+            "eval.max_tokens=16", "eval.models=init,sft,dpo,dpo2",
             "pretrain.steps=4", "pretrain.checkpoint_every=2", "pretrain.log_every=2",
             "midtrain.train.steps=2", "midtrain.train.checkpoint_every=2", "midtrain.train.log_every=1",
             # enough SFT that the "name a prime" questions land in PTS's band (p ~ the teacher's 0.5;
@@ -62,14 +64,17 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
             "sft.train.micro_batch_size=2", "sft.train.warmup_steps=2", "sft.train.min_lr_ratio=1.0",
             "sft.train.checkpoint_every=30", "sft.train.log_every=10",
             "pts.queries=12", "pts.samples_per_estimate=4", "pts.max_tokens=12",
-            "dpo.judge_prompts=2", "dpo.judge_responses=2", "dpo.train.micro_batch_size=1", "dpo.train.batch_size=2",
+            # round 2: toy questions answered 4 times by the round-1 model, room to finish (PTS's 12
+            # tokens cut most answers off); its guided judge parses and the toy oracle decides accuracy
+            "dpo.judge_prompts=12", "dpo.judge_responses=4", "dpo.judge_max_tokens=32",
+            "dpo.train.micro_batch_size=1", "dpo.train.batch_size=2",
             "dpo.train.steps=2", "dpo.train.checkpoint_every=2", "dpo.train.log_every=1"]
     first = _run(argv, timeout=1200)
     assert first.returncode == 0, first.stderr[-3000:]
     init = json.loads((tmp_path / "manifests" / "init.json").read_text())
     assert init["complete"] and init["config"]["model"]["n_layers"] == 2
     assert (tmp_path / "models" / "init" / "model.safetensors").is_file()
-    for stage in ("curate", "synthesize", "tokenize", "pretrain", "midtrain", "sft", "pts", "dpo"):
+    for stage in ("curate", "synthesize", "tokenize", "pretrain", "midtrain", "sft", "pts", "dpo", "dpo2"):
         assert json.loads((tmp_path / "manifests" / f"{stage}.json").read_text())["complete"]
     assert (tmp_path / "tokens_midtrain" / "tokenize_record.json").is_file()  # midtraining's own mixture
     sft = json.loads((tmp_path / "manifests" / "sft.json").read_text())["counts"]
@@ -77,17 +82,26 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     pts = json.loads((tmp_path / "manifests" / "pts.json").read_text())["counts"]
     assert pts["queries"] == 12 == pts["kept"] + pts["too_easy"] + pts["too_hard"] and pts["samples"] > 0
     assert pts["kept"] >= 1 and pts["pairs"] >= 2
-    judged = pts["judge_round"]  # round 2 ran on the fleet too; its counts add up
-    assert judged["prompts_in"] == 2 == judged["pairs"] + sum(judged["no_pair"].values())
     # DPO trained on the run's own pairs, FSDP2 over 2 Ray Train workers (1 vs 2 workers: tests/test_dpo_workers.py)
     dpo = json.loads((tmp_path / "manifests" / "dpo.json").read_text())["counts"]
-    assert dpo["train_pairs"] + dpo["heldout_pairs"] == pts["pairs"] + judged["pairs"] and dpo["train_pairs"] >= 2
+    assert dpo["train_pairs"] + dpo["heldout_pairs"] == pts["pairs"] and dpo["train_pairs"] >= 2
     steps = read_metrics(tmp_path, "dpo")
     assert [m["step"] for m in steps] == [1, 2] and {m["world_size"] for m in steps} == {2}
     assert all(math.isfinite(m["loss"]) and math.isfinite(m["reward_margin"]) and m["step_tokens"] > 0 for m in steps)
     assert (tmp_path / "models" / "dpo" / "model.safetensors").is_file()
     assert (dpo["heldout_margin_before"] is not None) == (dpo["heldout_pairs"] > 0)  # measured where pairs were held out
     print(f"\ne2e dpo: {dpo}; steps {steps}")
+    # round 2: judged pairs from the round-1 model, DPO from it into models/dpo2
+    dpo2 = json.loads((tmp_path / "manifests" / "dpo2.json").read_text())["counts"]
+    judged = dpo2["judge_round"]
+    assert judged["prompts_in"] == 12 == judged["pairs"] + sum(judged["no_pair"].values())
+    assert judged["policies"] == ["dpo"] and judged["judge_calls"] > 0
+    assert dpo2["train_pairs"] + dpo2["heldout_pairs"] == judged["pairs"] and dpo2["train_pairs"] >= 2, dpo2
+    assert [m["step"] for m in read_metrics(tmp_path, "dpo2")] == [1, 2]
+    assert json.loads((tmp_path / "models" / "dpo2" / "config.json").read_text())
+    ref = json.loads((tmp_path / "dpo2" / "train_ref" / "reference_key.json").read_text())
+    assert ref["model"] == model_fingerprint(tmp_path / "models" / "dpo")  # the reference is round 1's model
+    print(f"e2e dpo2: {dpo2}")
     # the organic data came through curate (the built-in raw corpus of this machine's files), and
     # the mixture read it from there, not from the fallback corpus
     curate = json.loads((tmp_path / "curate" / "stats.json").read_text())
@@ -102,7 +116,7 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     assert mid["rope_theta"] == 250_000 and mid["max_position_embeddings"] == 1024
     assert (tmp_path / "report" / "loss_pretrain.png").is_file()
     served = json.loads((tmp_path / "manifests" / "serve.json").read_text())
-    assert served["inputs"]["model"] == str((tmp_path / "models" / "dpo").resolve())
+    assert served["inputs"]["model"] == str((tmp_path / "models" / "dpo2").resolve())
     # one fleet from pts through eval to serve: eval's lane ending on dpo ran on it, serve found it up
     assert served["counts"]["fleet_reused"] is True
     assert isinstance(served["outputs"]["smoke_answer"], str) and served["outputs"]["smoke_answer"]  # tiny model: any text
@@ -120,7 +134,7 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
     assert again.stdout.count("already complete") == len(STAGES)  # serve too: its smoke answer is on record
     assert json.loads((tmp_path / "manifests" / "init.json").read_text())["finished_at"] == init["finished_at"]
     # eval: every stage model graded on every suite
-    check_eval_outputs(tmp_path, ["init", "sft", "dpo"], size=2)
+    check_eval_outputs(tmp_path, ["init", "sft", "dpo", "dpo2"], size=2)
     # another eval size or model list reruns eval alone: tests/test_stage.py (keys) and tests/test_eval_stage.py
 
 

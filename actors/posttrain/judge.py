@@ -9,10 +9,15 @@ phi4ray.posttrain.judge_endpoint. The fleet spreads their calls over its replica
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from actors.serve.names import APP_NAME
 from phi4ray.model.tokenizer import tokenizer_for
 from phi4ray.posttrain.judge import Candidate
+from phi4ray.posttrain.judge_endpoint import EndpointJudge
+from phi4ray.posttrain.judge_prompts import as_prompt, grade
+from phi4ray.posttrain.judged_pairs import build_judged_pairs
+from phi4ray.serve.endpoint import EndpointConfig
 from phi4ray.serve.sampling import SampleRequest
 
 
@@ -70,3 +75,20 @@ class FleetJudge:
         req = SampleRequest(prompt_ids=self.tok.render_prompt(prompt_text), n=1, max_tokens=self.max_tokens,
                             temperature=0.0, stop_ids=[self.tok.end_turn_id], guide=guide)
         return self.tok.decode_response((await self.sampler.sample(req))[0].token_ids)
+
+
+# --- DPO round 2 on a running fleet ----------------------------------------------------------------
+def judge_round(cfg, served: list[tuple[str, object, str]], queries: list[dict], out_dir: Path) -> dict:
+    """`dpo.judge_responses` responses per query from each served policy, (label, Fleet App, model
+    id), scored by the judge: `dpo.judge_url`'s endpoint, else the first policy. Accuracy comes from
+    each query's oracle. Writes out_dir/{pairs.parquet, no_pair.jsonl, report.json, results.jsonl}."""
+    d = cfg.dpo
+    policies = [FleetPolicy(model_id=label, deployment=app.models[mid], app=app.name, n=d.judge_responses,
+                            max_tokens=d.judge_max_tokens or cfg.pts.max_tokens, seed=cfg.seed,
+                            model_dir=app.folders[mid]) for label, app, mid in served]
+    _, app, mid = served[0]
+    judge = (EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env),
+                           structured=d.judge_structured)
+             if d.judge_url else FleetJudge(deployment=app.models[mid], app=app.name, model_dir=app.folders[mid]))
+    return build_judged_pairs([as_prompt(q) for q in queries], policies, judge, out_dir,
+                              concurrency=cfg.pts.concurrency, oracle=grade)

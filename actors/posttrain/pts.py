@@ -8,9 +8,6 @@ a finished one, and no query is counted twice. Sampling calls have no side effec
 replica dying costs retries (FleetSampler) and a PTS actor dying costs a restart and a retried
 call (max_restarts / max_task_retries).
 
-With `dpo.judge_prompts > 0` the stage also makes DPO round 2's judge-guided full pairs while the
-fleet is up (actors/posttrain/judge.py + phi4ray/posttrain/judged_pairs.py -> RUN/dpo/pairs_full).
-
 Outputs: RUN/pts/queries.jsonl, RUN/pts/pairs/pairs.parquet (token ids for the DPO trainer plus texts for reading,
 p estimates, query and model ids), RUN/pts/report.json and RUN/report/pts_p_query.png.
 """
@@ -23,18 +20,13 @@ from pathlib import Path
 
 import ray
 
-from actors.posttrain.judge import FleetJudge, FleetPolicy
 from actors.serve.sampler_client import FleetSampler
 from phi4ray.model.tokenizer import tokenizer_for
-from phi4ray.posttrain.judge_endpoint import EndpointJudge
-from phi4ray.posttrain.judged_pairs import build_judged_pairs
 from phi4ray.posttrain.pts import plot_p_query, query_record, search_query, search_report, write_pairs
 from phi4ray.posttrain.queries import check_queries_file, pts_queries, query_files, query_oracle
 from phi4ray.run.console import progress, say
 from phi4ray.run.manifest import read_checkpoint_lines
 from phi4ray.run.stage import Stage, StageResult, stage_key
-from phi4ray.serve.endpoint import EndpointConfig
-from phi4ray.toy.arith import check_answer, make_problems
 
 
 class BoundedSampler:
@@ -100,25 +92,6 @@ def run_search(queries: list[dict], out_dir: Path, deployment: str, app: str, cf
     return [done[q["id"]] for q in queries if q["id"] in done]
 
 
-def judge_round(run_dir: Path, cfg, app) -> dict:
-    """DPO round 2: `dpo.judge_responses` responses per toy-domain question from the fleet's
-    policy (`app`, a Fleet App), scored by the judge (accuracy from the math oracle where the
-    answer is known)."""
-    d = cfg.dpo
-    prompts = make_problems(d.judge_prompts, cfg.seed + 2, cfg.arith)
-    folder = app.folders.get(app.model_id)
-    policy = FleetPolicy(model_id="sft", deployment=app.deployment, app=app.name, n=d.judge_responses,
-                         max_tokens=cfg.pts.max_tokens, model_dir=folder)
-    judge = (EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env),
-                           structured=d.judge_structured)
-             if d.judge_url else FleetJudge(deployment=app.deployment, app=app.name, model_dir=folder))
-    report = build_judged_pairs(prompts, [policy], judge, Path(run_dir) / "dpo" / "pairs_full",
-                                concurrency=cfg.pts.concurrency, oracle=check_answer)
-    say(f"pts: judge round: {report['pairs']} pairs from {report['prompts_in']} prompts; "
-          f"no pair: {report['no_pair']}")
-    return report
-
-
 def run(ctx) -> StageResult:
     run_dir, cfg = ctx.run_dir, ctx.cfg
     model_dir = run_dir / "models" / "sft"
@@ -133,7 +106,6 @@ def run(ctx) -> StageResult:
     try:
         results = run_search(queries, out, app.deployment, app.name, cfg.pts, str(model_dir), key=key,
                              seed=cfg.seed, model_dir=str(model_dir))
-        judged = judge_round(run_dir, cfg, app) if cfg.dpo.judge_prompts else None
     finally:
         # eval serves this model shape on this fleet next; on CPU the idle replica through DPO
         # costs memory only, on GPU it would hold a GPU the DPO trainer needs
@@ -141,8 +113,6 @@ def run(ctx) -> StageResult:
     n_pairs = write_pairs(results, out / "pairs")
     report = {**search_report(results, cfg.pts), "input": read, "wall_s": round(time.time() - t0, 1),
               "fleet_ready_s": round(t_ready, 1)}
-    if judged is not None:
-        report["judge_round"] = {k: judged.get(k) for k in ("prompts_in", "pairs", "no_pair", "acceptance_rate")}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_p_query(results, cfg.pts, run_dir / "report" / "pts_p_query.png")
     say(f"pts: {report['kept']}/{report['queries']} queries kept, {report['pivots']} pivots, {n_pairs} pairs, "
@@ -156,11 +126,9 @@ STAGE = Stage(
     name="pts",
     summary="Pivotal Token Search against the Serve samplers -> token-level DPO pairs",
     run=run,
-    # the judge round (DPO round 2's pairs) runs here while the fleet is up
-    sections=("pts", "arith", "seed", "dpo.judge_prompts", "dpo.judge_responses", "dpo.judge_url",
-              "dpo.judge_model", "dpo.judge_api_key_env", "dpo.judge_structured"),
+    sections=("pts", "arith", "seed"),
     reads=("sft",),
-    outputs=("pts", "dpo/pairs_full", "report/pts_p_query.png"),
+    outputs=("pts", "report/pts_p_query.png"),
     files=query_files,
     check=check_queries_file,
     headline=("queries", "kept", "pivots", "pairs", "samples"),

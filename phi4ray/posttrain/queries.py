@@ -81,11 +81,13 @@ def _item(row: object, default_kind: str, default_id: str) -> EvalItem:
     return EvalItem.from_json(row)
 
 
-def load_query_file(path: str, default_kind: str, limit: int, quarantine: Path) -> tuple[list[dict], dict]:
+def load_query_file(path: str, default_kind: str, limit: int, quarantine: Path,
+                    option: str = "pts.queries_file") -> tuple[list[dict], dict]:
     """The first `limit` valid queries of the file, and its counts {"read", "used", "quarantined",
     "by_kind"}. Bad rows (invalid JSON, a field the kind refuses, a repeated id, a kind PTS cannot
     judge) go to `quarantine` as {"where", "reason", "row"}. The driver holds at most `limit`
-    queries: the file is read as a stream and reading stops there."""
+    queries: the file is read as a stream and reading stops there. `option` names the file's
+    config key in errors."""
     queries, seen, bad = [], set(), []
     read = 0
     try:
@@ -103,14 +105,14 @@ def load_query_file(path: str, default_kind: str, limit: int, quarantine: Path) 
             seen.add(item.id)
             queries.append(as_query(item))
     except FileNotFoundError:
-        raise MissingInput(f"pts.queries_file: {path} does not exist") from None
+        raise MissingInput(f"{option}: {path} does not exist") from None
     quarantine.parent.mkdir(parents=True, exist_ok=True)
     with open(quarantine, "w") as f:
         for b in bad:
             f.write(json.dumps(b, default=str) + "\n")
     counts = {"read": read, "used": len(queries), "quarantined": len(bad), "by_kind": _by_kind(queries)}
     if not queries:
-        raise MissingInput(f"pts.queries_file: no valid query in {path} ({len(bad)} quarantined, "
+        raise MissingInput(f"{option}: no valid query in {path} ({len(bad)} quarantined, "
                            f"reasons in {quarantine}; first: {bad[0]['reason'] if bad else 'empty file'})")
     return queries, counts
 
@@ -142,12 +144,17 @@ def query_files(cfg) -> list[str]:
 
 def check_queries_file(cfg, run_dir: Path, options: dict) -> None:
     """The queries file exists (the pts stage's `check`: before Ray or an engine starts)."""
+    check_files_exist(query_files(cfg), "pts.queries_file")
+
+
+def check_files_exist(files: list[str], option: str) -> None:
+    """Each of `files` (any fsspec path) is a file; else an error naming the `option` that set it."""
     import fsspec  # deferred: as in rows()
 
-    for f in query_files(cfg):
+    for f in files:
         fs, p = fsspec.core.url_to_fs(f)
         if not fs.isfile(p):
-            raise MissingInput(f"pts.queries_file: {f} is not a file")
+            raise MissingInput(f"{option}: {f} is not a file")
 
 
 def query_oracle(query: dict, tok) -> Callable[[list[int]], bool]:

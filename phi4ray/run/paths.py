@@ -6,7 +6,7 @@ from pathlib import Path
 from phi4ray.run.errors import MissingInput
 
 # newest first: the model a later stage (serve, the synthesis teacher) should use is the last one trained
-MODEL_STAGES = ("dpo", "sft", "midtrain", "pretrain", "init")
+MODEL_STAGES = ("dpo2", "dpo", "sft", "midtrain", "pretrain", "init")
 
 
 def model_dir(run_dir: str | Path, stage: str) -> Path:

@@ -116,7 +116,7 @@ def write_report(run_dir: str | Path, stages: list) -> Path:
     if synth.is_file():
         lines += ["## Synthetic data", "", "```json", json.dumps(json.loads(synth.read_text()).get("steps", {}),
                                                                  indent=1)[:3000], "```", ""]
-    losses = [p for p in (f"loss_{s}.png" for s in ("pretrain", "midtrain", "sft", "dpo")) if (out / p).is_file()]
+    losses = [p for p in (f"loss_{s}.png" for s in ("pretrain", "midtrain", "sft", "dpo", "dpo2")) if (out / p).is_file()]
     if losses:
         lines += ["## Loss curves", ""] + [f"![{p}]({p})" for p in losses] + [""]
     pts = read_manifest(run_dir, "pts")
@@ -126,17 +126,24 @@ def write_report(run_dir: str | Path, stages: list) -> Path:
             lines += ["![p(success) per query](pts_p_query.png)", ""]
         lines += ["```json", json.dumps(pts.get("counts", {}), indent=1)[:3000], "```", ""]
         lines += pivot_table(run_dir / "pts" / "queries.jsonl")
-    dpo = read_manifest(run_dir, "dpo")
-    if dpo and "heldout_success_before" in dpo.get("counts", {}):
-        c = dpo["counts"]
-        lines += ["## What DPO did", "",
-                  f"p(success) on {c.get('heldout_queries', '?')} held-out queries: "
-                  f"{c['heldout_success_before']:.3f} +- {c.get('heldout_success_ci95_before', float('nan')):.3f} "
-                  f"before, {c['heldout_success_after']:.3f} +- {c.get('heldout_success_ci95_after', float('nan')):.3f} "
-                  f"after (95% intervals over queries); paired change per query "
-                  f"{c.get('heldout_success_change', float('nan')):+.3f} +- "
-                  f"{c.get('heldout_success_change_ci95', float('nan')):.3f}; held-out pair accuracy "
-                  f"{c.get('heldout_pair_accuracy_before')} -> {c.get('heldout_pair_accuracy_after')}", ""]
+    rounds = {name: m["counts"] for name in ("dpo", "dpo2")
+              if (m := read_manifest(run_dir, name)) and "heldout_success_before" in m.get("counts", {})}
+    if rounds:
+        lines += ["## What DPO did", "", "| round | pairs (train / held out) | p(success) before | after | "
+                  "paired change | held-out pair accuracy |", "|---|---|---|---|---|---|"]
+        for name, c in rounds.items():
+            lines.append(
+                f"| {name} | {c['train_pairs']} / {c['heldout_pairs']} | {c['heldout_success_before']:.3f} +- "
+                f"{c.get('heldout_success_ci95_before', float('nan')):.3f} | {c['heldout_success_after']:.3f} +- "
+                f"{c.get('heldout_success_ci95_after', float('nan')):.3f} | "
+                f"{c.get('heldout_success_change', float('nan')):+.3f} +- "
+                f"{c.get('heldout_success_change_ci95', float('nan')):.3f} | "
+                f"{c.get('heldout_pair_accuracy_before')} -> {c.get('heldout_pair_accuracy_after')} |")
+        lines += ["", f"p(success) on {next(iter(rounds.values())).get('heldout_queries', '?')} held-out queries, "
+                  "95% intervals over queries; round 2 starts from round 1's model.", ""]
+    judged = ((read_manifest(run_dir, "dpo2") or {}).get("counts") or {}).get("judge_round")
+    if judged:
+        lines += ["DPO round 2's judge: " + json.dumps(judged), ""]
     summary = run_dir / "eval" / "summary.json"
     if summary.is_file():
         per_stage = json.loads(summary.read_text())

@@ -47,11 +47,18 @@ class DPOConfig:
     sft_weight: float = 0.0
     train: TrainConfig = TrainConfig(batch_size=16, micro_batch_size=8, steps=50, lr=1e-5, warmup_steps=5,
                                      min_lr_ratio=1.0, weight_decay=0.0, checkpoint_every=25)
-    # round 2, judge-guided full pairs (phi4ray/posttrain/judged_pairs.py), made while the pts stage has the fleet up:
-    # responses from the fleet's policy; the judge is an external OpenAI-compatible endpoint when
-    # judge_url is set, else the fleet itself. 0 prompts: round 2 off.
+    # round 2 (stage dpo2, the report's judge-guided DPO): full-response pairs
+    # (phi4ray/posttrain/judged_pairs.py) on `judge_prompts` prompts, `judge_responses` per prompt
+    # from the round-1 model and each of `judge_policies` (run stages, e.g. "sft", or model
+    # folders: other policies' responses widen what the judge compares), then DPO from the round-1
+    # model. Prompts: the first of `judge_prompts_file` (a query file, as pts.queries_file: its
+    # oracle decides accuracy), else the toy domain's. The judge is an external OpenAI-compatible
+    # endpoint when judge_url is set, else the round-1 model on the fleet. 0 prompts: round 2 off.
     judge_prompts: int = 0
     judge_responses: int = 4
+    judge_prompts_file: str = ""
+    judge_policies: tuple[str, ...] = ()
+    judge_max_tokens: int = 0       # per response; 0 = pts.max_tokens
     judge_url: str = ""
     judge_model: str = ""
     judge_api_key_env: str = "OPENAI_API_KEY"
@@ -77,6 +84,11 @@ class DPOConfig:
         if self.judge_prompts < 0 or self.judge_responses < 2:
             raise ConfigError(f"dpo: judge_prompts={self.judge_prompts} must be >= 0 and judge_responses="
                               f"{self.judge_responses} >= 2 (a pair needs two responses)")
+        if len(set(self.judge_policies)) != len(self.judge_policies) or "dpo" in self.judge_policies:
+            raise ConfigError(f"dpo.judge_policies={self.judge_policies!r}: name each policy once; the round-1 "
+                              "model (dpo) always answers")
+        if self.judge_max_tokens < 0:
+            raise ConfigError(f"dpo.judge_max_tokens={self.judge_max_tokens} must be >= 0 (0: pts.max_tokens)")
         if self.judge_url and not self.judge_model:
             raise ConfigError("dpo.judge_url is set but dpo.judge_model is empty")
         if self.heldout_size < 2 or self.heldout_samples < 1:
@@ -216,7 +228,7 @@ def _pair_columns(table: pa.Table, want) -> dict[str, list]:
 
 
 # --- pair files ---------------------------------------------------------------------------------
-# RUN/pts/pairs/*.parquet and RUN/dpo/pairs_full/*.parquet hold PAIR_COLUMNS (plus readable texts,
+# RUN/pts/pairs/*.parquet and RUN/dpo2/pairs/*.parquet hold PAIR_COLUMNS (plus readable texts,
 # p estimates, ids); the reference pass adds REF_COLUMNS into RUN/dpo/<kind>_ref/.
 PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp")
@@ -253,7 +265,7 @@ def split_pairs(src_dirs: list[Path], train_dir: Path, held_dir: Path) -> tuple[
     """All pairs of `src_dirs` into train_dir/pairs.parquet and held_dir/pairs.parquet (held out by
     query id, or pair id where a file has none); returns (train, held-out) counts."""
     if not src_dirs:
-        raise FileNotFoundError("no DPO pair folders (RUN/pts/pairs, RUN/dpo/pairs_full): run `phi4ray pts` first")
+        raise FileNotFoundError("no DPO pair folder (RUN/pts/pairs, RUN/dpo2/pairs): run `phi4ray pts` first")
     # PTS and judge pairs carry different extra columns: promote to one schema, drop nothing
     tables = [pq.read_table(f) for d in src_dirs for f in sorted(d.glob("*.parquet"))]
     table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
@@ -264,6 +276,7 @@ def split_pairs(src_dirs: list[Path], train_dir: Path, held_dir: Path) -> tuple[
     train = table.filter(pa.array([not h for h in held_mask], pa.bool_())) if keys else table
     for d, part in ((train_dir, train), (held_dir, held)):
         d.mkdir(parents=True, exist_ok=True)
+        (d / "pairs.parquet").unlink(missing_ok=True)  # an earlier split's pairs are not these
         if part.num_rows:
             pq.write_table(part, d / "pairs.parquet")
     return train.num_rows, held.num_rows

@@ -26,13 +26,13 @@ from phi4ray.run.paths import is_model_dir, model_dir
 from phi4ray.train.dpo import DPOConfig
 from phi4ray.train.step import TrainConfig
 
-STAGES = ("pretrain", "midtrain", "sft", "dpo")
+STAGES = ("pretrain", "midtrain", "sft", "dpo", "dpo2")
 MARKER = "phi4ray_job.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainJob:
-    stage: str                      # "pretrain" | "midtrain" | "sft" | "dpo"
+    stage: str                      # one of STAGES
     model: ModelConfig
     train: TrainConfig
     tokens_dir: str                 # packed Parquet rows (phi4ray.data.packing / phi4ray.train.sft), or DPO pairs
@@ -218,13 +218,14 @@ def sft_job(run_dir: str | Path, cfg) -> TrainJob:
                     init_from=str(start), loss_mask=True)
 
 
-def dpo_job(run_dir: str | Path, cfg) -> TrainJob:
-    """From RUN/models/sft on RUN/dpo/train_ref (the training pairs with the reference log-probs);
-    the rows are identified by RUN/dpo/train, the pairs before the reference pass."""
+def dpo_job(run_dir: str | Path, cfg, stage: str = "dpo", init_from: str | Path | None = None) -> TrainJob:
+    """DPO round 1 (`dpo`, from RUN/models/sft) or round 2 (`dpo2`, from `init_from`: the round-1
+    model) on RUN/<stage>/train_ref (the training pairs with the reference log-probs); the rows
+    are identified by RUN/<stage>/train, the pairs before the reference pass."""
     run_dir = Path(run_dir)
-    d = run_dir / "dpo"
-    return TrainJob("dpo", post_midtrain_model(cfg), cfg.dpo.train, str(d / "train_ref"), str(run_dir),
-                    init_from=str(run_dir / "models" / "sft"), dpo=cfg.dpo, data_from=str(d / "train"))
+    d = run_dir / stage
+    return TrainJob(stage, post_midtrain_model(cfg), cfg.dpo.train, str(d / "train_ref"), str(run_dir),
+                    init_from=str(init_from or run_dir / "models" / "sft"), dpo=cfg.dpo, data_from=str(d / "train"))
 
 
 def worker_split_check(section: str):
