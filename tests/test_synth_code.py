@@ -147,7 +147,8 @@ def test_reversal_keeps_faithful_regenerations_and_drops_the_rest():
         {"seed_id": "too-long", "code": CLAMP * 20},
     ]
     eng = ScriptedEngine(reversal_reply)
-    rows = asyncio.run(reversal_step(eng, seeds, ReversalConfig(threshold=0.7, max_code_tokens=300), FAST))
+    rows = asyncio.run(reversal_step(eng, seeds, ReversalConfig(threshold=0.7, max_code_tokens=300, fix_rounds=0),
+                                     FAST))
     pa.Table.from_pylist(rows, schema=reversal.SCHEMA)
     by = {r["seed_id"]: r for r in rows}
     assert [r["seed_id"] for r in rows] == [s["seed_id"] for s in seeds]
@@ -168,3 +169,35 @@ def test_reversal_keeps_faithful_regenerations_and_drops_the_rest():
     assert by["leak"]["regenerated_code"] is None  # dropped before any regeneration
     # the original's tests run before any LLM call: 6 instructions (not bad-tests, unparsable, too-long), 5 regenerations
     assert sum(len(c) for c in eng.calls) == 6 + 5
+
+
+def test_execution_feedback_fixes_a_failing_regeneration_within_its_rounds():
+    """A regeneration that fails its tests goes back with what the tests printed: the doctest's
+    report of the even-length case. The median's fix passes and is kept after one round; the
+    clamp's teacher repeats its bug and the row is dropped after `fix_rounds`, with the output."""
+    fixes = []
+
+    def reply(prompt: str) -> str:
+        if prompt.startswith("The Python code below was written"):
+            fixes.append(prompt)
+            fixed = MEDIAN_RENAMED.replace("def median", "def median_b") if "[median_b]" in prompt else CLAMP_BUGGY
+            return f"```python\n{fixed}```"
+        return reversal_reply(prompt)
+
+    seeds = [{"seed_id": "doctest-buggy", "code": MEDIAN.replace("def median", "def median_b")
+                                                       .replace(">>> median(", ">>> median_b(")},
+             {"seed_id": "given-buggy", "code": CLAMP.replace("clamp", "clamp_b"),
+              "tests": CLAMP_TESTS.replace("clamp", "clamp_b")},
+             {"seed_id": "no-tests", "code": "def shout(s):\n    return s.upper() + '!'\n"}]
+    rows = asyncio.run(reversal_step(ScriptedEngine(reply), seeds, ReversalConfig(fix_rounds=2), FAST))
+    pa.Table.from_pylist(rows, schema=reversal.SCHEMA)
+    by = {r["seed_id"]: r for r in rows}
+    assert (by["doctest-buggy"]["status"], by["doctest-buggy"]["fix_rounds"]) == ("ok", 1)
+    assert by["doctest-buggy"]["tests_passed"] is True and by["doctest-buggy"]["test_feedback"] is None
+    assert (by["given-buggy"]["status"], by["given-buggy"]["fix_rounds"]) == ("regenerated_fails_tests", 2)
+    assert "NameError: name 'clamp_b' is not defined" in by["given-buggy"]["test_feedback"]  # the bug, named
+    assert by["no-tests"]["fix_rounds"] == 0  # passed (nothing to fix)
+    assert len(fixes) == 1 + 2  # median once, clamp twice
+    median_fix = next(f for f in fixes if "[median_b]" in f)
+    assert "Failed example:" in median_fix and "median_b([3, 1, 2])" in median_fix  # the doctest report
+    assert rows[0]["template_id"].endswith("+fix_code@1")

@@ -28,6 +28,12 @@ Fidelity of the regenerated code to the original, in [0, 1]:
 With the default threshold 0.7, a regeneration that passes the tests needs static >= 0.4; one
 without tests needs static >= 0.7.
 
+Execution feedback (`fix_rounds`): a regeneration that fails the tests (or does not parse) is
+sent back with what the tests printed, and the teacher's fix is judged again, up to `fix_rounds`
+times; the row records the rounds it took (`fix_rounds`) and the last test output. A regeneration
+is kept only once it passes. The test output can show expected values, so a fixed regeneration is
+weaker evidence for the instruction than a first-try one: filter on `fix_rounds` where that matters.
+
 Before any regeneration, an instruction that leaks the code (a fenced block, or more than
 `max_leak_overlap` of its word 8-grams found in the code) is dropped: regenerating from a copy proves nothing.
 
@@ -54,11 +60,13 @@ from phi4ray.verify.sandbox import SandboxLimits, extract_code, run_python
 
 _BUILTINS = frozenset(dir(builtins))
 _MAX_TOKENS = 3000  # hard cap on a shape: difflib is quadratic (2000 x 2000 tokens: ~1.7 s worst case)
+FEEDBACK_CHARS = 1500  # test output a fix prompt shows: the end holds the failure, the prompt stays short
 
 SCHEMA = pa.schema([("seed_id", pa.string()), ("template_id", pa.string()), ("status", pa.string()),
                     ("instruction", pa.string()), ("code", pa.string()), ("regenerated_code", pa.string()),
                     ("tests_source", pa.string()), ("tests_passed", pa.bool_()), ("ast_similarity", pa.float64()),
-                    ("signature_match", pa.float64()), ("fidelity", pa.float64())])
+                    ("signature_match", pa.float64()), ("fidelity", pa.float64()), ("fix_rounds", pa.int64()),
+                    ("test_feedback", pa.string())])
 
 VALIDATION_SCHEMA = pa.schema([("seed_id", pa.string()), ("template_id", pa.string()), ("status", pa.string()),
                                ("code", pa.string()), ("tests", pa.string()), ("detail", pa.string())])
@@ -75,9 +83,13 @@ class ReversalConfig:
     # longer seeds are set aside: reversal is for function-sized code (a 30-line function is ~300
     # AST tokens), and the similarity is quadratic in this (1500 x 1500: ~1 s worst case)
     max_code_tokens: int = 1500
+    # execution feedback: rounds of "here is what the tests printed, fix it" for a regeneration
+    # that fails its tests or does not parse (0: judged once)
+    fix_rounds: int = 2
 
     def __post_init__(self) -> None:
         require("ReversalConfig", self, {
+            "fix_rounds": (self.fix_rounds >= 0, ">= 0"),
             "threshold": (0 <= self.threshold <= 1, "in [0, 1]"),
             "max_leak_overlap": (0 < self.max_leak_overlap <= 1, "in (0, 1]"),
             "sandbox_concurrency": (self.sandbox_concurrency >= 1, ">= 1"),
@@ -214,6 +226,7 @@ def derive_tests(code: str) -> str | None:
 class Validation:
     status: str   # ok | no_code | syntax_error | tests_failed | timeout | memory | cpu | killed | sandbox_error
     detail: str   # the last line of stderr, or what was wrong
+    output: str = ""  # the tail of what the run printed (doctest reports go to stdout): fix prompts show it
 
     @property
     def ok(self) -> bool:
@@ -230,13 +243,23 @@ def validate_code(code: str, tests: str, limits: SandboxLimits = SandboxLimits()
     if not body.strip():
         return Validation("no_code", "empty code")
     if parse_python(body) is None:
-        return Validation("syntax_error", "code does not parse")
+        return Validation("syntax_error", "code does not parse", syntax_error(body))
     if parse_python(tests) is None:
         return Validation("syntax_error", "tests do not parse")
     res = run_python(body + "\n\n" + tests + "\n", limits)
     last = (res.stderr.strip().splitlines() or [""])[-1][:300]
     status = {"ok": "ok", "error": "tests_failed"}.get(res.status, res.status)
-    return Validation(status, last)
+    printed = (res.stdout.strip() + "\n" + res.stderr.strip()).strip()
+    return Validation(status, last, printed[-FEEDBACK_CHARS:] or f"the run ended: {status}")
+
+
+def syntax_error(code: str) -> str:
+    """What the compiler says about code that does not parse."""
+    try:
+        compile(code, "<code>", "exec")
+    except (SyntaxError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return "the code does not parse"
 
 
 class _Sandbox:
@@ -261,10 +284,11 @@ async def _judge(sandbox: _Sandbox, row: dict, tests: str | None, config: Revers
     row["ast_similarity"] = ast_similarity(original, regen)
     row["signature_match"] = signature_match(original, regen)
     if row["ast_similarity"] is None:
-        row["status"] = "syntax_error"
+        row["status"], row["test_feedback"] = "syntax_error", syntax_error(regen)
         return
     if tests is not None:
-        row["tests_passed"] = (await sandbox.validate(regen, tests)).ok
+        v = await sandbox.validate(regen, tests)
+        row["tests_passed"], row["test_feedback"] = v.ok, None if v.ok else v.output
     row["fidelity"] = fidelity(row["ast_similarity"], row["signature_match"], row["tests_passed"])
     if row["tests_passed"] is False:
         row["status"] = "regenerated_fails_tests"
@@ -276,7 +300,8 @@ async def reversal_step(engine: Engine, seeds: list[dict], config: ReversalConfi
                         call: CallConfig = CallConfig()) -> list[dict]:
     """Seeds {"seed_id", "code", optional "tests"} -> one row of SCHEMA each, in seed order."""
     to_instr, to_code = load_template("code_to_instruction"), load_template("instruction_to_code")
-    tid = f"{to_instr.template_id}+{to_code.template_id}"
+    fix = load_template("fix_code")
+    tid = f"{to_instr.template_id}+{to_code.template_id}" + (f"+{fix.template_id}" if config.fix_rounds else "")
     sandbox = _Sandbox(config.sandbox_concurrency, config.limits)
     rows, live, tests = [], [], {}
     for seed in seeds:
@@ -325,15 +350,46 @@ async def reversal_step(engine: Engine, seeds: list[dict], config: ReversalConfi
         if not out.ok:
             row["status"] = out.error
             continue
-        code = extract_code(out.text)
-        code = out.text if code is None and parse_python(out.text) is not None else code
-        if not code or not code.strip():
+        code = _reply_code(out.text)
+        if code is None:
             row["status"] = "no_code"
             continue
         row["regenerated_code"] = code
         judged.append(row)
     await asyncio.gather(*(_judge(sandbox, r, tests[id(r)], config) for r in judged))
+    await _fix(engine, fix, sandbox, judged, tests, config, call)
     return rows
+
+
+def _reply_code(text: str) -> str | None:
+    """The code of a reply: its fenced block, or the whole reply where that parses as Python."""
+    code = extract_code(text)
+    code = text if code is None and parse_python(text) is not None else code
+    return code if code and code.strip() else None
+
+
+async def _fix(engine: Engine, fix, sandbox: _Sandbox, rows: list[dict], tests: dict, config: ReversalConfig,
+               call: CallConfig) -> None:
+    """The execution-feedback loop: rows whose regeneration has tests and failed them (or does not
+    parse) get up to `config.fix_rounds` fixes, each judged again. A failed call or a reply without
+    code ends a row's loop with the judgement it had."""
+    for r in rows:
+        r["fix_rounds"] = 0
+    todo = [r for r in rows if tests[id(r)] and r["status"] in ("regenerated_fails_tests", "syntax_error")]
+    for _ in range(config.fix_rounds):
+        if not todo:
+            return
+        outs = await call_all(engine, [Request.of(fix.render(instruction=r["instruction"], code=r["regenerated_code"],
+                                                             feedback=r["test_feedback"]), config.code, guide=fix.guide)
+                                       for r in todo], **call.kwargs())
+        fixed = []
+        for row, out in zip(todo, outs):
+            code = _reply_code(out.text) if out.ok else None
+            if code is not None:
+                row["regenerated_code"], row["fix_rounds"] = code, row["fix_rounds"] + 1
+                fixed.append(row)
+        await asyncio.gather(*(_judge(sandbox, r, tests[id(r)], config) for r in fixed))
+        todo = [r for r in fixed if r["status"] in ("regenerated_fails_tests", "syntax_error")]
 
 
 async def validate_step(items: list[dict], config: ReversalConfig = ReversalConfig()) -> list[dict]:

@@ -74,7 +74,7 @@ STEPS = {
                        _rows_form({"ok", "below_threshold", "unparseable_critique"}, {"unparseable_critique"})),
     "reversal": StepSpec(reversal.reversal_step, reversal.SCHEMA, "code",
                          lambda r: dialogue(r.get("instruction"), _code_block(r.get("code"))),
-                         ("tests_source", "fidelity", "instruction", "regenerated_code"),
+                         ("tests_source", "fidelity", "fix_rounds", "instruction", "regenerated_code"),
                          _rows_form({"ok", "empty_instruction", "instruction_leaks_code", "no_code", "syntax_error",
                                      "regenerated_fails_tests", "low_fidelity"}, {"empty_instruction", "no_code"})),
     "qa": StepSpec(qa.qa_step, qa.SCHEMA, "text", _qa_text, ("question", "reasoning", "answer"), _qa_form),
