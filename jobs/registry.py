@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from actors.data import curate, synthesize, tokenize
 from actors.evals import stage as eval_stage
-from actors.posttrain import dpo_stage, pts
+from actors.posttrain import dpo_stage, pts, sft_stage
 from actors.serve import stage as serve_stage
 from actors.train import pretrain_stages as train_stages
-from actors.train import sft_stage
 from phi4ray.model import init_model
 from phi4ray.run.stage import Stage
 

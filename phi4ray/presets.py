@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from phi4ray.data.curate.config import CurateConfig
+from phi4ray.data.packing import PHI4_MIXTURE, source_table, table_entries
 from phi4ray.data.synth.config import SynthesizeConfig
 from phi4ray.data.synth.llm import CallConfig, Sampling
 from phi4ray.data.synth.plurality import PluralityConfig
@@ -30,6 +31,7 @@ from phi4ray.train.sft import SFTConfig
 from phi4ray.train.step import TrainConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
+ONE_EPOCH = dict.fromkeys(PHI4_MIXTURE, 1.0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class DataConfig:
     shard_sequences: int = 256
     total_tokens: int = 0          # 0 = the largest mixture meeting every weight within epoch caps
     builtin_max_docs: int = 200    # per source, when RUN has no curated/synthetic data yet
+    # per-source tables over the sources of PHI4_MIXTURE, as `source=value` entries so the command
+    # line can set them (data.epochs=synthetic=12); a source left out keeps its default. weights:
+    # shares of the mixture, renormalised over the sources a run has. epochs: passes over a source
+    # the mixture may take (Phi-3 and Phi-4 repeat synthetic data for many epochs)
+    weights: tuple[str, ...] = table_entries(PHI4_MIXTURE)
+    epochs: tuple[str, ...] = table_entries(ONE_EPOCH)
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
@@ -81,6 +89,15 @@ class DataConfig:
                 raise ConfigError(f"data.{name}={getattr(self, name)} must be >= 1")
         if self.total_tokens < 0:
             raise ConfigError(f"data.total_tokens={self.total_tokens} must be >= 0")
+        # the full table, so a config naming a default explicitly has the same stage key as one omitting it
+        object.__setattr__(self, "weights", table_entries(self.source_weights()))
+        object.__setattr__(self, "epochs", table_entries(self.source_epochs()))
+
+    def source_weights(self) -> dict[str, float]:
+        return source_table(self.weights, PHI4_MIXTURE, "data.weights")
+
+    def source_epochs(self) -> dict[str, float]:
+        return source_table(self.epochs, ONE_EPOCH, "data.epochs")
 
 
 @dataclass(frozen=True)

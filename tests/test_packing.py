@@ -1,10 +1,12 @@
-"""Packing, mixture planning and document sampling: plain numpy, no Ray."""
+"""Packing, mixture planning (with the run config's per-source weights and epochs) and document
+sampling: plain numpy, no Ray."""
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from phi4ray.data.mixtures import mixture_for_run, pretrain_mixture
 from phi4ray.data.packing import (
     PHI4_MIXTURE,
     MixtureConfig,
@@ -17,7 +19,9 @@ from phi4ray.data.packing import (
 )
 from phi4ray.data.token_shards import DocCopies
 from phi4ray.model.decoder import document_causal_mask, positions_from_doc_ids
-from phi4ray.run.errors import ConfigError
+from phi4ray.presets import DataConfig, resolve_config
+from phi4ray.run.errors import ConfigError, UserError
+from phi4ray.run.overrides import flatten
 
 EOT = 100257
 
@@ -194,6 +198,78 @@ def test_bad_config_names_the_field(make, needle):
 def test_source_paths_normalise_to_a_tuple():
     assert Source("a", "one.parquet", 1.0).paths == ("one.parquet",)
     assert Source("a", ["x", "y"], 1.0).paths == ("x", "y")
+
+
+# --- data.weights / data.epochs ----------------------------------------------------------------
+def run_mixture(tmp_path, counts, *overrides):
+    """(the tokenize stage's mixture for the tiny preset + `overrides` over a run holding curated
+    data for each source of `counts`, its plan at data.total_tokens over those token counts)."""
+    for name in counts:
+        (tmp_path / "curated" / name).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": ["x"]}), tmp_path / "curated" / name / "part-0.parquet")
+    cfg = resolve_config("tiny", None, list(overrides))[1]
+    mix = pretrain_mixture(tmp_path, cfg)
+    return mix, mixture_plan(counts, mix, cfg.data.total_tokens)
+
+
+def test_weights_override_sets_the_planned_shares(tmp_path):
+    counts = {"synthetic": 10_000, "web": 10_000, "code": 10_000}
+    _, plan = run_mixture(tmp_path, counts, "data.total_tokens=6000")
+    assert plan_shares(plan, counts) == pytest.approx({"synthetic": 0.40 / 0.75, "web": 0.15 / 0.75, "code": 0.20 / 0.75})
+    # sources left out keep the report's weight; shares renormalise over the sources the run has
+    mix, plan = run_mixture(tmp_path, counts, "data.total_tokens=6000", "data.weights=synthetic=0.2,web=0.6")
+    assert {s.name: s.weight for s in mix.sources} == {"synthetic": 0.2, "web": 0.6, "code": 0.2}
+    assert plan_shares(plan, counts) == pytest.approx({"synthetic": 0.2, "web": 0.6, "code": 0.2})
+
+
+def test_epochs_override_lets_a_small_source_repeat(tmp_path):
+    counts = {"synthetic": 100, "web": 10_000, "code": 10_000}
+    mix, plan = run_mixture(tmp_path, counts, "data.total_tokens=2000")
+    assert [s.epochs for s in mix.sources] == [1.0, 1.0, 1.0]
+    assert plan["synthetic"] == 1.0  # capped at one pass: 100 tokens where its weight asks for 1067
+    mix, plan = run_mixture(tmp_path, counts, "data.total_tokens=2000", "data.epochs=synthetic=12")
+    assert {s.name: s.epochs for s in mix.sources} == {"synthetic": 12.0, "web": 1.0, "code": 1.0}
+    assert plan["synthetic"] * counts["synthetic"] == pytest.approx(2000 * 0.40 / 0.75)  # > 100: repeated
+    assert plan_shares(plan, counts)["synthetic"] == pytest.approx(0.40 / 0.75)
+    # data.total_tokens=0 (the largest mix within the caps): 12 epochs of the binding source, 12x the tokens
+    _, one = run_mixture(tmp_path, counts, "data.total_tokens=0")
+    _, twelve = run_mixture(tmp_path, counts, "data.total_tokens=0", "data.epochs=synthetic=12")
+    assert (one["synthetic"], twelve["synthetic"]) == pytest.approx((1.0, 12.0))
+    assert sum(twelve[n] * c for n, c in counts.items()) == pytest.approx(12 * sum(one[n] * c for n, c in counts.items()))
+
+
+def test_weights_and_epochs_are_one_table_however_written():
+    data = DataConfig(weights=("synthetic=0.4",), epochs=("web=1",))
+    assert data == DataConfig()  # naming a default is the default: the same tokenize stage key
+    assert data.source_weights() == PHI4_MIXTURE and set(data.source_epochs().values()) == {1.0}
+    cfg = resolve_config("tiny", None, ["data.weights=code=0.5", "data.epochs=synthetic=12"])[1]
+    dumped = [f"{k}={v}" for k, v in flatten(cfg).items() if k.startswith("data.")]
+    assert resolve_config("tiny", None, dumped)[1] == cfg  # `phi4ray config` output reads back
+
+
+@pytest.mark.parametrize("field, entries, needle", [
+    ("weights", ("synth=0.5",), "data.weights: unknown source 'synth' in 'synth=0.5'; the sources are ['synthetic'"),
+    ("epochs", ("synthetic",), "data.epochs: 'synthetic' is not source=value"),
+    ("weights", ("web=0",), "data.weights: web=0.0 must be a finite number > 0"),
+    ("weights", ("web=-1",), "data.weights: web=-1.0 must be"),
+    ("weights", ("web=nan",), "data.weights: web=nan must be"),
+    ("weights", ("web=inf",), "data.weights: web=inf must be"),
+    ("epochs", ("code=0",), "data.epochs: code=0.0 must be a finite number > 0"),
+    ("epochs", ("code=-2",), "data.epochs: code=-2.0 must be"),
+    ("epochs", ("code=many",), "data.epochs: 'code=many': 'many' is not a number"),
+    ("epochs", ("code=2", "code=3"), "data.epochs: source 'code' is given twice"),
+])
+def test_bad_weights_and_epochs_name_the_problem(field, entries, needle):
+    with pytest.raises(ConfigError) as e:
+        DataConfig(**{field: entries})
+    assert needle in str(e.value)
+
+
+def test_bad_table_on_the_command_line_names_the_key():
+    with pytest.raises(UserError, match=r"data.epochs=synthetic=0: data.epochs: synthetic=0.0 must be"):
+        resolve_config("tiny", None, ["data.epochs=synthetic=0"])
+    with pytest.raises(ConfigError, match=r"unknown source\(s\) \['synth'\]"):
+        mixture_for_run("unused", seq_len=16, epochs={"synth": 2.0})
 
 
 # --- shards ------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from phi4ray.data.packing import MixtureConfig, Source, load_token_shards
 from phi4ray.data.row_stream import ParquetRows, RowOrder
 from phi4ray.data.token_shards import EMPTY_TEXT, NOT_STRING, NULL_TEXT, RECORD, docs_file, quarantine_reason, tokenize_file
 from phi4ray.model.phi4_tokenizer import ENDOFTEXT, IM_END, phi4_tokenizer
-from phi4ray.presets import run_preset
+from phi4ray.presets import resolve_config, run_preset
 from phi4ray.run import manifest
-from phi4ray.run.stage import run_stage
+from phi4ray.run.stage import run_stage, stage_key
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho".split()
 SPECIAL_DOC = "a document that mentions <|endoftext|> and <|im_end|> as plain text"
@@ -206,6 +206,12 @@ def test_run_sources_prefer_curated_and_synthetic(tmp_path):
         ("synthetic", ("synthetic/synthetic",), 0.40), ("web", ("curated/web",), 0.15),
         ("code", ("curated/code", "synthetic/code"), 0.20)]
     assert not (tmp_path / "builtin").exists()
+
+
+def test_weights_and_epochs_change_the_stage_key(tmp_path):
+    keys = {stage_key(tokenize.STAGE, resolve_config("tiny", None, o)[1], tmp_path)
+            for o in ([], ["data.weights=synthetic=0.4"], ["data.weights=synthetic=0.5"], ["data.epochs=code=2"])}
+    assert len(keys) == 3  # naming the default weight changes nothing
 
 
 def test_bad_inputs_fail_before_work_naming_the_source(tmp_path):

@@ -19,10 +19,10 @@ import pyarrow as pa
 
 from phi4ray.data.synth.chunks import Chunk, process_chunk
 from phi4ray.data.synth.runner import synthesize
-from phi4ray.data.synth.seeds import file_documents, pool_size, seed_files, top_documents
+from phi4ray.data.synth.seeds import check_questions_file, file_documents, pool_size, question_files, seed_files, top_documents
 from phi4ray.data.synth.teacher import check_teacher, endpoint_engine, endpoint_spec, teacher_model, teacher_name
 from phi4ray.run.console import progress
-from phi4ray.run.stage import Stage, StageResult
+from phi4ray.run.stage import Stage, StageResult, all_checks
 
 CANDIDATES = pa.schema([("source", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("rank", pa.int64()),
                         ("score", pa.float64())])
@@ -157,8 +157,9 @@ STAGE = Stage(
     # curate: the seed documents (the built-in corpus otherwise); init: the default teacher is the
     # run's newest model (check_teacher refuses a fleet teacher without one before Ray starts)
     uses=("curate", "init"),
-    check=check_teacher,
+    files=question_files,
+    check=all_checks(check_questions_file, check_teacher),
     outputs=("synthetic/web_rewrites", "synthetic/synthetic", "synthesize/dropped", "synthesize/report.json",
-             "synthesize/<step>/<chunk_id>.parquet"),
+             "synthesize/<step>/<chunk_id>.parquet", "synthesize/quarantine_questions.jsonl"),
     headline=("seeds", "kept", "dropped"),
 )

@@ -27,7 +27,7 @@ from phi4ray.posttrain.judge_prompts import check_judge_prompts, judge_files, ju
 from phi4ray.run.console import say
 from phi4ray.run.errors import MissingInput
 from phi4ray.run.paths import check_model_dir, is_model_dir, model_dir
-from phi4ray.run.stage import Stage, StageResult
+from phi4ray.run.stage import Stage, StageResult, all_checks
 from phi4ray.train.dpo import evaluate_policy, split_pairs
 from phi4ray.train.jobs import dpo_job, folder_fingerprint, model_fingerprint, worker_split_check
 
@@ -176,14 +176,9 @@ ROUND1 = Stage(
 )
 
 
-def check_round2(cfg, run_dir: Path, options: dict) -> None:
-    worker_split_check("dpo.train")(cfg, run_dir, options)
-    check_judge_prompts(cfg, run_dir, options)
-
-
 ROUND2 = Stage(
     name="dpo2",
-    check=check_round2,
+    check=all_checks(worker_split_check("dpo.train"), check_judge_prompts),
     summary="DPO round 2 on judge-guided full-response pairs from the round-1 model",
     run=run_round2,
     sections=(*TRAINING, "dpo"),

@@ -17,6 +17,7 @@ from phi4ray.posttrain.judge import Candidate
 from phi4ray.posttrain.judge_endpoint import EndpointJudge
 from phi4ray.posttrain.judge_prompts import as_prompt, grade
 from phi4ray.posttrain.judged_pairs import build_judged_pairs
+from phi4ray.posttrain.judged_sft import best_of_n_sft
 from phi4ray.serve.endpoint import EndpointConfig
 from phi4ray.serve.sampling import SampleRequest
 
@@ -77,18 +78,34 @@ class FleetJudge:
         return self.tok.decode_response((await self.sampler.sample(req))[0].token_ids)
 
 
-# --- DPO round 2 on a running fleet ----------------------------------------------------------------
+# --- judge-guided data on a running fleet -----------------------------------------------------------
+def judge_for(cfg, app, model_id: str):
+    """The run's judge: `dpo.judge_url`'s endpoint when set, else `model_id` of `app` (a Fleet App)."""
+    d = cfg.dpo
+    if d.judge_url:
+        return EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env),
+                             structured=d.judge_structured)
+    return FleetJudge(deployment=app.models[model_id], app=app.name, model_dir=app.folders[model_id])
+
+
 def judge_round(cfg, served: list[tuple[str, object, str]], queries: list[dict], out_dir: Path) -> dict:
-    """`dpo.judge_responses` responses per query from each served policy, (label, Fleet App, model
-    id), scored by the judge: `dpo.judge_url`'s endpoint, else the first policy. Accuracy comes from
-    each query's oracle. Writes out_dir/{pairs.parquet, no_pair.jsonl, report.json, results.jsonl}."""
+    """DPO round 2's pairs: `dpo.judge_responses` responses per query from each served policy,
+    (label, Fleet App, model id), scored by the judge (`judge_for` the first policy). Accuracy comes
+    from each query's oracle. Writes out_dir/{pairs.parquet, no_pair.jsonl, report.json, results.jsonl}."""
     d = cfg.dpo
     policies = [FleetPolicy(model_id=label, deployment=app.models[mid], app=app.name, n=d.judge_responses,
                             max_tokens=d.judge_max_tokens or cfg.pts.max_tokens, seed=cfg.seed,
                             model_dir=app.folders[mid]) for label, app, mid in served]
     _, app, mid = served[0]
-    judge = (EndpointJudge(EndpointConfig(d.judge_url, d.judge_model, api_key_env=d.judge_api_key_env),
-                           structured=d.judge_structured)
-             if d.judge_url else FleetJudge(deployment=app.models[mid], app=app.name, model_dir=app.folders[mid]))
-    return build_judged_pairs([as_prompt(q) for q in queries], policies, judge, out_dir,
+    return build_judged_pairs([as_prompt(q) for q in queries], policies, judge_for(cfg, app, mid), out_dir,
                               concurrency=cfg.pts.concurrency, oracle=grade)
+
+
+def best_of_n_round(cfg, app, queries: list[dict], out_path: Path) -> dict:
+    """SFT's best-of-N: `sft.best_of_n` responses per query from the app's model, the judge's best
+    that the query's oracle does not rule out kept as a conversation in out_path (JSONL)."""
+    s = cfg.sft
+    policy = FleetPolicy(model_id=app.model_id, deployment=app.deployment, app=app.name, n=s.best_of_n,
+                         max_tokens=s.best_of_n_max_tokens, seed=cfg.seed, model_dir=app.folders[app.model_id])
+    return best_of_n_sft([as_prompt(q) for q in queries], policy, judge_for(cfg, app, app.model_id), s.best_of_n,
+                         out_path, concurrency=cfg.pts.concurrency, oracle=grade)

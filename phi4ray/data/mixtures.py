@@ -13,34 +13,46 @@ from phi4ray.run.paths import run_tokenizer_dir
 
 
 def mixture_for_run(run_dir: str | Path, *, seq_len: int, seed: int = 0, shard_sequences: int = 256,
-                    total_tokens: int = 0, builtin_max_docs: int = 200, tokenizer: str = "") -> MixtureConfig:
+                    total_tokens: int = 0, builtin_max_docs: int = 200, tokenizer: str = "",
+                    weights: dict[str, float] | None = None,
+                    epochs: dict[str, float] | None = None) -> MixtureConfig:
     """The Phi-4 mixture over what the run has: each source of `PHI4_MIXTURE` is read from
-    RUN/curated/<name> and/or RUN/synthetic/<name> where those hold Parquet files, at the report's
-    weight. A run with none of them (the tiny preset before curation exists) gets the built-in
-    corpus (`phi4ray.data.corpus`) written to RUN/builtin/<builtin_max_docs>: `code` and `web` at their
-    report weights (the size is in the path: another size is another config, not a no-op).
-    Paths stay relative to the run dir, so a moved run dir keeps its config hash."""
+    RUN/curated/<name> and/or RUN/synthetic/<name> where those hold Parquet files, at its weight
+    (`weights`, else the report's) and epoch cap (`epochs`, else 1). A run with none of them (the
+    tiny preset before curation exists) gets the built-in corpus (`phi4ray.data.corpus`) written to
+    RUN/builtin/<builtin_max_docs>: `code` and `web` (the size is in the path: another size is
+    another config, not a no-op). Paths stay relative to the run dir, so a moved run dir keeps its
+    config hash."""
     run_dir = Path(run_dir)
+    unknown = sorted({*(weights or {}), *(epochs or {})} - PHI4_MIXTURE.keys())
+    if unknown:
+        raise ConfigError(f"mixture: unknown source(s) {unknown}; the sources are {list(PHI4_MIXTURE)}")
+    weights, epochs = {**PHI4_MIXTURE, **(weights or {})}, epochs or {}
+
+    def source(name: str, paths: tuple[str, ...]) -> Source:
+        return Source(name, paths, weights[name], epochs.get(name, 1.0))
+
     sources = []
-    for name, weight in PHI4_MIXTURE.items():
+    for name in PHI4_MIXTURE:
         paths = tuple(f"{stage}/{name}" for stage in ("curated", "synthetic")
                       if any((run_dir / stage / name).rglob("*.parquet")))
         if paths:
-            sources.append(Source(name, paths, weight))
+            sources.append(source(name, paths))
     if not sources:
         folder = f"builtin/{builtin_max_docs}"
         written = write_builtin_corpus(run_dir / folder, builtin_max_docs)
-        sources = [Source(name, (f"{folder}/{name}",), PHI4_MIXTURE[name]) for name in sorted(written)]
+        sources = [source(name, (f"{folder}/{name}",)) for name in sorted(written)]
     return MixtureConfig(tuple(sources), seq_len=seq_len, seed=seed, shard_sequences=shard_sequences,
                          total_tokens=total_tokens, tokenizer=tokenizer)
 
 
 def pretrain_mixture(run_dir: str | Path, cfg) -> MixtureConfig:
-    """The tokenize stage's mixture for a RunConfig."""
+    """The tokenize stage's mixture for a RunConfig: data.weights and data.epochs per source."""
     d = cfg.data
     return mixture_for_run(run_dir, seq_len=d.seq_len, seed=cfg.seed, shard_sequences=d.shard_sequences,
                            total_tokens=d.total_tokens, builtin_max_docs=d.builtin_max_docs,
-                           tokenizer=run_tokenizer_dir(run_dir))
+                           tokenizer=run_tokenizer_dir(run_dir), weights=d.source_weights(),
+                           epochs=d.source_epochs())
 
 
 def midtrain_mixture_for_run(run_dir: str | Path, *, seq_len: int, pretrain_seq_len: int, seed: int = 0,

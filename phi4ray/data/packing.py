@@ -43,6 +43,35 @@ def _positive(value, what: str) -> None:
         raise ConfigError(f"{what}={value!r} must be a finite number > 0")
 
 
+def source_table(entries: str | Sequence[str], default: dict[str, float], key: str) -> dict[str, float]:
+    """A per-source config table (`data.weights`, `data.epochs`) read from its `name=value` entries,
+    the form a tuple takes on the command line: every source of `default`, each named one at its
+    value. Fails naming `key` and the entry: an unknown name (listing the known ones), a name given
+    twice, a value that is not a finite number > 0."""
+    table, seen = dict(default), set()
+    for entry in (entries,) if isinstance(entries, str) else entries:
+        name, sep, raw = str(entry).partition("=")
+        if not sep:
+            raise ConfigError(f"{key}: {entry!r} is not source=value")
+        if name not in default:
+            raise ConfigError(f"{key}: unknown source {name!r} in {entry!r}; the sources are {list(default)}")
+        if name in seen:
+            raise ConfigError(f"{key}: source {name!r} is given twice")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: {entry!r}: {raw!r} is not a number") from None
+        _positive(value, f"{key}: {name}")
+        table[name] = value
+        seen.add(name)
+    return table
+
+
+def table_entries(table: dict[str, float]) -> tuple[str, ...]:
+    """`source_table`'s inverse: one form per table, so equal tables give equal config keys."""
+    return tuple(f"{name}={float(value)!r}" for name, value in table.items())
+
+
 @dataclass(frozen=True)
 class Source:
     """One named source: Parquet files or folders of Parquet files with a `text` column.

@@ -33,6 +33,8 @@ async def abest_of_n_sft(prompts: list[dict], policy, judge, n: int, out_path, c
              "candidates": [candidate_record(c) for c in cands]}
         if best is None:
             r.update(status="skipped", reason=shortfall_reason(cands))
+        elif cands[best].correct is False:  # the oracle knows better than the judge: never teach a wrong answer
+            r.update(status="skipped", reason="incorrect")
         elif min_score is not None and overall(cands[best].scores) < min_score:
             r.update(status="skipped", reason="below_min_score")
         else:

@@ -15,14 +15,13 @@ response, so PTS prefers the tokens that the evaluation rewards.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from phi4ray.evals.kinds import get_kind, render_prompt
 from phi4ray.evals.schema import EvalItem, SuiteError
-from phi4ray.run.errors import MissingInput
+from phi4ray.run.rowfiles import check_files_exist, load_rows
 from phi4ray.toy.arith import make_problems
 from phi4ray.toy.evals import TOY_KIND
 
@@ -30,42 +29,9 @@ PTS_KINDS = ("math", "choice", "code")
 _VERDICTS_PER_QUERY = 1024    # distinct rollout texts whose verdict one query's oracle remembers
 
 
-class BadLine(str):
-    """A JSONL line that is not JSON: the line itself (kept aside as it was), and why."""
-    reason: str = ""
-
-
-def rows(path: str) -> Iterator[tuple[str, object]]:
-    """(where, row) for every row of a JSONL or Parquet file: where is "file:line" (JSONL) or
-    "file:row N" (Parquet); a JSONL line that is not JSON comes as a BadLine."""
-    import fsspec  # deferred: only a run with a queries file reads through fsspec
-
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq  # deferred: as above
-
-        with fsspec.open(path, "rb") as f:
-            n = 0
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-                for row in batch.to_pylist():
-                    n += 1
-                    yield f"{path}:row {n}", row
-        return
-    with fsspec.open(path, "rt", encoding="utf-8", compression="infer") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield f"{path}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as e:
-                    bad = BadLine(line.rstrip("\n"))
-                    bad.reason = f"invalid JSON: {e.msg} at column {e.colno}"
-                    yield f"{path}:{lineno}", bad
-
-
 def _item(row: object, default_kind: str, default_id: str) -> EvalItem:
     """The row as an item. GSM8K-style rows work as they are: `question` for prompt, `answer` for
     reference (its final "#### N" when it is a worked solution), no id (then file:line names it)."""
-    if isinstance(row, BadLine):
-        raise SuiteError(row.reason)
     if not isinstance(row, dict):
         raise SuiteError(f"a query must be an object, got {type(row).__name__}")
     row = {k: v for k, v in row.items() if v is not None}  # Parquet fills a row's unused columns with null
@@ -86,35 +52,20 @@ def load_query_file(path: str, default_kind: str, limit: int, quarantine: Path,
     """The first `limit` valid queries of the file, and its counts {"read", "used", "quarantined",
     "by_kind"}. Bad rows (invalid JSON, a field the kind refuses, a repeated id, a kind PTS cannot
     judge) go to `quarantine` as {"where", "reason", "row"}. The driver holds at most `limit`
-    queries: the file is read as a stream and reading stops there. `option` names the file's
-    config key in errors."""
-    queries, seen, bad = [], set(), []
-    read = 0
-    try:
-        for where, row in rows(path):
-            if len(queries) == limit:
-                break
-            read += 1
-            try:
-                item = _item(row, default_kind, f"{Path(path).name}:{where.rsplit(':', 1)[1]}")
-                if item.id in seen:
-                    raise SuiteError(f"id {item.id!r} repeats an earlier query")
-            except (SuiteError, TypeError) as e:
-                bad.append({"where": where, "reason": str(e), "row": row})
-                continue
-            seen.add(item.id)
-            queries.append(as_query(item))
-    except FileNotFoundError:
-        raise MissingInput(f"{option}: {path} does not exist") from None
-    quarantine.parent.mkdir(parents=True, exist_ok=True)
-    with open(quarantine, "w") as f:
-        for b in bad:
-            f.write(json.dumps(b, default=str) + "\n")
-    counts = {"read": read, "used": len(queries), "quarantined": len(bad), "by_kind": _by_kind(queries)}
-    if not queries:
-        raise MissingInput(f"{option}: no valid query in {path} ({len(bad)} quarantined, "
-                           f"reasons in {quarantine}; first: {bad[0]['reason'] if bad else 'empty file'})")
-    return queries, counts
+    queries (phi4ray.run.rowfiles.load_rows). `option` names the file's config key in errors."""
+    seen: set[str] = set()
+
+    def parse(where: str, row: object) -> EvalItem:
+        item = _item(row, default_kind, f"{Path(path).name}:{where.rsplit(':', 1)[1]}")
+        if item.id in seen:
+            raise SuiteError(f"id {item.id!r} repeats an earlier query")
+        seen.add(item.id)
+        return item
+
+    items, counts = load_rows(path, parse, limit, quarantine, option=option, what="query",
+                              errors=(SuiteError, TypeError))
+    queries = [as_query(item) for item in items]
+    return queries, {**counts, "by_kind": _by_kind(queries)}
 
 
 def pts_queries(cfg, out_dir: Path) -> tuple[list[dict], dict]:
@@ -145,16 +96,6 @@ def query_files(cfg) -> list[str]:
 def check_queries_file(cfg, run_dir: Path, options: dict) -> None:
     """The queries file exists (the pts stage's `check`: before Ray or an engine starts)."""
     check_files_exist(query_files(cfg), "pts.queries_file")
-
-
-def check_files_exist(files: list[str], option: str) -> None:
-    """Each of `files` (any fsspec path) is a file; else an error naming the `option` that set it."""
-    import fsspec  # deferred: as in rows()
-
-    for f in files:
-        fs, p = fsspec.core.url_to_fs(f)
-        if not fs.isfile(p):
-            raise MissingInput(f"{option}: {f} is not a file")
 
 
 def query_oracle(query: dict, tok) -> Callable[[list[int]], bool]:

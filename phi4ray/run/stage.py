@@ -73,6 +73,14 @@ class Stage:
     needs_ray: bool = True
 
 
+def all_checks(*checks: Callable[[Any, Path, dict], None]) -> Callable[[Any, Path, dict], None]:
+    """One `Stage.check` running each of `checks` in order (the first failure stops it)."""
+    def check(cfg, run_dir: Path, options: dict) -> None:
+        for c in checks:
+            c(cfg, run_dir, options)
+    return check
+
+
 class StageFailed(Exception):
     """A stage raised something that is not the user's error; the cause is chained, `log` is the
     stage's log file (its last lines go to the console beside the traceback)."""

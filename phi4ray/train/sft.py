@@ -88,10 +88,24 @@ class SFTConfig:
     heldout: int = 64                 # conversations held out for the before/after loss
     train: TrainConfig = TrainConfig(seq_len=128, batch_size=8, micro_batch_size=4, steps=100, lr=3e-3,
                                      warmup_steps=10, checkpoint_every=50, log_every=10)
+    # best-of-N (the report's SFT data: several responses, the judge keeps the best): > 0 = the
+    # model SFT starts from answers `best_of_n_prompts` prompts N times each on the fleet, its
+    # judge (dpo.judge_url's endpoint, else itself) ranks them, the prompt's oracle rules out
+    # wrong ones, and the best join the training conversations. Prompts: the first rows of
+    # `best_of_n_file` (a query file, as pts.queries_file), else toy-domain training questions
+    best_of_n: int = 0
+    best_of_n_prompts: int = 64
+    best_of_n_file: str = ""
+    best_of_n_max_tokens: int = 256
 
     def __post_init__(self) -> None:
         if self.problems < 1 or self.heldout < 1:
             raise ConfigError(f"sft.problems={self.problems} and sft.heldout={self.heldout} must be >= 1")
+        if self.best_of_n < 0 or self.best_of_n == 1:
+            raise ConfigError(f"sft.best_of_n={self.best_of_n} must be 0 (off) or >= 2 (a best of one is no choice)")
+        if self.best_of_n_prompts < 1 or self.best_of_n_max_tokens < 1:
+            raise ConfigError(f"sft.best_of_n_prompts={self.best_of_n_prompts} and sft.best_of_n_max_tokens="
+                              f"{self.best_of_n_max_tokens} must be >= 1")
 
 
 def read_conversations(path: str) -> list[list[dict]]:

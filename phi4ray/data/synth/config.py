@@ -23,7 +23,8 @@ STEPS = ("rewrite", "revise", "reversal", "qa", "plurality")
 @dataclass(frozen=True)
 class SynthesizeConfig:
     steps: tuple[str, ...] = STEPS
-    seeds: int = 64                 # seeds per step drawn from RUN/curated (plurality: qa questions)
+    seeds: int = 64                 # seeds per step drawn from RUN/curated (plurality: as many qa
+                                    # questions, and as many from questions_file)
     teacher: str = "fleet"          # "fleet": serve teacher_model on our sampler fleet; "endpoint": teacher_url
     teacher_model: str = ""         # HF folder for the fleet; "" = the run's newest model folder
     teacher_url: str = ""           # OpenAI-compatible base URL (…/v1) when teacher="endpoint"
@@ -42,6 +43,9 @@ class SynthesizeConfig:
     code_min_lines: int = 3
     code_max_chars: int = 3000
     arith_questions: int = 16       # plurality: toy arithmetic problems besides qa's questions
+    # plurality: organic questions, JSONL or Parquet (any fsspec path) of {"question", optional
+    # "answer", "id"}; its first `seeds` valid rows join qa's questions (phi4ray.data.synth.seeds)
+    questions_file: str = ""
     # > 0: that many toy-domain problems with worked solutions, each verified by the domain's oracle,
     # become synthetic documents (phi4ray.toy.synth): a synthetic source that needs no teacher, for
     # runs whose teacher writes nothing usable (the tiny preset's random model); 0 = off
@@ -85,9 +89,12 @@ class SynthesizeConfig:
             raise ConfigError(f"synth.arith_questions={self.arith_questions} must be >= 0")
         if self.toy_problems < 0:
             raise ConfigError(f"synth.toy_problems={self.toy_problems} must be >= 0 (0: no toy source)")
-        if "plurality" in self.steps and "qa" not in self.steps and not self.arith_questions:
-            raise ConfigError("synth.steps has plurality without qa and synth.arith_questions=0: "
+        if "plurality" in self.steps and "qa" not in self.steps and not (self.arith_questions or self.questions_file):
+            raise ConfigError("synth.steps has plurality without qa, synth.questions_file or synth.arith_questions: "
                               "plurality would have no question to filter")
+        if self.questions_file and "plurality" not in self.steps:
+            raise ConfigError(f"synth.questions_file={self.questions_file!r} feeds the plurality step, which "
+                              f"synth.steps={','.join(self.steps)} leaves out")
         if "plurality" in self.steps and self.plurality.sampling.temperature == 0:
             raise ConfigError("synth.plurality.sampling.temperature=0: N greedy answers are one answer N times "
                               "(every question 'too_easy'), and vLLM refuses n > 1 at temperature 0")

@@ -14,7 +14,8 @@ hard or ambiguous. For each question:
   else "ok";
 - the answer kept: the organic answer if present and equal to the majority ("organic"), else the
   majority's ("majority" when there was none, "majority_replaced_organic" when it disagreed).
-  An organic answer may be a bare final answer or a solution with \boxed{}.
+  An organic answer may be a bare final answer, a solution with \boxed{} or one ending in GSM8K's
+  "#### N".
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ def plurality_filter(question: str, organic_answer: str | None, answers: list[st
     else:
         status = "ok"
     organic = organic_answer.strip() if isinstance(organic_answer, str) else ""
-    organic = (last_boxed(organic) or organic).strip()
+    organic = (last_boxed(organic) or organic.rsplit("####", 1)[-1]).strip()  # GSM8K: "... #### 6"
     if organic and same_answer(organic, majority, rel_tol):
         answer, source = organic, "organic"
     elif majority is None:

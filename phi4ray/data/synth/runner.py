@@ -2,7 +2,9 @@
 
     RUN/curated/<source>/*.parquet (else the built-in corpus)
       -> each source's candidate documents, first by rank (the runner's `pick_documents`)
-      -> seeds per step from those (phi4ray.data.synth.seeds)
+      -> seeds per step from those (phi4ray.data.synth.seeds); plurality's also from
+         `synth.questions_file` (read first: a file without a valid row stops the stage before any
+         teacher call; bad rows in RUN/synthesize/quarantine_questions.jsonl)
       -> chunks of `synth.chunk_size` seeds (phi4ray.data.synth.chunks), the missing ones run by a
          runner, each writing RUN/synthesize/<step>/<chunk_id>.parquet
       -> plurality after qa (qa's questions, deduplicated across seeds, are among its seeds)
@@ -26,7 +28,15 @@ from typing import Protocol
 
 from phi4ray.data.synth.chunks import Chunk, clean_stale, plan_chunks, process_chunk, read_rows, run_missing
 from phi4ray.data.synth.outputs import check_counts, step_report, write_outputs
-from phi4ray.data.synth.seeds import code_seeds, dedupe_questions, pick_documents, plurality_seeds, prose_seeds, revise_seeds
+from phi4ray.data.synth.seeds import (
+    code_seeds,
+    dedupe_questions,
+    organic_questions,
+    pick_documents,
+    plurality_seeds,
+    prose_seeds,
+    revise_seeds,
+)
 from phi4ray.data.synth.steps import STEPS
 from phi4ray.run.console import say
 from phi4ray.run.stage import StageResult
@@ -34,6 +44,7 @@ from phi4ray.toy.synth import STEP as TOY_STEP
 from phi4ray.toy.synth import toy_source
 
 WORK = "synthesize"  # RUN/<WORK>: chunk files, dropped rows, report.json
+QUARANTINE = "quarantine_questions.jsonl"  # RUN/<WORK>/<QUARANTINE>: synth.questions_file's bad rows
 
 
 class Runner(Protocol):
@@ -77,6 +88,7 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     """The stage's work on `runner`; chunks with a file already are not run again."""
     run_dir = Path(run_dir).resolve()
     s, work, t0 = cfg.synth, run_dir / WORK, time.time()
+    organic, read = organic_questions(cfg, work / QUARANTINE) if s.questions_file else ([], None)
     origin, docs = runner.pick_documents(run_dir, cfg)
     passages = prose_seeds(docs, s)
     seeds = {"rewrite": passages, "revise": revise_seeds(passages), "reversal": code_seeds(docs, s), "qa": passages}
@@ -86,7 +98,7 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     redone: dict[str, int] = {}
     for phase in ([st for st in order if st != "plurality"], [st for st in order if st == "plurality"]):
         if phase == ["plurality"]:
-            seeds["plurality"] = plurality_seeds(rows.get("qa", []), cfg)
+            seeds["plurality"] = plurality_seeds(rows.get("qa", []), cfg, organic)
         for st in phase:
             plans[st] = plan_chunks(st, seeds[st], cfg, runner.name)
         ran = run_missing([c for st in phase for c in plans[st]], runner, s, work)  # one pipeline per phase
@@ -100,7 +112,9 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     clean_stale(work, plans)
     toy = toy_source(cfg) if s.toy_problems else None  # no teacher: in this process, a second for thousands
     outputs = write_outputs(run_dir, work, {st: (seeds[st], rows[st]) for st in order}, s, toy)
+    questions = {"path": s.questions_file, **read, "quarantine": str(work / QUARANTINE)} if read else None
     report = {"teacher": runner.name, "seeds_from": origin, "outputs": outputs,
+              **({"questions_file": questions} if questions else {}),
               "steps": {st: step_report(st, seeds[st], rows[st], len(plans[st]), redone[st]) for st in order},
               **({"toy": toy.report} if toy else {}), "wall_s": round(time.time() - t0, 1), **runner.timings()}
     work.mkdir(parents=True, exist_ok=True)
@@ -108,6 +122,9 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     for st, r in report["steps"].items():
         say(f"synthesize: {st}: {r['seeds_in']} seeds -> {r['rows_out']} rows, {r['ok']} kept "
             f"({r['acceptance_rate']}); dropped {r['dropped']}")
+    if questions:
+        say(f"synthesize: {s.questions_file}: {questions['read']} rows read -> {questions['used']} questions, "
+            f"{questions['quarantined']} quarantined ({questions['quarantine']})")
     if toy:
         t = toy.report
         say(f"synthesize: {TOY_STEP}: {t['generated']} problems -> {t['kept']} kept, verified by the oracle "
@@ -118,8 +135,11 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     # a step's rows are kept or dropped; the toy problems are kept or rejected
     dropped = sum(r["rows_out"] for r in steps.values()) - kept + (toy.report["generated"] if toy else 0)
     counts = {"seeds": sum(r["seeds_in"] for r in steps.values()), "kept": kept, "dropped": dropped,
-              "outputs": outputs, "steps": steps, **({"toy": toy_counts} if toy else {})}
-    return StageResult(counts=counts, inputs={"seeds_from": origin, "teacher": runner.name},
+              "outputs": outputs, "steps": steps, **({"toy": toy_counts} if toy else {}),
+              **({"questions_file": read} if read else {})}
+    return StageResult(counts=counts, inputs={"seeds_from": origin, "teacher": runner.name,
+                                              **({"questions_file": s.questions_file} if read else {})},
                        outputs={"synthetic": str(run_dir / "synthetic"), "dropped": str(work / "dropped"),
-                                "report": str(work / "report.json")},
+                                "report": str(work / "report.json"),
+                                **({"quarantine_questions": questions["quarantine"]} if read else {})},
                        timings={"wall_s": report["wall_s"], **runner.timings()})

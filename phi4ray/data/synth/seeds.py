@@ -4,7 +4,8 @@
   and qa, and for revise as a task asking to reason out what follows from the passage;
 - code: top-level functions (undecorated, `code_min_lines`..`code_max_chars`), those with doctests
   first: the reversal step runs those as tests of the regenerated code;
-- plurality: qa's kept questions with their organic answers, plus `arith_questions` toy arithmetic
+- plurality: the first `synth.seeds` valid rows of `synth.questions_file` (organic questions, their
+  answers if given), qa's kept questions with their answers, plus `arith_questions` toy arithmetic
   problems (phi4ray.toy.arith) with their references as organic answers.
 Every seed has a stable `seed_id`; the same documents and config always give the same seeds.
 
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 from phi4ray.data.corpus import spread, write_builtin_corpus
 from phi4ray.data.curate.passages import passage_scores, segment_passages
 from phi4ray.data.synth import qa, reversal
+from phi4ray.run.rowfiles import BadRow, check_files_exist, load_rows
 from phi4ray.toy.arith import make_arithmetic
 
 READ_ROWS = 1024  # rows per read of a seed file: what bounds a reader's memory, not the file's size
@@ -197,11 +199,58 @@ def dedupe_questions(rows: list[dict]) -> None:
             seen.add(key)
 
 
-def plurality_seeds(qa_rows: list[dict], cfg) -> list[dict]:
+QUESTIONS_OPTION = "synth.questions_file"
+
+
+def question_files(cfg) -> list[str]:
+    """The stage's input files (their contents join its key)."""
+    return [cfg.synth.questions_file] if cfg.synth.questions_file else []
+
+
+def check_questions_file(cfg, run_dir: Path, options: dict) -> None:
+    """The questions file exists (part of the synthesize stage's `check`: before Ray or a teacher starts)."""
+    check_files_exist(question_files(cfg), QUESTIONS_OPTION)
+
+
+def organic_questions(cfg, quarantine: Path) -> tuple[list[dict], dict]:
+    """The first `synth.seeds` valid rows of `synth.questions_file` as plurality seeds, and the
+    counts {"read", "used", "quarantined"}; bad rows go to `quarantine` with file:line and why.
+    A row is {"question": str, optional "answer": str, "id": str | int}; its seed id is
+    `organic:<id>`, else `organic:<file name>:<line>`, and a repeated one is a bad row."""
+    path, seen = cfg.synth.questions_file, set()
+
+    def parse(where: str, row: object) -> dict:
+        if not isinstance(row, dict):
+            raise BadRow(f"a row must be an object, got {type(row).__name__}")
+        question, answer, rid = row.get("question"), row.get("answer"), row.get("id")
+        if question is None:
+            raise BadRow("no question")
+        if not isinstance(question, str):
+            raise BadRow(f"question must be a string, got {type(question).__name__}")
+        if not question.strip():
+            raise BadRow("empty question")
+        if answer is not None and not isinstance(answer, str):
+            raise BadRow(f"answer must be a string, got {type(answer).__name__}")
+        # bool is an int: an id of `true` is a mistake, not a name
+        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+            raise BadRow(f"id must be a string or an integer, got {type(rid).__name__}")
+        # Parquet fills a row's missing id with null, JSONL may leave it out: then the line names it
+        sid = f"organic:{rid}" if rid not in (None, "") else f"organic:{Path(path).name}:{where.rsplit(':', 1)[1]}"
+        if sid in seen:
+            raise BadRow(f"seed id {sid!r} repeats an earlier row's")
+        seen.add(sid)
+        return {"seed_id": sid, "question": question, "source": "organic",
+                **({"answer": answer} if answer and answer.strip() else {})}
+
+    return load_rows(path, parse, cfg.synth.seeds, quarantine, option=QUESTIONS_OPTION, what="question")
+
+
+def plurality_seeds(qa_rows: list[dict], cfg, organic: Iterable[dict] = ()) -> list[dict]:
+    """The `organic` questions (`organic_questions`), then qa's kept ones, then toy arithmetic."""
     s = cfg.synth
     found = [{"seed_id": f"qa:{r['seed_id']}#{r['pair_index']}", "question": r["question"], "answer": r["answer"],
               "source": "qa"} for r in qa_rows if r["status"] == "ok"]
     # seed + 3: pts draws its queries with seed + 1 and the judge round with seed + 2
     arith = [{"seed_id": f"arith:{p['id']}", "question": p["question"], "answer": p["answer"], "source": "arith"}
              for p in make_arithmetic(s.arith_questions, cfg.seed + 3, cfg.arith)] if s.arith_questions else []
-    return spread(found, s.seeds) + arith
+    return list(organic) + spread(found, s.seeds) + arith

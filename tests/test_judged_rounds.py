@@ -1,7 +1,7 @@
-"""DPO's two rounds without Ray: round 2's prompts (a query file with quarantine, or the toy
-domain's), the oracle its judged pairs use, the judge round over scripted policies and judge, and
-the dpo2 stage's config checks and off switch. The stages on a real fleet and Ray Train:
-tests/test_cli.py's end-to-end run (slow tier)."""
+"""Judge-guided post-training data without Ray: DPO round 2's and SFT best-of-N's prompts (a query
+file with quarantine, or the toy domain's), the oracle their responses are graded by, judged pairs
+and best-of-N over scripted policies and judges, and the stages' config checks and off switch. The
+stages on a real fleet and Ray Train: tests/test_cli.py's end-to-end run (slow tier)."""
 import dataclasses
 import json
 from pathlib import Path
@@ -10,10 +10,12 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from actors.posttrain.dpo_stage import ROUND1, ROUND2, check_round2, run_round2
+from actors.posttrain import sft_stage
+from actors.posttrain.dpo_stage import ROUND1, ROUND2, run_round2
 from phi4ray.posttrain.judge import Candidate
-from phi4ray.posttrain.judge_prompts import as_prompt, grade, judge_queries
+from phi4ray.posttrain.judge_prompts import as_prompt, best_of_n_queries, grade, judge_queries
 from phi4ray.posttrain.judged_pairs import build_judged_pairs
+from phi4ray.posttrain.judged_sft import best_of_n_sft
 from phi4ray.presets import run_preset
 from phi4ray.run.errors import ConfigError, MissingInput
 from phi4ray.run.paths import MODEL_STAGES
@@ -50,7 +52,7 @@ def test_prompts_file_stops_at_judge_prompts_and_errors_name_the_option(tmp_path
     with pytest.raises(MissingInput, match="dpo.judge_prompts_file"):
         judge_queries(_cfg(judge_prompts=2, judge_prompts_file=str(tmp_path / "nope.jsonl")), tmp_path / "out")
     with pytest.raises(MissingInput, match="dpo.judge_prompts_file: .*nope.jsonl"):
-        check_round2(_cfg(judge_prompts=2, judge_prompts_file=str(tmp_path / "nope.jsonl")), tmp_path, {})
+        ROUND2.check(_cfg(judge_prompts=2, judge_prompts_file=str(tmp_path / "nope.jsonl")), tmp_path, {})
 
 
 def test_toy_prompts_are_drawn_apart_from_pts_and_the_oracle_grades_by_kind(tmp_path):
@@ -117,3 +119,47 @@ def test_round2_off_records_a_skip_without_starting_anything(tmp_path):
 def test_bad_round2_config_names_the_field(change, needle):
     with pytest.raises(ConfigError, match=needle):
         _cfg(**change)
+
+
+def _sft_cfg(**sft):
+    cfg = run_preset("tiny")
+    return dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, **sft))
+
+
+def test_best_of_n_keeps_the_best_answer_the_oracle_allows(tmp_path):
+    """The judge rates the wrong answer higher; the oracle's accuracy outranks it, and a prompt
+    whose every answer is wrong is skipped as `incorrect` rather than taught."""
+    from phi4ray.evals.schema import EvalItem
+    from phi4ray.posttrain.queries import as_query
+
+    class Confident(_Policy):
+        async def respond(self, prompt_ids, question, n=None):
+            texts = ("The answer is (B).", "The answer is (A).") if "97" in question else ("The answer is (B).",) * 2
+            return [Candidate(self.model_id, self.tok.encode(t), t, "stop") for t in texts]
+
+    async def judge(prompt, guide=None):
+        return "Accuracy: 5\nStyle: 5\nDetail: 5" if "(B)" in prompt.split("[Response]")[-1] else \
+            "Accuracy: 2\nStyle: 2\nDetail: 2"
+
+    other = {**CHOICE, "id": "q2", "prompt": "Which is prime?\n\nA. 89\nB. 91"}
+    prompts = [as_prompt(as_query(EvalItem.from_json(q))) for q in (CHOICE, other)]
+    rep = best_of_n_sft(prompts, Confident(), judge, 2, tmp_path / "bon.jsonl", oracle=grade)
+    assert rep["prompts_in"] == 2 == rep["kept"] + sum(rep["skipped"].values())
+    assert rep["kept"] == 1 and rep["skipped"] == {"incorrect": 1}
+    row = json.loads((tmp_path / "bon.jsonl").read_text())
+    assert row["query_id"] == "q1" and row["messages"][1]["content"] == "The answer is (A)."
+
+
+def test_best_of_n_prompts_and_config(tmp_path):
+    queries, counts = best_of_n_queries(_sft_cfg(best_of_n=2, best_of_n_prompts=5), tmp_path)
+    assert counts["used"] == 5 and len({q["id"] for q in queries}) == 5
+    judge_ids = {q["question"] for q in judge_queries(_cfg(judge_prompts=5), tmp_path)[0]}
+    assert {q["question"] for q in queries} != judge_ids  # its own draw
+    with pytest.raises(ConfigError, match="best_of_n=1"):
+        _sft_cfg(best_of_n=1)
+    missing = _sft_cfg(best_of_n=2, best_of_n_file=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(MissingInput, match="sft.best_of_n_file"):
+        sft_stage.STAGE.check(missing, tmp_path, {})
+    sft_stage.STAGE.check(_sft_cfg(best_of_n=0, best_of_n_file=str(tmp_path / "nope.jsonl")), tmp_path, {})  # off: unread
+    f = _write(tmp_path / "q.jsonl", [CHOICE])
+    assert sft_stage.STAGE.files(_sft_cfg(best_of_n=2, best_of_n_file=str(f))) == [str(f)]
