@@ -10,6 +10,7 @@ from pathlib import Path
 
 from phi4ray.data.curate.config import CurateConfig
 from phi4ray.data.packing import PHI4_MIXTURE, source_table, table_entries
+from phi4ray.data.synth.agents import AgentsConfig
 from phi4ray.data.synth.config import SynthesizeConfig
 from phi4ray.data.synth.llm import CallConfig, Sampling
 from phi4ray.data.synth.plurality import PluralityConfig
@@ -191,6 +192,7 @@ def tiny() -> RunConfig:
             reversal=ReversalConfig(instruction=Sampling(64, 0.3), code=Sampling(64, 0.2)),
             qa=QAConfig(sampling=Sampling(64, 0.3)),
             plurality=PluralityConfig(n_answers=4, sampling=Sampling(64, 0.8)),
+            agents=AgentsConfig(solver_a=Sampling(64, 0.7), solver_b=Sampling(64, 0.7), referee=Sampling(64, 0.3)),
             # unguided: the random teacher's noise should fail its parsers, not be held to their
             # forms; and on the test fleet one guided rewrite request of the tiny model ends with
             # vLLM's finish_reason "error" every time (README, Limitations)
@@ -231,7 +233,10 @@ def smol() -> RunConfig:
         data=DataConfig(seq_len=1024), midtrain=MidtrainConfig(rope_theta=100_000.0),
         # a light touch: the toy domain's worked solutions at a small learning rate, so SFT runs on
         # the imported model without moving it far from what the query files were measured on
-        sft=SFTConfig(problems=48, heldout=16, train=post),
+        # plus best-of-4 of the imported model's own answers to 16 toy questions, its guided
+        # judge ranking them and the toy oracle keeping only right ones (rejection sampling)
+        sft=SFTConfig(problems=48, heldout=16, train=post, best_of_n=4, best_of_n_prompts=16,
+                      best_of_n_max_tokens=96),
         # choice answers ("The answer is (B).") take ~8 tokens: 20 leaves room, not rambling
         pts=PTSConfig(queries=24, queries_file=str(SMOL_QUERIES / "smol_queries_train.jsonl"),
                       queries_kind="choice", samples_per_estimate=8, max_tokens=20, concurrency=32),

@@ -63,6 +63,9 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
             "sft.problems=40", "sft.heldout=8", "sft.train.steps=30", "sft.train.batch_size=4",
             "sft.train.micro_batch_size=2", "sft.train.warmup_steps=2", "sft.train.min_lr_ratio=1.0",
             "sft.train.checkpoint_every=30", "sft.train.log_every=10",
+            # best-of-N on the fleet: the barely pretrained start model answers (mostly cut off at
+            # 24 tokens), its guided judge scores the rest, the toy oracle rules out wrong answers
+            "sft.best_of_n=2", "sft.best_of_n_prompts=4", "sft.best_of_n_max_tokens=24",
             "pts.queries=12", "pts.samples_per_estimate=4", "pts.max_tokens=12",
             # round 2: toy questions answered 4 times by the round-1 model, room to finish (PTS's 12
             # tokens cut most answers off); its guided judge parses and the toy oracle decides accuracy
@@ -78,7 +81,9 @@ def test_run_tiny_end_to_end_then_rerun_is_a_no_op(tmp_path):
         assert json.loads((tmp_path / "manifests" / f"{stage}.json").read_text())["complete"]
     assert (tmp_path / "tokens_midtrain" / "tokenize_record.json").is_file()  # midtraining's own mixture
     sft = json.loads((tmp_path / "manifests" / "sft.json").read_text())["counts"]
-    assert sft["conversations"] == 40 and sft["heldout_loss_after"] < sft["heldout_loss_before"]
+    bon = sft["best_of_n"]
+    assert bon["prompts_in"] == 4 == bon["kept"] + sum(bon["skipped"].values()), bon  # kept > 0: the smol run
+    assert sft["conversations"] == 40 + bon["kept"] and sft["heldout_loss_after"] < sft["heldout_loss_before"]
     pts = json.loads((tmp_path / "manifests" / "pts.json").read_text())["counts"]
     assert pts["queries"] == 12 == pts["kept"] + pts["too_easy"] + pts["too_hard"] and pts["samples"] > 0
     assert pts["kept"] >= 1 and pts["pairs"] >= 2

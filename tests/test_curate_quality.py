@@ -2,6 +2,7 @@
 on the machine (stdlib docstrings and code, English / German / Russian man pages), passages."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -15,11 +16,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import phi4ray.data.curate.annotate as annotate_module
 from phi4ray.data.corpus import builtin_sources
 from phi4ray.data.curate.annotate import ANNOTATION_TEMPLATE_V1, annotation_prompt, labels_from_annotations, parse_annotation
 from phi4ray.data.curate.classifier import ClassifierFileError, QualityClassifier, QualityClassifierConfig, train_classifier
+from phi4ray.data.curate.config import CurateConfig, QualityConfig
 from phi4ray.data.curate.passages import passage_scores, segment_passages
+from phi4ray.data.curate.quality import balanced_accuracy, quality_line, train_quality
+from phi4ray.presets import run_preset
 from phi4ray.run.errors import ConfigError
+from phi4ray.run.overrides import OverrideError, apply_overrides
 from tests.text_samples import chunks
 
 MAN = Path("/usr/share/man")
@@ -185,6 +191,84 @@ def test_scores_thousands_of_documents_a_second(prose_vs_salad):
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"quality.{field}"):
         QualityClassifierConfig(**{field: value})
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.01, float("nan"), "0.5", True, None])
+def test_a_bad_quality_threshold_names_its_key(value):
+    with pytest.raises(ConfigError, match=r"curate\.quality\.min_score"):
+        QualityConfig(min_score=value)
+
+
+def test_a_bad_quality_threshold_on_the_command_line_names_its_key():
+    with pytest.raises(OverrideError, match=r"curate\.quality\.min_score=1\.5"):
+        apply_overrides(run_preset("tiny"), ["curate.quality.min_score=1.5"])
+    assert apply_overrides(run_preset("tiny"), ["curate.quality.min_score=0"]).curate.quality.min_score == 0.0
+
+
+def test_the_classifier_learns_llm_labels_and_its_files_name_the_judge(corpus, tmp_path, monkeypatch):
+    """annotator=endpoint without a server: the judge's replies are scripted, everything after them
+    (parsing, labels at label_threshold, training, the records) is the stage's own code."""
+    prose, bare = corpus["prose"][:40], corpus["code"][:40]
+    replies = {t: "Justification: a clear explanation.\nEducational value: 4\nReasoning depth: 3" for t in prose}
+    replies.update({t: "Justification: code, nothing explained.\nEducational value: 1\nReasoning depth: 0" for t in bare})
+    replies[bare[0]] = "I would rather not rate this."  # an unparseable reply: unlabelled, not fatal
+    calls = []
+
+    async def judge(texts, url, name, api_key_env, max_tokens):
+        calls.append((url, name, api_key_env, len(texts)))
+        return [parse_annotation(replies[t]) for t in texts]
+
+    monkeypatch.setattr(annotate_module, "judge_annotations", judge)
+    q = QualityConfig(annotator="endpoint", url="http://judge.test/v1", name="judge-70b", api_key_env="JUDGE_KEY",
+                      classifier=QualityClassifierConfig(buckets=1 << 14))
+    cfg = dataclasses.replace(run_preset("tiny"), curate=CurateConfig(quality=q))
+    sample = [(f"d{i}", t) for i, t in enumerate(prose + bare)]
+    path, m = train_quality(sample, cfg, tmp_path)
+    assert calls == [("http://judge.test/v1", "judge-70b", "JUDGE_KEY", 80)]
+    # FineWeb-Edu's cut (educational value >= 3), not the heuristic annotator's median split
+    assert (m["annotator"], m["judge"], m["label_threshold"]) == ("endpoint", "judge-70b at http://judge.test/v1", 3.0)
+    assert (m["annotated"], m["parsed"], m["positives"], m["unlabelled"]) == (80, 79, 40, 1)
+    assert m["heldout_size"] == 16 and m["heldout_accuracy"] >= 0.9, m  # 1.0 measured
+    assert m["balanced_accuracy"] > 0.5 and m["min_score"] == 0.5 and "not_dropping" not in m  # the threshold applies
+    notes = [json.loads(line) for line in (tmp_path / "annotations.jsonl").read_text().splitlines()]
+    assert [n["label"] for n in notes] == [1] * 40 + [None] + [0] * 39
+    assert {n["annotation"]["template_id"] for n in notes if n["annotation"]} == {ANNOTATION_TEMPLATE_V1.id}
+    # the classifier file carries who taught it and how well it learnt, wherever it is copied
+    saved = QualityClassifier.load(path).metrics
+    assert (saved["annotator"], saved["judge"], saved["heldout_accuracy"]) == ("endpoint", m["judge"], m["heldout_accuracy"])
+    line = quality_line(m, 7)
+    assert "judge-70b at http://judge.test/v1" in line and f"{m['heldout_accuracy']:.2f}" in line
+    assert "7 prose documents with p(keep) < 0.5 dropped" in line and "annotator=" not in line
+    assert "annotator=endpoint or fleet" in quality_line({**m, "annotator": "heuristic"}, 7)
+
+
+def test_a_classifier_that_cannot_tell_the_labels_apart_drops_nothing(tmp_path, monkeypatch):
+    """Twenty copies of one text, labelled keep and drop in turn: whatever it learns, the classifier
+    scores them all alike, so a threshold would drop all of them or none. It is saved (its scores
+    still rank documents) but its threshold is 0, and the records say why."""
+    async def judge(texts, *args):
+        return [parse_annotation(f"Educational value: {4 if i % 2 else 1}\nReasoning depth: 0") for i in range(len(texts))]
+
+    monkeypatch.setattr(annotate_module, "judge_annotations", judge)
+    q = QualityConfig(annotator="endpoint", url="http://judge.test/v1", name="judge",
+                      classifier=QualityClassifierConfig(buckets=1 << 12))
+    text = builtin_sources(1)["web"][0]["text"]
+    path, m = train_quality([(f"d{i}", text) for i in range(20)], dataclasses.replace(
+        run_preset("tiny"), curate=CurateConfig(quality=q)), tmp_path)
+    assert m["positives"] == 10 and m["balanced_accuracy"] in (None, 0.5), m
+    assert m["min_score"] == 0.0 and "does not tell keep from drop" in m["not_dropping"]
+    assert QualityClassifier.load(path).metrics["min_score"] == 0.0
+    assert quality_line(m, 0).endswith(m["not_dropping"])
+
+
+@pytest.mark.parametrize("per_class, counts, want", [
+    ({"0": 1.0, "1": 0.0}, {"0": 30, "1": 3}, 0.5),        # one answer for every text: no better than none
+    ({"0": 0.625, "1": 0.8}, {"0": 110, "1": 111}, 0.7125),  # what the tiny run's heuristic labels give
+    ({"0": 1.0}, {"0": 10, "1": 2}, None),                  # no keep document held out: unknown
+])
+def test_balanced_accuracy(per_class, counts, want):
+    got = balanced_accuracy({"heldout_class_accuracy": per_class, "class_counts": counts})
+    assert got == (want if want is None else pytest.approx(want))
 
 
 # --- annotation ----------------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import pytest
 
 from actors.data.tokenize import tokenize_mixture
 from actors.run.cluster import RayCluster
-from phi4ray.data.mixtures import midtrain_mixture_for_run, mixture_for_run
+from phi4ray.data.mixtures import midtrain_mixture_for_run, mixture_for_run, source_files
 from phi4ray.data.packing import load_token_shards
-from phi4ray.data.token_shards import RECORD, TOO_SHORT
+from phi4ray.data.token_shards import RECORD, TOO_SHORT, docs_file, source_stats, tokenize_file
 from phi4ray.model.phi4_tokenizer import ENDOFTEXT, phi4_tokenizer
 from phi4ray.run.errors import ConfigError
 
@@ -131,3 +131,34 @@ def test_bad_midtrain_config(tmp_path, kw, needle):
     with pytest.raises(ConfigError, match=needle):
         midtrain_mixture_for_run(tmp_path, **kw)
     assert not (tmp_path / "builtin").exists()
+
+
+def test_synthetic_long_rows_join_long_only(tmp_path):
+    """RUN/synthetic/long (the synthesize stage's long rows) is part of midtraining's `long` source,
+    where a row under 2L tokens is dropped and counted like any short document; neither recall nor
+    the pretraining mixture reads it. No Ray: the tokenize stage's per-file pass, in-process."""
+    def write(rel, texts):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"text": pa.array(texts, pa.string())}), tmp_path / rel)
+
+    long_row, short_row = " ".join(WORDS * 4), "alpha beta gamma"
+    write("curated/web/part-0.parquet", ["web " + " ".join(WORDS)])
+    write("synthetic/synthetic/qa.parquet", ["User: what? Assistant: that."])
+    write("only/synthetic/long/long.parquet", [long_row])
+    write("synthetic/long/long.parquet", [long_row, short_row])
+    pre = mixture_for_run(tmp_path, seq_len=L)
+    assert {s.name: s.paths for s in pre.sources} == {"synthetic": ("synthetic/synthetic",), "web": ("curated/web",)}
+    long, recall = midtrain_mixture_for_run(tmp_path, seq_len=4 * L, pretrain_seq_len=L).sources
+    assert long.paths == ("synthetic/synthetic", "curated/web", "synthetic/long")
+    assert recall.paths == ("synthetic/synthetic", "curated/web")
+
+    tok, cache = phi4_tokenizer(), tmp_path / "tokenized"
+    assert [len(tok.encode_ordinary(t)) >= 2 * L for t in (long_row, short_row)] == [True, False]
+    rows_file, = (f for f in source_files(tmp_path, long) if f.endswith("synthetic/long/long.parquet"))
+    tokenize_file(rows_file, cache, tok)
+    stats = source_stats(docs_file(cache, rows_file), long)
+    assert (stats["kept"], stats["short"]) == (1, 1)
+
+    # a run holding only long rows pretrains on the built-in corpus, not on them
+    only = mixture_for_run(tmp_path / "only", seq_len=L, builtin_max_docs=2)
+    assert {p.split("/")[0] for s in only.sources for p in s.paths} == {"builtin"}

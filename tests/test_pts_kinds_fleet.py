@@ -24,7 +24,9 @@ from phi4ray.run import manifest
 from phi4ray.run.stage import run_stage
 from tests.chain_model import chain_model, text_chain
 
-pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+# slow tier: ~100 s of sandboxed code verdicts on 2 cores; the default tier's PTS-on-the-fleet test is
+# tests/test_pts_fleet.py (the planted pivot), its oracles' tests are tests/test_pts.py
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.vllm]
 
 PIECES = ["```python\nx = ", ("4", "5"), " \n```\nThe answer is (", ("A", "B"), "). \\boxed{", ("6", "7"), "}"]
 QUERIES = [  # (row, the coin that decides it, the winning side)

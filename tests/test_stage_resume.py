@@ -15,7 +15,9 @@ from phi4ray.presets import run_preset
 from phi4ray.run.overrides import apply_overrides
 from phi4ray.run.stage import run_stage, stage_key
 
-pytestmark = pytest.mark.ray
+# slow tier (~60 s): the default tier resumes a training job from its checkpoint in
+# tests/test_trainer.py; this one adds the stage's key and a second init/tokenize/pretrain round
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 SMALL = ["model.n_layers=1", "model.dim=64", "model.n_heads=2", "model.n_kv_heads=1", "model.ffn_dim=128",
          "data.seq_len=32", "data.total_tokens=4000", "data.builtin_max_docs=6", "pretrain.batch_size=4",

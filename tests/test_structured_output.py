@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from phi4ray.data.synth.agents import parse_referee
 from phi4ray.data.synth.llm import CallConfig, Request, Sampling, ScriptedEngine, call_all
 from phi4ray.data.synth.plurality import plurality_filter
 from phi4ray.data.synth.qa import parse_qa_pairs
@@ -19,13 +20,19 @@ from phi4ray.verify.oracles import extract_answer
 
 # an answer of each guided template's form, as a model held to it writes one, and what its step reads of it
 ANSWERS = {
-    "critique": ("reasoning: 7\nfactual_accuracy: 10\nfeedback: step 2 skips the unit conversion",
+    "critique": ("feedback: step 2 skips the unit conversion\nreasoning: 7\nfactual_accuracy: 10",
                  lambda t: parse_critique(t) == {"reasoning": 7, "factual_accuracy": 10}),
     "qa_extract": ("Question: When does the mill turn?\nReasoning: it turns when the river is high; the river is "
                    "high after rain\nAnswer: after the spring rains\n\nQuestion: What makes the river high?\n"
                    "Reasoning: the passage says so\nAnswer: spring rain",
                    lambda t: [p.answer for p in parse_qa_pairs(t)] == ["after the spring rains", "spring rain"]),
     "answer": ("12 apples minus 5 eaten leaves 7.\nSo the answer is\n\\boxed{7}", lambda t: extract_answer(t) == "7"),
+    "agents_solver_a": ("3 rows of 4 chairs: 3 * 4 = 12.\n\\boxed{12}", lambda t: extract_answer(t) == "12"),
+    "agents_solver_b": ("Estimate: about 10. Exactly: 4 + 4 + 4 = 12, near the estimate.\n\\boxed{12}",
+                        lambda t: extract_answer(t) == "12"),
+    "agents_referee": ("Differences: B adds 3 + 4 where A multiplies\nCorrect: A\nSolution:\n3 rows of 4 chairs: "
+                       "3 * 4 = 12.\n\\boxed{12}",
+                       lambda t: (parse_referee(t).verdict, extract_answer(parse_referee(t).solution)) == ("a", "12")),
     "code_to_instruction": ("Instruction:\nWrite a function clamp(x, lo, hi) that returns x limited to [lo, hi].",
                             lambda t: strip_label(t, "Instruction").startswith("Write a function clamp")),
     "instruction_to_code": ("```python\ndef clamp(x, lo, hi):\n    return max(lo, min(x, hi))\n```",

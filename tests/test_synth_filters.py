@@ -144,7 +144,7 @@ def test_revision_stops_as_soon_as_the_rubric_clears_the_threshold():
     assert (row["status"], row["rounds"], row["text"], row["draft"]) == ("ok", 1, "answer v1", "answer v0")
     assert (row["score_reasoning"], row["score_factual_accuracy"], row["min_score"]) == (9, 8, 8)
     assert steps(row) == ["generate", "critique", "revise", "critique"]
-    assert row["template_id"] == "respond@1+critique@2+revise@1"
+    assert row["template_id"] == "respond@1+critique@3+revise@1"
     trace = json.loads(row["trace"])
     assert trace[1]["scores"] == {"reasoning": 6, "factual_accuracy": 9} and trace[2]["text"] == "answer v1"
 
@@ -156,7 +156,7 @@ def test_revision_stops_after_k_rounds_and_keeps_the_trace():
     assert (row["status"], row["rounds"], row["text"], row["draft"]) == ("below_threshold", 2, "answer v2", "answer v0")
     assert steps(row) == ["draft", "critique", "revise", "critique", "revise", "critique"]
     assert (row["score_factual_accuracy"], row["min_score"]) == (7, 5)  # the final text's critique
-    assert row["template_id"] == "critique@2+revise@1"
+    assert row["template_id"] == "critique@3+revise@1"
     assert not any(p.startswith("Complete the task") for call in eng.calls for p in call)  # the draft was used
 
 

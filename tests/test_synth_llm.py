@@ -32,8 +32,9 @@ from phi4ray.data.synth.templates import TemplateError, available_templates, loa
 from phi4ray.run.errors import ConfigError
 from phi4ray.serve.endpoint import EndpointConfig, OpenAIEndpoint
 
-TEMPLATES = ["answer", "code_to_instruction", "critique", "instruction_to_code", "qa_extract", "respond", "revise",
-             "rewrite_discussion", "rewrite_exercise", "rewrite_reasoning"]
+TEMPLATES = ["agents_referee", "agents_solver_a", "agents_solver_b", "answer", "code_to_instruction", "critique",
+             "instruction_to_code", "qa_extract", "respond", "revise", "rewrite_discussion", "rewrite_exercise",
+             "rewrite_reasoning"]
 
 
 # --- templates -------------------------------------------------------------------------------------

@@ -97,6 +97,12 @@ def teacher(prompt: str) -> str | list[str]:
                 "Answer: material")
     if "Answer the question below" in prompt:
         return ["so \\boxed{4}", "so \\boxed{4}", "so \\boxed{4}", "so \\boxed{5}"]
+    if prompt.startswith("You are Solver A"):
+        return "2 + 2 = 4\n\\boxed{4}"
+    if prompt.startswith("You are Solver B"):  # slips on the arithmetic, which the referee settles for A
+        return "check: \\boxed{5}" if _between(prompt, "Question").startswith("What is") else "check: \\boxed{4}"
+    if prompt.startswith("You are the referee"):
+        return "Differences: none\nCorrect: A\nSolution:\nTwo and two make four.\n\\boxed{4}"
     raise AssertionError(f"unscripted prompt: {prompt[:80]!r}")
 
 
@@ -174,23 +180,30 @@ def test_stage_outputs_counts_report_and_noop_rerun(tmp_path):
     out = tables(tmp_path)
     assert set(out) == {"synthetic/web_rewrites/rewrite.parquet",
                         *(f"synthetic/synthetic/{s}.parquet" for s in STEPS),
-                        *(f"synthesize/dropped/{s}.parquet" for s in STEPS)}
+                        *(f"synthesize/dropped/{s}.parquet" for s in STEPS), "synthetic/long/long.parquet"}
     for path in out:
         schema = pq.read_schema(tmp_path / path)
         assert schema.equals(OUT_SCHEMA if path.startswith("synthetic/") else STEPS[Path(path).stem].schema), path
     assert_counts_add_up(tmp_path, rep)
     steps = rep["steps"]
     assert m["counts"]["seeds"] == sum(r["seeds_in"] for r in steps.values())  # the report table's headline
-    assert m["counts"]["kept"] == sum(len(rows) for p, rows in out.items() if p.startswith("synthetic/"))
+    assert m["counts"]["kept"] == sum(len(rows) for p, rows in out.items()
+                                      if p.startswith("synthetic/") and not p.startswith("synthetic/long/"))
     assert m["counts"]["dropped"] == sum(len(rows) for p, rows in out.items() if p.startswith("synthesize/"))
     assert {s: steps[s]["seeds_in"] for s in STEPS} == {"rewrite": 4, "revise": 4, "reversal": 3, "qa": 4,
-                                                        "plurality": 3 + 2}  # 3 distinct qa questions + 2 arithmetic
+                                                        "plurality": 3 + 2,  # 3 distinct qa questions + 2 arithmetic
+                                                        "agents": 3 + 2}  # the same questions
     assert steps["rewrite"]["ok"] == 12 and len(out["synthetic/web_rewrites/rewrite.parquet"]) == 4  # discussions
     assert steps["reversal"]["dropped"] == {"low_fidelity": 1}  # clamp: no tests, instruction says too little
     assert steps["qa"]["dropped"] == {"duplicate_question_across_seeds": 1}
     plur = {r["seed_id"]: r for r in out["synthetic/synthetic/plurality.parquet"]}
     assert sum(i.startswith("qa:") for i in plur) == 3 and sum(i.startswith("arith:") for i in plur) == 2
     assert all(json.loads(r["meta"])["majority_answer"] == "4" for r in plur.values())
+    agents = {r["seed_id"]: json.loads(r["meta"]) for r in out["synthetic/synthetic/agents.parquet"]}
+    assert agents.keys() == plur.keys() and steps["agents"]["ok"] == 5 and steps["agents"]["parse_rate"] == 1.0
+    assert {i: (m["solvers_agree"], m["agrees_with"]) for i, m in agents.items()} == {
+        i: (True, "both") if i.startswith("qa:") else (False, "a") for i in plur}
+    assert out["synthetic/synthetic/agents.parquet"][0]["text"].endswith("Assistant: Two and two make four.\n\\boxed{4}")
     rev = out["synthetic/synthetic/reversal.parquet"][0]
     assert rev["text"].startswith("User: Write the function add") and "```python\ndef add(a, b):" in rev["text"]
     for s in STEPS:
@@ -218,7 +231,8 @@ def test_toy_source_beside_the_steps(tmp_path):
     assert rejects and {r["status"] for r in rejects} == {"not_prime"} == set(rep["toy"]["dropped"])
     assert all(d["step"] == "toy" and d["text"].startswith("User: ") for d in docs)
     assert m["counts"]["toy"] == {"generated": 40, "kept": len(docs), "rejected": len(rejects)}
-    assert m["counts"]["kept"] == sum(len(rows) for p, rows in out.items() if p.startswith("synthetic/"))
+    assert m["counts"]["kept"] == sum(len(rows) for p, rows in out.items()
+                                      if p.startswith("synthetic/") and not p.startswith("synthetic/long/"))
     assert m["counts"]["dropped"] == sum(len(rows) for p, rows in out.items() if p.startswith("synthesize/"))
     assert rep["outputs"]["synthetic"] == len(docs) + rep["steps"]["qa"]["ok"] + rep["steps"]["plurality"]["ok"]
     assert set(rep["steps"]) == {"qa", "plurality"}  # a source beside the steps, not one of them
@@ -301,7 +315,8 @@ def test_failed_calls_are_rows_with_a_reason_and_never_lose_a_seed(tmp_path):
     run_local(tmp_path, cfg, LocalRunner(down, "scripted"))
     rep = report(tmp_path)
     assert rep["steps"]["qa"]["dropped"] == {"llm_error": 4} and rep["steps"]["qa"]["llm_errors"] == 4
-    assert rep["steps"]["plurality"]["seeds_in"] == 2  # arithmetic only: qa kept no question
+    # arithmetic only: qa kept no question
+    assert rep["steps"]["plurality"]["seeds_in"] == rep["steps"]["agents"]["seeds_in"] == 2
     assert_counts_add_up(tmp_path, rep)
     with pytest.raises(AssertionError, match="step 'qa'.*missing \\['b'\\]"):
         check_counts("qa", [{"seed_id": "a"}, {"seed_id": "b"}], [{"seed_id": "a", "status": "ok"}])
@@ -434,7 +449,8 @@ def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
     # short answers, so the prompts fit the fixture's 512-token context; greedy everywhere but in
     # plurality, whose N answers must differ: it samples, seeded per prompt by the fleet engine
     sampling = {f"{s}.{k}": v for s in ("rewrite.sampling", "revise.generate", "revise.critique", "revise.revise",
-                                        "reversal.instruction", "reversal.code", "qa.sampling", "plurality.sampling")
+                                        "reversal.instruction", "reversal.code", "qa.sampling", "plurality.sampling",
+                                        "agents.solver_a", "agents.solver_b", "agents.referee")
                 for k, v in (("max_tokens", 16), ("temperature", 0.8 if s.startswith("plurality") else 0.0))}
     cfg = config(seeds=2, chunk_size=1, actors=2, arith_questions=2, teacher_model=str(tiny_export),
                  **{"plurality.n_answers": 4, "revise.max_rounds": 1, "call.retries": 0, "passage_max_chars": 600},
@@ -454,7 +470,8 @@ def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
     assert m["complete"] and m["inputs"]["teacher"] == str(Path(tiny_export).resolve())
     rep = report(tmp_path)
     assert {s: rep["steps"][s]["seeds_in"] for s in STEPS} == {"rewrite": 2, "revise": 2, "reversal": 2, "qa": 2,
-                                                               "plurality": rep["steps"]["plurality"]["seeds_in"]}
+                                                               "plurality": rep["steps"]["plurality"]["seeds_in"],
+                                                               "agents": rep["steps"]["plurality"]["seeds_in"]}
     assert rep["steps"]["plurality"]["seeds_in"] >= 2  # the arithmetic problems, plus any qa question kept
     assert all(r["chunks"] == r["chunks_run"] == r["seeds_in"] for r in
                json.loads((tmp_path / "synthesize" / "report.json").read_text())["steps"].values())
@@ -482,3 +499,14 @@ def test_stage_through_the_real_fleet(sampler_app, tiny_export, tmp_path):
     assert {s: r["chunks_run"] for s, r in again["counts"]["steps"].items() if r["chunks_run"]} == {
         "rewrite": 1, "plurality": 1}
     assert tables(tmp_path) == first and report(tmp_path) == rep
+
+
+def test_chunk_ids_change_with_structured_output_but_not_with_how_calls_are_made():
+    """Guided answers are other rows: a switch of synth.call.structured must redo the chunks,
+    never reuse the unguided ones; retries or concurrency change no row and keep them."""
+    from phi4ray.data.synth.chunks import plan_chunks
+    seeds = [{"seed_id": f"s{i}", "text": f"passage {i}"} for i in range(3)]
+    ids = lambda cfg: [c.chunk_id for c in plan_chunks("rewrite", seeds, cfg, "teacher")]  # noqa: E731
+    base = config()
+    assert ids(apply_overrides(base, ["synth.call.structured=true"])) != ids(base)
+    assert ids(apply_overrides(base, ["synth.call.retries=5", "synth.call.concurrency=3"])) == ids(base)

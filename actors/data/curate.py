@@ -18,7 +18,8 @@ Two halves, the library pieces in phi4ray/data/curate/:
    the same files.
 The driver holds counts, the duplicate edges' union-find (O(duplicates)), the k sampled texts and
 the manifests. RUN/curate/stats.json is the funnel: read = kept + dropped (by filter) +
-quarantined (by reason).
+quarantined (by reason), and under "quality" who labelled the classifier's sample, its held-out
+accuracy on those labels and the prose it dropped below curate.quality.min_score.
 """
 from __future__ import annotations
 
@@ -36,11 +37,12 @@ import ray
 from phi4ray.data.curate.classifier import QualityClassifier
 from phi4ray.data.curate.dedup import EDGE, EXACT, components, key_rows, resolve_partition, to_drop
 from phi4ray.data.curate.documents import KEPT, DocumentFilters
-from phi4ray.data.curate.outputs import finalize_shard, funnel, place_outputs
-from phi4ray.data.curate.quality import RANK_ORDER, top_ranked, train_quality
+from phi4ray.data.curate.outputs import QUALITY, finalize_shard, funnel, place_outputs
+from phi4ray.data.curate.quality import RANK_ORDER, quality_line, top_ranked, train_quality
 from phi4ray.data.curate.readers import list_inputs
 from phi4ray.data.curate.shards import filter_shard, pending_shards, plan_shards, shard_file
 from phi4ray.evals.files import decontam_files
+from phi4ray.run.console import say
 from phi4ray.run.errors import MissingInput
 from phi4ray.run.stage import Stage, StageResult
 
@@ -49,6 +51,8 @@ COUNTS = pa.schema([("shard", pa.string()), ("counts", pa.string())])
 DROP = pa.schema([("doc_id", pa.string()), ("shard", pa.string()), ("dedup", pa.string())])
 TEXTS = pa.schema([("doc_id", pa.string()), ("text", pa.large_string())])
 SAMPLE = pa.schema([("doc_id", pa.string()), ("shard", pa.string()), ("rank", pa.int64())])
+QUALITY_COUNTS = ("annotator", "judge", "parsed", "positives", "heldout_accuracy", "balanced_accuracy", "min_score",
+                  "dropped", "not_dropping", "skipped")
 
 
 def _tasks(items: list) -> ray.data.Dataset:
@@ -246,16 +250,17 @@ class Finalize:
         return pa.table({"shard": [d for d, _ in done], "counts": [c for _, c in done]}, schema=COUNTS)
 
 
-def write_outputs(shards: list[dict], verdicts: Path, classifier: str, cfg, run_dir: Path, actors: int) -> Counter:
+def write_outputs(shards: list[dict], verdicts: Path, classifier: str, min_score: float, run_dir: Path,
+                  actors: int) -> Counter:
     """The final pass, shard by shard with `actors` at once: every row with its final status into
-    RUN/curated/<source> (kept), RUN/curate/dropped and RUN/curate/quarantined. Returns the rows
-    by "<status>:<reason>" ("kept" for the kept)."""
+    RUN/curated/<source> (kept), RUN/curate/dropped and RUN/curate/quarantined, prose scored below
+    `min_score` dropped. Returns the rows by "<status>:<reason>" ("kept" for the kept)."""
     tmp = run_dir / "curate" / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     counts = _per_shard(shards, Finalize, actors, {
         "shards_dir": str(run_dir / "curate" / "shards"), "verdicts": str(verdicts), "classifier": classifier,
-        "min_score": cfg.curate.quality.min_score, "out_dir": str(tmp)})
+        "min_score": min_score, "out_dir": str(tmp)})
     place_outputs(tmp, run_dir)
     return sum((Counter(c) for c in counts), Counter())
 
@@ -288,12 +293,18 @@ def run(ctx) -> StageResult:
         t_dedup = time.time() - t0 - t_shards
         sample = quality_sample(files, work / "verdicts", cfg.curate.quality.annotate_docs)
         classifier, quality = train_quality(sample, cfg, work / "quality", ctx.fleet)
-        reasons = write_outputs(shards, work / "verdicts", classifier, cfg, run_dir, actors)
-    stats = {**funnel(files, reasons, run_dir), "shards": len(shards), "skipped_files": len(skipped),
-             "duplicate_edges": n_edges, "quality": quality}
+        reasons = write_outputs(shards, work / "verdicts", classifier, quality["min_score"], run_dir, actors)
+    counts = funnel(files, reasons, run_dir)
+    quality["dropped"] = counts["dropped_by_filter"].get(QUALITY, 0)
+    say(quality_line(quality, quality["dropped"]))
+    stats = {**counts, "shards": len(shards), "skipped_files": len(skipped), "duplicate_edges": n_edges,
+             "quality": quality}
     (work / "stats.json").write_text(json.dumps(stats, indent=2))
     return StageResult(
-        counts={k: stats[k] for k in ("read", "kept", "dropped", "quarantined", "kept_by_source", "dropped_by_filter")},
+        counts={**{k: stats[k] for k in ("read", "kept", "dropped", "quarantined", "kept_by_source", "dropped_by_filter")},
+                # who labelled, how well the classifier learnt it, what it dropped; not its timings:
+                # the same input gives the same counts
+                "quality": {k: quality[k] for k in QUALITY_COUNTS if k in quality}},
         outputs={"curated": str(run_dir / "curated"), "stats": str(work / "stats.json")},
         inputs={"shards": len(shards), "eval_files": eval_files},
         timings={"shards_s": round(t_shards, 1), "dedup_s": round(t_dedup, 1),

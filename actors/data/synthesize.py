@@ -148,18 +148,18 @@ def run(ctx, app=None) -> StageResult:
 STAGE = Stage(
     name="synthesize",
     summary="synthetic data: rewrites, self-revision, instruction reversal, sandboxed code, plurality filter, "
-            "verified toy problems",
+            "verified toy problems, long-context rows from QA pairs",
     run=run,
     # synth: the steps and the teacher; seed: chunk ids and the arithmetic seeds; arith: those
     # problems and the toy source's (synth.toy_problems); data.builtin_max_docs: the seed documents
-    # when nothing is curated
-    sections=("synth", "seed", "arith", "data.builtin_max_docs"),
+    # when nothing is curated; data.seq_len, midtrain.context_multiplier: the long rows' sizes
+    sections=("synth", "seed", "arith", "data.builtin_max_docs", "data.seq_len", "midtrain.context_multiplier"),
     # curate: the seed documents (the built-in corpus otherwise); init: the default teacher is the
     # run's newest model (check_teacher refuses a fleet teacher without one before Ray starts)
     uses=("curate", "init"),
     files=question_files,
     check=all_checks(check_questions_file, check_teacher),
-    outputs=("synthetic/web_rewrites", "synthetic/synthetic", "synthesize/dropped", "synthesize/report.json",
-             "synthesize/<step>/<chunk_id>.parquet", "synthesize/quarantine_questions.jsonl"),
+    outputs=("synthetic/web_rewrites", "synthetic/synthetic", "synthetic/long", "synthesize/dropped",
+             "synthesize/report.json", "synthesize/<step>/<chunk_id>.parquet", "synthesize/quarantine_questions.jsonl"),
     headline=("seeds", "kept", "dropped"),
 )

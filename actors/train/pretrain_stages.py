@@ -1,8 +1,9 @@
 """Stages `pretrain` and `midtrain`: the Ray Train trainer on the run's token shards.
 
 pretrain: from RUN/models/init on RUN/tokens at data.seq_len.
-midtrain: from RUN/models/pretrain on RUN/tokens_midtrain (30% long documents, 70% recall of the
-pretraining mixture) at data.seq_len x midtrain.context_multiplier, RoPE base midtrain.rope_theta.
+midtrain: from RUN/models/pretrain on RUN/tokens_midtrain (30% long documents, the synthesize stage's
+long rows among them, 70% recall of the pretraining mixture) at data.seq_len x
+midtrain.context_multiplier, RoPE base midtrain.rope_theta.
 Each writes RUN/models/<stage> (HF layout), DCP checkpoints under RUN/ray_train/<stage> and metrics
 under RUN/checkpoints/<stage>. An interrupted stage resumes from its last checkpoint, and so does
 one rerun with more steps (phi4ray.train.jobs says when a checkpoint is kept).
@@ -76,7 +77,7 @@ MIDTRAIN = Stage(
     check=worker_split_check("midtrain.train"),
     sections=("midtrain", "model", "data", "seed"),
     reads=("pretrain",),
-    # its mixture reads the pretraining inputs (curated/synthetic or the built-in corpus)
+    # its mixture reads the pretraining inputs (curated/synthetic or the built-in corpus) and synthetic/long
     uses=("tokenize", "curate", "synthesize"),
     outputs=("tokens_midtrain", "models/midtrain", "ray_train/midtrain", "checkpoints/midtrain"),
     headline=("steps", "first_loss", "final_loss", "tokens_per_s"),

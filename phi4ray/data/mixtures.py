@@ -11,6 +11,11 @@ from phi4ray.data.packing import PHI4_MIXTURE, MixtureConfig, Source
 from phi4ray.run.errors import ConfigError
 from phi4ray.run.paths import run_tokenizer_dir
 
+# RUN/synthetic/<SYNTHETIC_LONG>: the synthesize stage's long-context rows (phi4ray.data.synth.long).
+# Not a pretraining source (`mixture_for_run` reads the folders of PHI4_MIXTURE's names only): they
+# are midtraining's new long data, which its `long` source reads beside the long pretraining documents
+SYNTHETIC_LONG = "long"
+
 
 def mixture_for_run(run_dir: str | Path, *, seq_len: int, seed: int = 0, shard_sequences: int = 256,
                     total_tokens: int = 0, builtin_max_docs: int = 200, tokenizer: str = "",
@@ -61,11 +66,12 @@ def midtrain_mixture_for_run(run_dir: str | Path, *, seq_len: int, pretrain_seq_
     """The long-context midtraining mixture (Phi-4 report: 4K -> 16K context; 30% new long data
     with documents > 8K tokens kept and >= 16K up-weighted, 70% recall of pretraining data), scaled
     to pretraining context L = `pretrain_seq_len` and midtraining context `seq_len` (4L there):
-    - `long` (weight `long_share`): the pretraining inputs (`mixture_for_run`'s folders), keeping
-      documents of >= 2L tokens and sampling those of >= `seq_len` tokens twice as often;
-    - `recall` (weight 1 - long_share): the same folders, every document; recall is in proportion
-      to each folder's tokens, not to the pretraining weights.
-    The report's long data is new data; a run has only its pretraining data, so long documents can
+    - `long` (weight `long_share`): the pretraining inputs (`mixture_for_run`'s folders) and the
+      synthetic long rows (RUN/synthetic/long, where it holds Parquet files), keeping documents of
+      >= 2L tokens and sampling those of >= `seq_len` tokens twice as often;
+    - `recall` (weight 1 - long_share): the pretraining folders, every document; recall is in
+      proportion to each folder's tokens, not to the pretraining weights.
+    The report's long data is new data: the synthetic long rows are, the long pretraining documents
     repeat in recall. Whether any document is long is known only after tokenizing: tokenizing
     fails then, naming the threshold and the longest document (pick a smaller seq_len, or a larger
     `builtin_max_docs`, whose stdlib .py files are mostly > 2 x 128 tokens)."""
@@ -77,7 +83,9 @@ def midtrain_mixture_for_run(run_dir: str | Path, *, seq_len: int, pretrain_seq_
         raise ConfigError(f"midtrain: long_share={long_share!r} must be a number in (0, 1)")
     pretrain = mixture_for_run(run_dir, seq_len=pretrain_seq_len, seed=seed, builtin_max_docs=builtin_max_docs)
     paths = tuple(p for s in pretrain.sources for p in s.paths)
-    sources = (Source("long", paths, long_share, min_tokens=2 * pretrain_seq_len,
+    synthetic = f"synthetic/{SYNTHETIC_LONG}"
+    long_paths = paths + ((synthetic,) if any((Path(run_dir) / synthetic).rglob("*.parquet")) else ())
+    sources = (Source("long", long_paths, long_share, min_tokens=2 * pretrain_seq_len,
                       upweight_min_tokens=seq_len, upweight=2.0),
                Source("recall", paths, 1 - long_share))
     return MixtureConfig(sources, seq_len=seq_len, seed=seed, shard_sequences=shard_sequences,

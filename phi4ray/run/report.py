@@ -87,6 +87,34 @@ def plot_funnel(stats: dict, path: Path) -> Path:
     return path
 
 
+def _quote(text) -> str:
+    """A report excerpt on one line of a markdown table or list."""
+    return " ".join(str(text or "").split()).replace("|", "\\|")
+
+
+def synthesis_funnel(rep: dict) -> list[str]:
+    """The synthesize stage's report as markdown: per step seeds -> rows -> kept, the drops by
+    reason and the parse rate, then two kept examples of each step (seed -> output)."""
+    lines = ["## Synthetic data", "", f"Teacher: `{rep.get('teacher')}`; seeds from {rep.get('seeds_from')}.", "",
+             "| step | seeds | rows | kept | parse rate | dropped, by reason |", "|---|---|---|---|---|---|"]
+    steps = rep.get("steps", {})
+    for name, r in steps.items():
+        dropped = ", ".join(f"{k} {v}" for k, v in r.get("dropped", {}).items()) or "-"
+        rate = "-" if r.get("parse_rate") is None else _fmt(r["parse_rate"])
+        lines.append(f"| {name} | {r['seeds_in']} | {r['rows_out']} | {r['ok']} | {rate} | {dropped} |")
+    toy = rep.get("toy")
+    if toy:
+        lines.append(f"| toy (no teacher) | {toy['generated']} | {toy['generated']} | {toy['kept']} | | "
+                     f"rejected by the oracle {toy['rejected']} |")
+    lines += ["", f"Outputs: {json.dumps(rep.get('outputs', {}))}", ""]
+    for name, r in steps.items():
+        kept = [e for e in r.get("examples", []) if e["status"] == "ok"][:2]
+        lines.append(f"**{name}**: " + ("no row kept" if not kept else f"{len(kept)} kept example(s)"))
+        lines += [f"- `{e['seed_id']}`: {_quote(e['seed'])[:300]} -> {_quote(e['output'])[:600]}" for e in kept]
+        lines.append("")
+    return lines
+
+
 def write_report(run_dir: str | Path, stages: list) -> Path:
     """`stages`: the pipeline's stages in order (phi4ray.run.stage.Stage: name and headline counts)."""
     run_dir = Path(run_dir)
@@ -114,8 +142,7 @@ def write_report(run_dir: str | Path, stages: list) -> Path:
                   f"quarantined {stats['quarantined']}; kept by source {stats['kept_by_source']}", ""]
     synth = run_dir / "synthesize" / "report.json"
     if synth.is_file():
-        lines += ["## Synthetic data", "", "```json", json.dumps(json.loads(synth.read_text()).get("steps", {}),
-                                                                 indent=1)[:3000], "```", ""]
+        lines += synthesis_funnel(json.loads(synth.read_text()))
     losses = [p for p in (f"loss_{s}.png" for s in ("pretrain", "midtrain", "sft", "dpo", "dpo2")) if (out / p).is_file()]
     if losses:
         lines += ["## Loss curves", ""] + [f"![{p}]({p})" for p in losses] + [""]

@@ -22,13 +22,16 @@ from phi4ray.data.curate.classifier import QualityClassifier
 from phi4ray.data.curate.documents import DROPPED, KEPT, QUARANTINED
 
 STATUSES = (KEPT, DROPPED, QUARANTINED)
+QUALITY = "quality"  # the reason of a document dropped below curate.quality.min_score
 
 
 def finalize_batch(batch: pa.Table, dedup: dict[str, str], classifier: QualityClassifier | None,
                    min_score: float) -> pa.Table:
     """Every row with its final status and reason (`dedup`: doc id -> "dedup:exact" or
-    "dedup:minhash" for the kept rows that lost to a duplicate; "quality" below `min_score`), its
-    quality score, without the band keys."""
+    "dedup:minhash" for the kept rows that lost to a duplicate; `QUALITY` for kept prose whose
+    quality score is below `min_score`), its quality score, without the band keys. Code is scored
+    but never dropped for quality: the classifier learnt from prose alone (the sample is prose),
+    so its score says nothing about a source file."""
     status = batch.column("status").to_pylist()
     reason = batch.column("reason").to_pylist()
     ids = batch.column("doc_id").to_pylist()
@@ -39,10 +42,11 @@ def finalize_batch(batch: pa.Table, dedup: dict[str, str], classifier: QualityCl
     live = [i for i, s in enumerate(status) if s == KEPT]
     if classifier is not None and live:
         texts = batch.column("text").to_pylist()
+        kinds = batch.column("content_type").to_pylist()
         score[live] = classifier.score([texts[i] for i in live])
         for i in live:
-            if score[i] < min_score:
-                status[i], reason[i] = DROPPED, "quality"
+            if kinds[i] != "code" and score[i] < min_score:
+                status[i], reason[i] = DROPPED, QUALITY
     out = batch.drop_columns(["status", "reason", "bands"])
     return (out.append_column("status", pa.array(status, pa.string()))
             .append_column("reason", pa.array(reason, pa.string()))

@@ -1,2 +1,3 @@
 """Synthetic data generation: rewrites, self-revision, instruction reversal, execution validation,
-Q&A extraction, plurality filter. Plain Python; actors/data/synthesize.py runs it on Ray Data."""
+Q&A extraction, plurality filter, two solvers and a referee. Plain Python; actors/data/synthesize.py
+runs it on Ray Data."""

@@ -35,11 +35,13 @@ class Chunk:
 
 
 def plan_chunks(step: str, seeds: list[dict], cfg, teacher: str) -> list[Chunk]:
-    """Consecutive chunks of `synth.chunk_size` seeds. The id hashes what decides the rows; how the
-    calls are made (synth.call: concurrency, batching, retries) is left out: it changes no row."""
+    """Consecutive chunks of `synth.chunk_size` seeds. The id hashes what decides the rows: whether
+    answers are held to their forms (synth.call.structured) does; how the calls are made (the rest
+    of synth.call: concurrency, batching, retries) is left out: it changes no row."""
     s = cfg.synth
     key = json.dumps({"step": step, "config": dataclasses.asdict(getattr(s, step)), "teacher": teacher,
-                      "seed": cfg.seed, "templates": template_digests()}, sort_keys=True, default=str)
+                      "seed": cfg.seed, "templates": template_digests(), "structured": s.call.structured},
+                     sort_keys=True, default=str)
     out = []
     for i in range(0, len(seeds), s.chunk_size):
         part = seeds[i:i + s.chunk_size]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from phi4ray.data.synth.agents import AgentsConfig
 from phi4ray.data.synth.llm import CallConfig
 from phi4ray.data.synth.plurality import PluralityConfig
 from phi4ray.data.synth.qa import QAConfig
@@ -14,10 +15,11 @@ from phi4ray.data.synth.reversal import ReversalConfig
 from phi4ray.data.synth.revise import ReviseConfig
 from phi4ray.data.synth.rewrite import KINDS as REWRITE_KINDS
 from phi4ray.data.synth.rewrite import RewriteConfig
+from phi4ray.data.synth.steps import QUESTION_STEPS
 from phi4ray.run.errors import ConfigError
 
-# recipe order; plurality runs after qa because qa's questions are among its seeds
-STEPS = ("rewrite", "revise", "reversal", "qa", "plurality")
+# recipe order; plurality and agents run after qa because qa's questions are among their seeds
+STEPS = ("rewrite", "revise", "reversal", "qa", "plurality", "agents")
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,17 @@ class SynthesizeConfig:
     # rewrite kinds that restate a web passage in another form go to the mixture's `web_rewrites`
     # source; the other kinds (new exercises, reasoning problems) are new data, `synthetic`
     web_rewrite_kinds: tuple[str, ...] = ("discussion",)
+    # qa's kept pairs, each asked after its whole source document among same-source documents,
+    # become midtraining's synthetic long rows (phi4ray.data.synth.long, RUN/synthetic/long): at
+    # most this many characters; 0 = the midtraining context's worth (4 per token), so a row fits
+    # one midtraining sequence
+    long_chars: int = 0
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     revise: ReviseConfig = field(default_factory=ReviseConfig)
     reversal: ReversalConfig = field(default_factory=ReversalConfig)
     qa: QAConfig = field(default_factory=QAConfig)
     plurality: PluralityConfig = field(default_factory=PluralityConfig)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
     call: CallConfig = field(default_factory=CallConfig)
 
     def __post_init__(self) -> None:
@@ -73,7 +81,7 @@ class SynthesizeConfig:
         if self.teacher_mode not in ("chat", "completions"):
             raise ConfigError(f"synth.teacher_mode={self.teacher_mode!r} must be 'chat' or 'completions'")
         nested = {"rewrite": RewriteConfig, "revise": ReviseConfig, "reversal": ReversalConfig, "qa": QAConfig,
-                  "plurality": PluralityConfig, "call": CallConfig}
+                  "plurality": PluralityConfig, "agents": AgentsConfig, "call": CallConfig}
         for name, typ in nested.items():
             if not isinstance(getattr(self, name), typ):
                 raise ConfigError(f"synth.{name} must be a {typ.__name__}, got {type(getattr(self, name)).__name__}")
@@ -87,13 +95,17 @@ class SynthesizeConfig:
                               f"[0, passage_max_chars={self.passage_max_chars}]")
         if self.arith_questions < 0:
             raise ConfigError(f"synth.arith_questions={self.arith_questions} must be >= 0")
+        if self.long_chars < 0:
+            raise ConfigError(f"synth.long_chars={self.long_chars} must be >= 0 (0: the midtraining context's worth)")
         if self.toy_problems < 0:
             raise ConfigError(f"synth.toy_problems={self.toy_problems} must be >= 0 (0: no toy source)")
-        if "plurality" in self.steps and "qa" not in self.steps and not (self.arith_questions or self.questions_file):
-            raise ConfigError("synth.steps has plurality without qa, synth.questions_file or synth.arith_questions: "
-                              "plurality would have no question to filter")
-        if self.questions_file and "plurality" not in self.steps:
-            raise ConfigError(f"synth.questions_file={self.questions_file!r} feeds the plurality step, which "
+        asking = [st for st in QUESTION_STEPS if st in self.steps]
+        if asking and "qa" not in self.steps and not (self.arith_questions or self.questions_file):
+            raise ConfigError(f"synth.steps has {' and '.join(asking)} without qa, synth.questions_file or "
+                              f"synth.arith_questions: {asking[0]} would have no question to work on")
+        if self.questions_file and not asking:
+            raise ConfigError(f"synth.questions_file={self.questions_file!r} feeds the "
+                              f"{' and the '.join(f'{st} step' for st in QUESTION_STEPS)}, which "
                               f"synth.steps={','.join(self.steps)} leaves out")
         if "plurality" in self.steps and self.plurality.sampling.temperature == 0:
             raise ConfigError("synth.plurality.sampling.temperature=0: N greedy answers are one answer N times "

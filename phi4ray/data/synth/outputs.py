@@ -3,6 +3,8 @@
 - RUN/synthetic/web_rewrites/rewrite.parquet and RUN/synthetic/synthetic/<step>.parquet: kept rows
   as training documents (`text` + provenance, `OUT_SCHEMA`), only non-empty files (the tokenize
   stage reads every file there);
+- RUN/synthetic/long/long.parquet: qa's pairs as long-context rows (phi4ray.data.synth.long, same
+  schema), for midtraining only; written as they are made, `LONG_BATCH` rows at a time;
 - RUN/synthesize/dropped/<step>.parquet: every other row, with its status;
 - the verified toy source's documents and rejects (phi4ray.toy.synth) beside them, as `toy.parquet`;
 - the per-step report (`step_report`): counts, drop reasons, a few examples.
@@ -12,17 +14,22 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from phi4ray.data.mixtures import SYNTHETIC_LONG
 from phi4ray.data.synth.chunks import write_table
+from phi4ray.data.synth.long import STEP as LONG
 from phi4ray.data.synth.steps import STEPS, why
 from phi4ray.toy.synth import DROPPED_SCHEMA as TOY_DROPPED_SCHEMA
 from phi4ray.toy.synth import STEP as TOY
 from phi4ray.toy.synth import ToySource
 
 EXCERPT = 300  # characters of a seed or an output a report example shows
+LONG_BATCH = 64  # long rows per write: at the default midtraining context, a few MB held at once
 
 OUT_SCHEMA = pa.schema([("text", pa.string()), ("seed_id", pa.string()), ("step", pa.string()),
                         ("kind", pa.string()), ("template_id", pa.string()), ("seed_source", pa.string()),
@@ -93,15 +100,47 @@ def dropped_rows(step: str, rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] != "ok" or not STEPS[step].text(r)]
 
 
+def write_long(made: Iterable[tuple[str, dict | None]], path: Path) -> Counter:
+    """The rows of (outcome, row) pairs to `path`, `LONG_BATCH` at a time as they come (no file
+    when no row is made), and the count of each outcome."""
+    outcomes: Counter = Counter()
+    batch: list[dict] = []
+    writer = None
+
+    def flush() -> None:
+        nonlocal writer
+        if writer is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer = pq.ParquetWriter(path, OUT_SCHEMA)
+        writer.write_table(pa.Table.from_pylist(batch, schema=OUT_SCHEMA))
+        batch.clear()
+
+    try:
+        for outcome, row in made:
+            outcomes[outcome] += 1
+            if row is not None:
+                batch.append(row)
+                if len(batch) == LONG_BATCH:
+                    flush()
+        if batch:
+            flush()
+    finally:
+        if writer is not None:
+            writer.close()
+    return outcomes
+
+
 def _swap_in(tmp: Path, dest: Path) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
 
 def write_outputs(run_dir: Path, work: Path, steps: dict[str, tuple[list[dict], list[dict]]], s,
-                  toy: ToySource | None = None) -> dict:
+                  toy: ToySource | None = None,
+                  long: Iterable[tuple[str, dict | None]] = ()) -> tuple[dict[str, int], Counter]:
     """RUN/synthetic (kept, only non-empty files) and RUN/synthesize/dropped, each written aside and
-    swapped in whole, with the toy source's files when there is one; the kept rows by destination."""
+    swapped in whole, with the toy source's files when there is one and the `long` rows
+    (phi4ray.data.synth.long.long_rows); the kept rows by destination, the long rows' outcomes."""
     kept_tmp, dropped_tmp = run_dir / "synthetic.partial", work / "dropped.partial"
     for d in (kept_tmp, dropped_tmp):
         shutil.rmtree(d, ignore_errors=True)
@@ -119,6 +158,7 @@ def write_outputs(run_dir: Path, work: Path, steps: dict[str, tuple[list[dict], 
             write_table(pa.Table.from_pylist(toy.docs, schema=OUT_SCHEMA), kept_tmp / "synthetic" / f"{TOY}.parquet")
             counts["synthetic"] += len(toy.docs)
         write_table(pa.Table.from_pylist(toy.dropped, schema=TOY_DROPPED_SCHEMA), dropped_tmp / f"{TOY}.parquet")
+    long_outcomes = write_long(long, kept_tmp / SYNTHETIC_LONG / f"{LONG}.parquet")
     _swap_in(kept_tmp, run_dir / "synthetic")
     _swap_in(dropped_tmp, work / "dropped")
-    return counts
+    return counts, long_outcomes

@@ -40,6 +40,8 @@ class ReviseConfig:
     threshold: float = 8.0   # lowest rubric score that ends the loop with "ok"
     max_rounds: int = 3      # critique -> revise rounds at most (critiques: at most max_rounds + 1)
     generate: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024, temperature=0.7))
+    # guided, the critique's form (templates/critique.txt) takes up to ~90 tokens: feedback first
+    # (240 characters at most), then the two grades; fewer tokens cut it before its grades
     critique: Sampling = field(default_factory=lambda: Sampling(max_tokens=512, temperature=0.3))
     revise: Sampling = field(default_factory=lambda: Sampling(max_tokens=1024, temperature=0.5))
     generate_template: str = "respond"  # used when a seed brings no draft

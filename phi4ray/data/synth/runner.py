@@ -2,13 +2,15 @@
 
     RUN/curated/<source>/*.parquet (else the built-in corpus)
       -> each source's candidate documents, first by rank (the runner's `pick_documents`)
-      -> seeds per step from those (phi4ray.data.synth.seeds); plurality's also from
+      -> seeds per step from those (phi4ray.data.synth.seeds); the question steps' also from
          `synth.questions_file` (read first: a file without a valid row stops the stage before any
          teacher call; bad rows in RUN/synthesize/quarantine_questions.jsonl)
       -> chunks of `synth.chunk_size` seeds (phi4ray.data.synth.chunks), the missing ones run by a
          runner, each writing RUN/synthesize/<step>/<chunk_id>.parquet
-      -> plurality after qa (qa's questions, deduplicated across seeds, are among its seeds)
+      -> plurality and agents after qa (qa's questions, deduplicated across seeds, are among their seeds)
       -> with synth.toy_problems, the verified toy source (phi4ray.toy.synth: no teacher, no chunks)
+      -> qa's kept pairs asked after their source documents, midtraining's long rows
+         (phi4ray.data.synth.long: no teacher; RUN/synthetic/long)
       -> RUN/synthetic/..., RUN/synthesize/dropped/<step>.parquet (phi4ray.data.synth.outputs),
          RUN/synthesize/report.json
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from phi4ray.data.synth.chunks import Chunk, clean_stale, plan_chunks, process_chunk, read_rows, run_missing
+from phi4ray.data.synth.long import long_limits, long_report, long_rows
 from phi4ray.data.synth.outputs import check_counts, step_report, write_outputs
 from phi4ray.data.synth.seeds import (
     code_seeds,
@@ -37,7 +40,7 @@ from phi4ray.data.synth.seeds import (
     prose_seeds,
     revise_seeds,
 )
-from phi4ray.data.synth.steps import STEPS
+from phi4ray.data.synth.steps import QUESTION_STEPS, STEPS
 from phi4ray.run.console import say
 from phi4ray.run.stage import StageResult
 from phi4ray.toy.synth import STEP as TOY_STEP
@@ -92,13 +95,14 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     origin, docs = runner.pick_documents(run_dir, cfg)
     passages = prose_seeds(docs, s)
     seeds = {"rewrite": passages, "revise": revise_seeds(passages), "reversal": code_seeds(docs, s), "qa": passages}
-    order = [st for st in STEPS if st in s.steps]  # recipe order; plurality last
+    order = [st for st in STEPS if st in s.steps]  # recipe order; the question steps last
     plans: dict[str, list[Chunk]] = {}
     rows: dict[str, list[dict]] = {}
     redone: dict[str, int] = {}
-    for phase in ([st for st in order if st != "plurality"], [st for st in order if st == "plurality"]):
-        if phase == ["plurality"]:
-            seeds["plurality"] = plurality_seeds(rows.get("qa", []), cfg, organic)
+    asked = [st for st in order if st in QUESTION_STEPS]
+    for phase in ([st for st in order if st not in QUESTION_STEPS], asked):
+        if phase is asked and asked:
+            seeds.update(dict.fromkeys(asked, plurality_seeds(rows.get("qa", []), cfg, organic)))
         for st in phase:
             plans[st] = plan_chunks(st, seeds[st], cfg, runner.name)
         ran = run_missing([c for st in phase for c in plans[st]], runner, s, work)  # one pipeline per phase
@@ -111,12 +115,16 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
         check_counts(st, seeds[st], rows[st])
     clean_stale(work, plans)
     toy = toy_source(cfg) if s.toy_problems else None  # no teacher: in this process, a second for thousands
-    outputs = write_outputs(run_dir, work, {st: (seeds[st], rows[st]) for st in order}, s, toy)
+    limits = long_limits(cfg)
+    made = long_rows(seeds["qa"], rows["qa"], docs, s, limits, cfg.seed) if "qa" in order else ()
+    outputs, outcomes = write_outputs(run_dir, work, {st: (seeds[st], rows[st]) for st in order}, s, toy, made)
+    long = long_report(outcomes, limits) if "qa" in order else None
     questions = {"path": s.questions_file, **read, "quarantine": str(work / QUARANTINE)} if read else None
     report = {"teacher": runner.name, "seeds_from": origin, "outputs": outputs,
               **({"questions_file": questions} if questions else {}),
               "steps": {st: step_report(st, seeds[st], rows[st], len(plans[st]), redone[st]) for st in order},
-              **({"toy": toy.report} if toy else {}), "wall_s": round(time.time() - t0, 1), **runner.timings()}
+              **({"toy": toy.report} if toy else {}), **({"long": long} if long else {}),
+              "wall_s": round(time.time() - t0, 1), **runner.timings()}
     work.mkdir(parents=True, exist_ok=True)
     (work / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     for st, r in report["steps"].items():
@@ -129,6 +137,10 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
         t = toy.report
         say(f"synthesize: {TOY_STEP}: {t['generated']} problems -> {t['kept']} kept, verified by the oracle "
             f"({t['rejected']} rejected); none of {t['heldout_checked']} held-out questions among them")
+    if long:
+        say(f"synthesize: long: {long['pairs']} qa pairs -> {long['made']} long rows of {long['min_chars']}.."
+            f"{long['max_chars']} chars; {long['too_short']} too short, {long['too_long']} too long, "
+            f"{long['no_document']} without their document")
     steps = {st: {k: v for k, v in r.items() if k != "examples"} for st, r in report["steps"].items()}
     kept = sum(outputs.values())
     toy_counts = {k: toy.report[k] for k in ("generated", "kept", "rejected")} if toy else None
@@ -136,6 +148,8 @@ def synthesize(run_dir: Path, cfg, runner: Runner) -> StageResult:
     dropped = sum(r["rows_out"] for r in steps.values()) - kept + (toy.report["generated"] if toy else 0)
     counts = {"seeds": sum(r["seeds_in"] for r in steps.values()), "kept": kept, "dropped": dropped,
               "outputs": outputs, "steps": steps, **({"toy": toy_counts} if toy else {}),
+              # made from kept qa pairs, so neither in `kept` nor in `dropped`
+              **({"long": {k: v for k, v in long.items() if not k.endswith("_chars")}} if long else {}),
               **({"questions_file": read} if read else {})}
     return StageResult(counts=counts, inputs={"seeds_from": origin, "teacher": runner.name,
                                               **({"questions_file": s.questions_file} if read else {})},

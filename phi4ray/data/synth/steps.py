@@ -1,5 +1,5 @@
 """The synthesis steps as the stage runs them: each step's function, row schema, and how a kept
-row becomes a training document (`STEPS`, in recipe order; plurality last, after qa)."""
+row becomes a training document (`STEPS`, in recipe order; the question steps last, after qa)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +7,10 @@ from typing import Callable
 
 import pyarrow as pa
 
-from phi4ray.data.synth import plurality, qa, reversal, revise, rewrite
+from phi4ray.data.synth import agents, plurality, qa, reversal, revise, rewrite
+
+# the steps seeded with questions (seeds.plurality_seeds), qa's kept ones among them: they run after qa
+QUESTION_STEPS = ("plurality", "agents")
 
 
 def dialogue(user: str | None, assistant: str | None) -> str | None:
@@ -82,4 +85,8 @@ STEPS = {
                           lambda r: dialogue(r.get("question"), r.get("majority_solution")),
                           ("organic_answer", "majority_answer", "majority_share", "cluster_sizes", "majority_solution"),
                           _plurality_form),
+    "agents": StepSpec(agents.agents_step, agents.SCHEMA, "question",
+                       lambda r: dialogue(r.get("question"), r.get("referee_solution")),
+                       ("answer_a", "answer_b", "solvers_agree", "referee_verdict", "referee_answer", "referee_solution"),
+                       agents.answers_in_form),
 }
