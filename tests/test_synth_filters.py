@@ -284,6 +284,10 @@ def test_all_agree_is_too_easy_and_all_differ_is_no_consensus():
     tie = plurality_filter("q", None, boxed("1", "1", "2", "2"), min_share=0.3)
     assert tie.status == "no_consensus"  # two equal largest clusters: no majority whatever the share
     assert plurality_filter("q", None, boxed("7")).status == "too_few_answers"
+    # a small teacher copying the template's "\\boxed{answer}" casts no vote: 3 of 4 such samples
+    # were the majority "answer" (SmolLM2, plurality on toy arithmetic); the copies count in N only
+    copied = plurality_filter("What is 5 + 1 + 7?", "13", boxed("answer", "Answer", "13", "13"))
+    assert copied.majority_answer == "13" and copied.cluster_sizes == (2,) and copied.status == "no_consensus"
 
 
 def test_semantically_equal_answers_cluster_and_replace_a_disagreeing_organic_answer():

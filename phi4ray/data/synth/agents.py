@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from phi4ray.data.synth.llm import CallConfig, Engine, Request, Sampling, call_all, make_row, require, seed_value
-from phi4ray.data.synth.plurality import same_answer
+from phi4ray.data.synth.plurality import final_answer, same_answer
 from phi4ray.data.synth.templates import load_template
-from phi4ray.verify.oracles import extract_answer, last_boxed
+from phi4ray.verify.oracles import last_boxed
 
 ROLES = ("solver_a", "solver_b", "referee")
 
@@ -97,7 +97,7 @@ def judge(row: dict, referee_text: str, rel_tol: float = 1e-6) -> None:
     """Fill a row whose solvers both answered from the referee's reply: its parts, its answer, the
     solver(s) it agrees with, and the status. Pure."""
     ref = parse_referee(referee_text)
-    answer = extract_answer(ref.solution) if ref.solution else None
+    answer = final_answer(ref.solution) if ref.solution else None
     sides = [s for s in ("a", "b") if same_answer(answer, row[f"answer_{s}"], rel_tol)]
     row.update(referee_text=referee_text, referee_verdict=ref.verdict, referee_solution=ref.solution,
                referee_answer=answer, agrees_with="both" if len(sides) == 2 else (sides[0] if sides else None),
@@ -127,7 +127,7 @@ async def agents_step(engine: Engine, questions: list[dict], config: AgentsConfi
         if not (a.ok and b.ok):
             row["status"] = a.error or b.error
             continue
-        row.update(answer_a=extract_answer(a.text), answer_b=extract_answer(b.text))
+        row.update(answer_a=final_answer(a.text), answer_b=final_answer(b.text))
         if not (row["answer_a"] and row["answer_b"]):
             row["status"] = "solver_no_answer"
             continue

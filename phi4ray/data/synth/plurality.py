@@ -4,8 +4,8 @@ Phi-4 keeps questions that its teacher answers neither always nor never the same
 samples agree the question teaches little (too easy), if no answer wins a clear share it is too
 hard or ambiguous. For each question:
 
-- the final answer of each sample is `extract_answer` (\boxed{} first); a sample without one
-  joins no cluster but still counts in N;
+- the final answer of each sample is `extract_answer` (\boxed{} first); a sample without one,
+  or with the template's placeholder ("\boxed{answer}"), joins no cluster but still counts in N;
 - answers cluster by meaning: `math_equal` (0.5 = 1/2 = \frac{1}{2}, 1,000 = 1000, LaTeX
   dressing), or equal normalised text for non-math answers (case, punctuation, articles);
   greedy, each answer joins the first cluster whose first member it equals;
@@ -95,11 +95,21 @@ def cluster_answers(answers: list[str | None], rel_tol: float = 1e-6) -> list[li
     return sorted(clusters, key=len, reverse=True)  # stable
 
 
+# what a small teacher copies from the template's "\boxed{answer}" instead of answering: no vote
+PLACEHOLDERS = frozenset({"answer", "the answer", "final answer", "your answer", "...", "…"})
+
+
+def final_answer(text) -> str | None:
+    """A sample's final answer (`extract_answer`), None for none or a template placeholder."""
+    found = extract_answer(text) if isinstance(text, str) else None
+    return None if found is None or found.strip().lower() in PLACEHOLDERS else found
+
+
 def plurality_filter(question: str, organic_answer: str | None, answers: list[str], *,
                      min_share: float = 0.5, rel_tol: float = 1e-6) -> PluralityResult:
     """The verdict on one question from its N sampled solutions (see the module doc). Pure."""
     del question  # part of the signature for callers' clarity; the verdict depends on answers only
-    extracted = tuple(extract_answer(a) if isinstance(a, str) else None for a in answers)
+    extracted = tuple(final_answer(a) for a in answers)
     n = len(extracted)
     clusters = cluster_answers(list(extracted), rel_tol)
     sizes = tuple(len(c) for c in clusters)
