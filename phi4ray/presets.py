@@ -233,10 +233,11 @@ def smol() -> RunConfig:
         data=DataConfig(seq_len=1024), midtrain=MidtrainConfig(rope_theta=100_000.0),
         # a light touch: the toy domain's worked solutions at a small learning rate, so SFT runs on
         # the imported model without moving it far from what the query files were measured on
-        # plus best-of-4 of the imported model's own answers to 16 toy questions, its guided
-        # judge ranking them and the toy oracle keeping only right ones (rejection sampling)
-        sft=SFTConfig(problems=48, heldout=16, train=post, best_of_n=4, best_of_n_prompts=16,
-                      best_of_n_max_tokens=96),
+        # plus best-of-4 of the imported model's own answers to PTS's training questions, its
+        # guided judge ranking them and the choice oracle keeping only right ones (rejection
+        # sampling). Not the toy questions: SmolLM2 answered all 16 of them wrong 4 times out of 4
+        sft=SFTConfig(problems=48, heldout=16, train=post, best_of_n=4, best_of_n_prompts=24,
+                      best_of_n_file=str(SMOL_QUERIES / "smol_queries_train.jsonl"), best_of_n_max_tokens=48),
         # choice answers ("The answer is (B).") take ~8 tokens: 20 leaves room, not rambling
         pts=PTSConfig(queries=24, queries_file=str(SMOL_QUERIES / "smol_queries_train.jsonl"),
                       queries_kind="choice", samples_per_estimate=8, max_tokens=20, concurrency=32),
