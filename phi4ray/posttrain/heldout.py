@@ -12,10 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from phi4ray.evals.schema import EvalItem
-from phi4ray.posttrain.queries import as_query, load_query_file, query_oracle
-from phi4ray.toy.arith import make_problems
-from phi4ray.toy.evals import TOY_KIND
+from phi4ray.posttrain.queries import load_query_file, query_oracle, toy_queries
 
 
 def heldout_queries(cfg, out_dir: Path) -> list[dict]:
@@ -26,8 +23,7 @@ def heldout_queries(cfg, out_dir: Path) -> list[dict]:
         queries, _ = load_query_file(d.heldout_queries, cfg.pts.queries_kind, d.heldout_size,
                                      out_dir / "heldout_quarantine.jsonl")
         return queries
-    return [as_query(EvalItem(q["id"], TOY_KIND.name, q["question"], q["answer"]))
-            for q in make_problems(cfg.sft.heldout, cfg.seed, cfg.arith, split="test")]
+    return toy_queries(cfg.sft.heldout, cfg.seed, cfg.arith, split="test")
 
 
 def interval95(rates: list[float]) -> float:

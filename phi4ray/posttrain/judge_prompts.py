@@ -14,9 +14,7 @@ from pathlib import Path
 
 from phi4ray.evals.kinds import get_kind
 from phi4ray.evals.schema import EvalItem
-from phi4ray.posttrain.queries import as_query, check_files_exist, load_query_file
-from phi4ray.toy.arith import make_problems
-from phi4ray.toy.evals import TOY_KIND
+from phi4ray.posttrain.queries import check_files_exist, load_query_file, toy_queries
 
 OPTION = "dpo.judge_prompts_file"
 BEST_OF_N_OPTION = "sft.best_of_n_file"
@@ -28,8 +26,7 @@ def prompt_queries(cfg, path: str, option: str, limit: int, seed: int, quarantin
     toy-domain training questions drawn with `seed`."""
     if path:
         return load_query_file(path, cfg.pts.queries_kind, limit, quarantine, option=option)
-    queries = [as_query(EvalItem(q["id"], TOY_KIND.name, q["question"], q["answer"]))
-               for q in make_problems(limit, seed, cfg.arith)]
+    queries = toy_queries(limit, seed, cfg.arith)
     return queries, {"read": len(queries), "used": len(queries), "quarantined": 0}
 
 

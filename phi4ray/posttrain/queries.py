@@ -74,9 +74,14 @@ def pts_queries(cfg, out_dir: Path) -> tuple[list[dict], dict]:
     p = cfg.pts
     if p.queries_file:
         return load_query_file(p.queries_file, p.queries_kind, p.queries, out_dir / "quarantine.jsonl")
-    queries = [as_query(EvalItem(q["id"], TOY_KIND.name, q["question"], q["answer"]))
-               for q in make_problems(p.queries, cfg.seed + 1, cfg.arith)]
+    queries = toy_queries(p.queries, cfg.seed + 1, cfg.arith)
     return queries, {"read": len(queries), "used": len(queries), "quarantined": 0, "by_kind": _by_kind(queries)}
+
+
+def toy_queries(n: int, seed: int, arith, split: str = "train") -> list[dict]:
+    """`n` toy-domain questions drawn with `seed` (phi4ray.toy.arith.make_problems), as queries."""
+    return [as_query(EvalItem(q["id"], TOY_KIND.name, q["question"], q["answer"]))
+            for q in make_problems(n, seed, arith, split=split)]
 
 
 def as_query(item: EvalItem) -> dict:
